@@ -1,0 +1,32 @@
+# pinrank: one-command entry points. Everything runs inside .venv, created by `make setup`.
+PY := .venv/bin/python
+DATA ?= data/demo
+
+.PHONY: setup demo test test-slow lint format bench clean
+
+setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-smi finds a GPU)
+	bash scripts/setup.sh
+
+demo:  ## end to end on the embedded default: synthetic data -> splits -> feature spec -> report
+	$(PY) -m pinrank.cli demo --out $(DATA)
+
+test:  ## the default suite (no slow tests); MovieLens tests skip when ../shared/data/ml-100k is absent
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow:
+	$(PY) -m pytest -q -m slow
+
+lint:  ## ruff (lint + format check) and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy pinrank
+
+format:
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench:  ## benchmarks print and save their numbers under benchmarks/results/
+	$(PY) benchmarks/generate_scale.py --users 1000000 --events 5000000
+
+clean:
+	rm -rf data/demo outputs .pytest_cache

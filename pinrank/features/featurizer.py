@@ -1,0 +1,159 @@
+"""The featurizer: raw rows in, model inputs out (torchrec KeyedJaggedTensor + dense tensors).
+
+One featurizer serves every path that feeds a torch model: DataModule batches, one row at a time,
+and (later) the per-feed path where one user meets many pins. The NumPy transforms it calls are the
+reference that the exported ONNX graphs are tested against.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from pinrank.features.spec import SIDES, FeatureSpec
+from pinrank.features.state import FeatureState, SideArrays, cross_features, transform_side
+from pinrank.features.transforms import Counts, Jagged
+
+SPARSE_GROUPS = (*SIDES, "cross")
+# torchrec asks torch.fx whether it is tracing on every KeyedJaggedTensor; torch answers with a
+# deprecation warning that says nothing about pinrank.
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
+@dataclass
+class FeatureBatch:
+    """Model inputs for ``B`` examples.
+
+    Attributes:
+        sparse: per group (``user``, ``item``, ``context``, ``cross``) a KeyedJaggedTensor whose
+            keys are that group's sparse features in spec order; lengths [keys * B].
+        dense: per side, float32 [B, D_side]: the side's numeric features concatenated in spec
+            order (``Featurizer.dense_slices`` says which columns are which).
+        labels: float32 [B] (1 = engaged) when the rows carry labels, else None.
+        user_ids, item_ids: raw int64 ids [B], for metrics and exclusion of seen items.
+    """
+
+    sparse: dict[str, KeyedJaggedTensor]
+    dense: dict[str, torch.Tensor]
+    labels: torch.Tensor | None = None
+    user_ids: torch.Tensor | None = None
+    item_ids: torch.Tensor | None = None
+    counts: Counts = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.dense.values())))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> FeatureBatch:
+        """The same batch on ``device`` (Lightning calls this to move batches)."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return FeatureBatch(
+            {k: v.to(device, non_blocking=non_blocking) for k, v in self.sparse.items()},
+            {k: v.to(device, non_blocking=non_blocking) for k, v in self.dense.items()},
+            move(self.labels),
+            move(self.user_ids),
+            move(self.item_ids),
+            self.counts,
+        )
+
+
+class Featurizer:
+    """Turns per-side Arrow rows into a :class:`FeatureBatch` following a fitted spec.
+
+    Args:
+        spec: the feature spec.
+        state: its state fitted on training rows.
+
+    Example::
+
+        >>> spec = FeatureSpec.from_dict({"features": {
+        ...     "g": {"side": "user", "source": "gender", "kind": "categorical", "vocab": {}},
+        ...     "q": {"side": "item", "source": "quality", "kind": "numeric"}}})
+        >>> state = FeatureState({"g": {"vocab": ["F", "M"], "cardinality": 4},
+        ...                       "q": {"default": [0.5], "mean": [0.0], "std": [1.0]}}, {})
+        >>> batch = Featurizer(spec, state)({"user": pa.table({"gender": ["M", None, "X"]}),
+        ...                                  "item": pa.table({"quality": [0.1, None, 0.3]})})
+        >>> batch.sparse["user"]["g"].values().tolist(), batch.dense["item"][:, 0].tolist()
+        ([3, 0, 1], [0.10000000149011612, 0.5, 0.30000001192092896])
+        >>> sorted(batch.counts.items())
+        [(('g', 'null'), 1), (('g', 'oov'), 1), (('q', 'null'), 1)]
+    """
+
+    def __init__(self, spec: FeatureSpec, state: FeatureState) -> None:
+        self.spec, self.state = spec, state
+        self.sparse_keys = {s: [f.name for f in spec.side(s, sparse=True)] for s in SIDES}
+        self.sparse_keys["cross"] = [c.name for c in spec.crosses]
+        self.dense_slices: dict[str, dict[str, slice]] = {}
+        for side in SIDES:
+            start, slices = 0, {}
+            for f in spec.side(side, sparse=False):
+                slices[f.name] = slice(start, start + f.dim)
+                start += f.dim
+            self.dense_slices[side] = slices
+
+    def dense_dim(self, side: str) -> int:
+        """Width of a side's dense tensor."""
+        return sum(s.stop - s.start for s in self.dense_slices[side].values())
+
+    def transform_arrays(
+        self, tables: dict[str, pa.Table], counts: Counts
+    ) -> tuple[dict[str, SideArrays], dict[str, Jagged]]:
+        """NumPy stage: every side present in ``tables``, plus crosses when both of a cross's
+        sides are present."""
+        sides = {s: transform_side(self.spec, self.state, s, t, counts) for s, t in tables.items()}
+        by_name = {k: v for arr in sides.values() for k, v in arr.sparse.items()}
+        ready = [c for c in self.spec.crosses if all(f in by_name for f in c.features)]
+        crosses = (
+            cross_features(FeatureSpec(self.spec.features, tuple(ready)), self.state, by_name)
+            if ready
+            else {}
+        )
+        return sides, crosses
+
+    def __call__(
+        self, tables: dict[str, pa.Table], labels: np.ndarray | None = None
+    ) -> FeatureBatch:
+        """Featurize row-aligned per-side tables ``{"user": ..., "item": ..., "context": ...}``."""
+        counts: Counts = Counter()
+        sides, crosses = self.transform_arrays(tables, counts)
+        counts = +counts  # drop reasons that did not occur
+        rows = next(iter(sides.values())).rows
+        sparse = {s: self._kjt(self.sparse_keys[s], a.sparse, rows) for s, a in sides.items()}
+        if crosses:
+            sparse["cross"] = self._kjt(self.sparse_keys["cross"], crosses, rows)
+        dense = {
+            s: torch.from_numpy(
+                np.concatenate([a.dense[n] for n in self.dense_slices[s]], axis=1)
+                if self.dense_slices[s]
+                else np.zeros((rows, 0), np.float32)
+            )
+            for s, a in sides.items()
+        }
+        ids = {
+            key: torch.from_numpy(
+                tables[side].column(col).to_numpy(zero_copy_only=False).astype(np.int64)
+            )
+            for key, side, col in (("user_ids", "user", "user_id"), ("item_ids", "item", "item_id"))
+            if side in tables and col in tables[side].column_names
+        }
+        y = None if labels is None else torch.from_numpy(np.asarray(labels, np.float32))
+        return FeatureBatch(sparse, dense, y, ids.get("user_ids"), ids.get("item_ids"), counts)
+
+    @staticmethod
+    def _kjt(keys: list[str], arrays: dict[str, Jagged], rows: int) -> KeyedJaggedTensor:
+        values = [arrays[k][0] for k in keys]
+        lengths = [arrays[k][1] for k in keys]
+        return KeyedJaggedTensor(
+            keys=keys,
+            values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
+            lengths=torch.from_numpy(np.concatenate(lengths) if lengths else np.zeros(0, np.int32)),
+            stride=rows,
+        )

@@ -1,0 +1,321 @@
+"""Fitted feature state (vocabularies, statistics, hash constants) and applying it to rows.
+
+The state is learned from training rows only (:func:`fit`) and saved as plain JSON: nothing in it
+executes code on load. :func:`transform_side` turns one side's Arrow rows into jagged index arrays
+and dense float32 matrices, following the spec's missing-value policies and counting every value
+it replaces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pinrank.features.spec import Feature, FeatureSpec, SpecError
+from pinrank.features.transforms import (
+    MISSING,
+    OOV,
+    Counts,
+    Jagged,
+    VocabLookup,
+    bucketize,
+    flatten_lists,
+    hash_ids,
+    hash_params,
+    jagged,
+    jagged_product,
+    numeric_column,
+    truncate,
+)
+
+STATE_VERSION = 1
+
+
+@dataclass
+class FeatureState:
+    """Everything fitted for a spec, keyed by feature or cross name; plain JSON-able data.
+
+    Per categorical feature: ``cardinality`` and, by transform, ``vocab`` (values in index order
+    from 2), ``hash`` ``{a, b, buckets}``, or ``boundaries``. Per numeric feature: ``default``
+    (raw fill), ``mean`` and ``std`` (for standardize), each a list of ``dim`` floats. Per cross:
+    ``{a, b, buckets, right_cardinality, cardinality}``. ``rows`` counts the fitted rows per side.
+    """
+
+    features: dict[str, dict[str, Any]]
+    crosses: dict[str, dict[str, Any]]
+    rows: dict[str, int] = field(default_factory=dict)
+    version: int = STATE_VERSION
+
+    def cardinality(self, name: str) -> int:
+        """Number of embedding rows a categorical feature or cross needs."""
+        entry = self.features.get(name) or self.crosses.get(name)
+        if entry is None:
+            raise KeyError(f"no fitted state for {name!r}")
+        return int(entry["cardinality"])
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__, indent=1, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureState:
+        data = json.loads(Path(path).read_text())
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"{path}: feature state version {data.get('version')}, expected {STATE_VERSION}"
+            )
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------- fit
+
+
+class _NumericStats:
+    """Streaming count / sum / sum of squares per dimension."""
+
+    def __init__(self, dim: int) -> None:
+        self.n, self.raw_sum = 0, np.zeros(dim)
+        self.sum, self.sumsq = np.zeros(dim), np.zeros(dim)
+
+    def update(self, raw: np.ndarray, pre: np.ndarray) -> None:
+        self.n += len(raw)
+        self.raw_sum += raw.sum(axis=0)
+        self.sum += pre.sum(axis=0)
+        self.sumsq += (pre**2).sum(axis=0)
+
+    def finish(self, f: Feature) -> dict[str, Any]:
+        n = max(self.n, 1)
+        mean = self.sum / n
+        std = np.sqrt(np.maximum(self.sumsq / n - mean**2, 0.0))
+        default = (
+            [float(f.default)] * f.dim if f.default is not None else (self.raw_sum / n).tolist()
+        )
+        return {
+            "default": default,
+            "mean": mean.tolist(),
+            "std": np.where(std > 1e-12, std, 1.0).tolist(),  # a constant feature maps to 0
+            "fitted_rows": self.n,
+        }
+
+
+def fit(spec: FeatureSpec, sides: dict[str, Iterable[pa.RecordBatch | pa.Table]]) -> FeatureState:
+    """Learn the state of ``spec`` from training rows, streamed one batch at a time.
+
+    Args:
+        spec: the feature spec.
+        sides: for each side of the spec, its *training* rows (users of training events, pins of
+            training events, the training events themselves), as an iterable of Arrow batches.
+
+    Returns:
+        The fitted :class:`FeatureState`.
+    """
+    vocab_counts: dict[str, Counter] = {}
+    numeric: dict[str, _NumericStats] = {}
+    rows: dict[str, int] = {}
+    for side, batches in sides.items():
+        feats = spec.side(side)
+        for f in feats:
+            if f.vocab is not None:
+                vocab_counts[f.name] = Counter()
+            if f.kind == "numeric":
+                numeric[f.name] = _NumericStats(f.dim)
+        rows[side] = 0
+        for batch in batches:
+            rows[side] += batch.num_rows
+            for f in feats:
+                col = _column(batch, f)
+                if f.vocab is not None:
+                    _count_values(f, col, vocab_counts[f.name])
+                elif f.kind == "numeric":
+                    raw, ok = _valid_numeric(f, col, Counter())
+                    numeric[f.name].update(raw[ok], _pre_standardize(f, raw[ok], Counter()))
+    missing = {s for f in spec.features for s in [f.side]} - set(sides)
+    if missing:
+        raise ValueError(f"fit needs training rows for sides {sorted(missing)}")
+    state_f = {
+        f.name: _feature_state(f, vocab_counts, numeric) for f in spec.features if f.shares is None
+    }
+    for f in spec.features:
+        if f.shares is not None:
+            state_f[f.name] = {"shares": f.shares, "cardinality": state_f[f.shares]["cardinality"]}
+    crosses = {}
+    for c in spec.crosses:
+        a, b = hash_params(c.name)
+        right = state_f[c.features[1]]["cardinality"]
+        if state_f[c.features[0]]["cardinality"] * right >= 2**62:
+            raise SpecError(f"cross {c.name!r}: cardinalities too large to pair without overflow")
+        crosses[c.name] = {
+            "a": a,
+            "b": b,
+            "buckets": c.buckets,
+            "right_cardinality": right,
+            "cardinality": c.buckets + 1,
+        }
+    return FeatureState(state_f, crosses, rows)
+
+
+def _count_values(f: Feature, col: pa.Array, counter: Counter) -> None:
+    values, _ = flatten_lists(col, Counter(), f.name)
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        values = values.filter(pc.greater_equal(values, 0))
+    vc = pc.value_counts(values)
+    counter.update(
+        dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True))
+    )
+
+
+def _feature_state(
+    f: Feature, vocab_counts: dict[str, Counter], numeric: dict[str, _NumericStats]
+) -> dict[str, Any]:
+    if f.kind == "numeric":
+        return numeric[f.name].finish(f)
+    if f.vocab is not None:
+        kept = [(v, n) for v, n in vocab_counts[f.name].items() if n >= f.vocab.min_count]
+        kept.sort(key=lambda vn: (-vn[1], vn[0]))  # frequency, then value: deterministic
+        values = [v for v, _ in kept[: f.vocab.max_size]]
+        return {"vocab": values, "cardinality": len(values) + 2}
+    if f.hash_buckets is not None:
+        a, b = hash_params(f.name)
+        return {
+            "hash": {"a": a, "b": b, "buckets": f.hash_buckets},
+            "cardinality": f.hash_buckets + 1,
+        }
+    assert f.bucketize is not None
+    return {"boundaries": list(f.bucketize), "cardinality": len(f.bucketize) + 2}
+
+
+# --------------------------------------------------------------------------------------- apply
+
+
+@dataclass
+class SideArrays:
+    """One side's transformed rows: sparse jagged indices and dense float32 [rows, dim]."""
+
+    rows: int
+    sparse: dict[str, Jagged]
+    dense: dict[str, np.ndarray]
+
+
+def transform_side(
+    spec: FeatureSpec,
+    state: FeatureState,
+    side: str,
+    table: pa.Table | pa.RecordBatch,
+    counts: Counts,
+) -> SideArrays:
+    """Transform the rows of one side; every replaced value is added to ``counts``."""
+    sparse, dense = {}, {}
+    lookups = _lookups(state)
+    for f in spec.side(side):
+        col = _column(table, f)
+        if f.kind == "numeric":
+            dense[f.name] = _apply_numeric(f, state.features[f.name], col, counts)
+        else:
+            owner = state.features[f.shares] if f.shares else state.features[f.name]
+            sparse[f.name] = _apply_categorical(f, owner, lookups, col, counts)
+    return SideArrays(table.num_rows, sparse, dense)
+
+
+def cross_features(
+    spec: FeatureSpec, state: FeatureState, by_name: dict[str, Jagged]
+) -> dict[str, Jagged]:
+    """Hashed crosses from the (row-aligned) jagged indices of their two features."""
+    out = {}
+    for c in spec.crosses:
+        st = state.crosses[c.name]
+        left, right, lengths = jagged_product(by_name[c.features[0]], by_name[c.features[1]])
+        pair = left * np.int64(st["right_cardinality"]) + right
+        out[c.name] = (hash_ids(pair, st["a"], st["b"], st["buckets"]), lengths)
+    return out
+
+
+def _lookups(state: FeatureState) -> dict[str, VocabLookup]:
+    cache = state.__dict__.setdefault("_lookups", {})
+    for name, st in state.features.items():
+        if "vocab" in st and name not in cache:
+            cache[name] = VocabLookup(st["vocab"])
+    return cache
+
+
+def _column(table: pa.Table | pa.RecordBatch, f: Feature) -> pa.Array:
+    if f.source not in table.schema.names:
+        raise KeyError(
+            f"feature {f.name!r}: column {f.source!r} missing from the {f.side} rows "
+            f"(has {table.schema.names})"
+        )
+    col = table.column(f.source)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _apply_categorical(
+    f: Feature, st: dict[str, Any], lookups: dict[str, VocabLookup], col: pa.Array, counts: Counts
+) -> Jagged:
+    is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+    if is_list != (f.kind != "categorical"):
+        raise TypeError(f"feature {f.name!r} ({f.kind}): column {f.source!r} has type {col.type}")
+    rows = len(col)
+    values, row = flatten_lists(col, counts, f.name)
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        x = values.to_numpy(zero_copy_only=False)
+        bad = x < 0
+        counts[(f.name, "negative")] += int(bad.sum())
+        if f.valid is not None:
+            out = ~bad & ((x < f.valid[0]) | (x > f.valid[1]))
+            counts[(f.name, "out_of_range")] += int(out.sum())
+            bad |= out
+        if bad.any():
+            values, row, x = values.filter(pa.array(~bad)), row[~bad], x[~bad]
+    if "vocab" in st:
+        idx = lookups[f.shares or f.name](values)
+        counts[(f.name, "oov")] += int((idx == OOV).sum())
+    elif "hash" in st:
+        idx = hash_ids(x, st["hash"]["a"], st["hash"]["b"], st["hash"]["buckets"])
+    else:
+        idx = bucketize(x.astype(np.float64), np.asarray(st["boundaries"], np.float64))
+    if f.kind == "categorical":  # exactly one index per row, MISSING where dropped
+        out = np.full(rows, MISSING, np.int64)
+        out[row] = idx
+        return out, np.ones(rows, np.int32)
+    j = jagged(idx, row, rows)
+    return truncate(j, f.max_len, f.kind == "sequence", counts, f.name) if f.max_len else j
+
+
+def _valid_numeric(f: Feature, col: pa.Array, counts: Counts) -> tuple[np.ndarray, np.ndarray]:
+    x, ok = numeric_column(col, f.dim, counts, f.name)
+    if f.valid is not None:
+        out = ok & ((x < f.valid[0]) | (x > f.valid[1])).any(axis=1)
+        counts[(f.name, "out_of_range")] += int(out.sum())
+        ok &= ~out
+    return x, ok
+
+
+def _pre_standardize(f: Feature, x: np.ndarray, counts: Counts) -> np.ndarray:
+    """Apply the numeric steps before ``standardize`` (which the spec keeps last)."""
+    for step in f.transforms:
+        name, arg = next(iter(step.items())) if isinstance(step, dict) else (step, (0.0, 0.0))
+        if name == "log1p":
+            neg = x < 0
+            counts[(f.name, "negative")] += int(neg.any(axis=1).sum())
+            x = np.log1p(np.where(neg, 0.0, x))
+        elif name == "clip":
+            x = np.clip(x, arg[0], arg[1])
+    return x
+
+
+def _apply_numeric(f: Feature, st: dict[str, Any], col: pa.Array, counts: Counts) -> np.ndarray:
+    x, ok = _valid_numeric(f, col, counts)
+    x[~ok] = np.asarray(st["default"])
+    x = _pre_standardize(f, x, counts)
+    if "standardize" in f.transforms:
+        x = (x - np.asarray(st["mean"])) / np.asarray(st["std"])
+    return x.astype(np.float32)
