@@ -10,7 +10,7 @@ setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-
 demo:  ## end to end on the embedded default: synthetic data -> splits -> feature spec -> report
 	$(PY) -m pinrank.cli demo --out $(DATA)
 
-test:  ## the default suite (no slow tests); MovieLens tests skip when ../shared/data/ml-100k is absent
+test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow:
@@ -26,7 +26,7 @@ format:
 	$(PY) -m ruff check --fix .
 
 bench:  ## benchmarks print and save their numbers under benchmarks/results/
-	$(PY) benchmarks/generate_scale.py --users 1000000 --events 5000000
+	$(PY) benchmarks/generate_scale.py --users 10000000 --events 50000000 --items 1000000
 
 clean:
 	rm -rf data/demo outputs .pytest_cache

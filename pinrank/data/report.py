@@ -47,7 +47,10 @@ class DataReport:
             f"{it['pins_per_count']}; users following k interests {it['users_per_count']}"
         )
         if self.bad_values:
-            lines.append("bad values replaced by the spec's policies (feature: reason count):")
+            lines.append(
+                "values replaced or cut by the spec's policies, per featurized impression of all "
+                "splits (feature: reason count):"
+            )
             for feat, reasons in self.bad_values.items():
                 lines.append(f"  {feat:<18} " + ", ".join(f"{r} {n:,}" for r, n in reasons.items()))
         else:

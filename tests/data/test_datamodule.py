@@ -1,0 +1,97 @@
+"""The DataModule's batches equal the featurizer applied one row at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pinrank.data.datamodule import PinrankDataModule
+from pinrank.data.examples import join_examples
+from pinrank.data.io import read_table
+from pinrank.data.prepare import Prepared
+from pinrank.features.featurizer import FeatureBatch
+
+
+def _cat(batches: list[FeatureBatch]) -> dict[str, torch.Tensor]:
+    """Flatten batches into per-key tensors: sparse values and lengths, dense, labels, ids."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for b in batches:
+        for group, kjt in b.sparse.items():
+            for key, jt in kjt.to_dict().items():
+                out.setdefault(f"{group}/{key}/values", []).append(jt.values())
+                out.setdefault(f"{group}/{key}/lengths", []).append(jt.lengths())
+        for side, x in b.dense.items():
+            out.setdefault(f"dense/{side}", []).append(x)
+        for name in ("labels", "user_ids", "item_ids"):
+            out.setdefault(name, []).append(getattr(b, name))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def test_batches_equal_rows_one_at_a_time(synthetic_prepared: Prepared) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=97, num_workers=0)
+    batches = list(dm.test_dataloader())
+    assert len(batches) == len(dm.stream("test")) and max(len(b) for b in batches) == 97
+
+    events = read_table(synthetic_prepared.split("test"), "events")
+    assert events.num_rows == sum(len(b) for b in batches)
+    fz = dm.featurizer
+    assert fz is not None
+    rows = [
+        fz(
+            join_examples(events.slice(i, 1), dm.users, dm.items),
+            events["engaged"].to_numpy()[i : i + 1],
+        )
+        for i in range(events.num_rows)
+    ]
+    batched, single = _cat(batches), _cat(rows)
+    assert batched.keys() == single.keys()
+    assert any(k.startswith("cross/") for k in batched)
+    for key in batched:
+        assert batched[key].dtype == single[key].dtype, key
+        assert torch.equal(batched[key], single[key]), key
+    assert not torch.isnan(batched["dense/item"]).any()
+
+
+def test_worker_processes_give_the_same_batches(synthetic_prepared: Prepared) -> None:
+    def keyed(num_workers: int) -> dict[tuple, FeatureBatch]:
+        dm = PinrankDataModule(
+            str(synthetic_prepared.root), batch_size=128, num_workers=num_workers
+        )
+        return {
+            (tuple(b.user_ids.tolist()), tuple(b.item_ids.tolist())): b for b in dm.val_dataloader()
+        }
+
+    main, workers = keyed(0), keyed(2)
+    assert main.keys() == workers.keys()
+    for key, b in main.items():
+        w = workers[key]
+        assert torch.equal(b.dense["user"], w.dense["user"])
+        assert torch.equal(b.sparse["cross"].values(), w.sparse["cross"].values())
+        assert torch.equal(b.labels, w.labels)
+
+
+def test_training_stream_shuffles_per_epoch_and_covers_every_row(
+    synthetic_prepared: Prepared,
+) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=256, seed=3)
+    stream = dm.stream("train", shuffle=True)
+    first = torch.cat([b.item_ids for b in stream])
+    stream.set_epoch(1)
+    second = torch.cat([b.item_ids for b in stream])
+    n = read_table(synthetic_prepared.split("train"), "events").num_rows
+    assert len(first) == len(second) == n
+    assert not torch.equal(first, second)
+    assert torch.equal(first.sort().values, second.sort().values)
+
+
+def test_missing_prepared_folder_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a prepared data set"):
+        PinrankDataModule(str(tmp_path))
+
+
+def test_labels_are_the_engaged_column(synthetic_prepared: Prepared) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=10_000)
+    got = torch.cat([b.labels for b in dm.test_dataloader()]).numpy()
+    want = read_table(synthetic_prepared.split("test"), "events")["engaged"].to_numpy()
+    np.testing.assert_array_equal(got, want.astype(np.float32))
