@@ -7,8 +7,9 @@ DATA ?= data/demo
 setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-smi finds a GPU)
 	bash scripts/setup.sh
 
-demo:  ## end to end on the embedded default: synthetic data -> splits -> feature spec -> report
+demo:  ## end to end on the embedded default: synthetic data -> feature spec -> report -> two-tower
 	$(PY) -m pinrank.cli demo --out $(DATA)
+	$(PY) train.py task_name=demo data.source.root=$(DATA)
 
 test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"

@@ -23,6 +23,7 @@ from pathlib import Path
 from pinrank.data.movielens import import_movielens
 from pinrank.data.prepare import Prepared, prepare
 from pinrank.data.report import data_report
+from pinrank.data.sources import SyntheticSource
 from pinrank.data.splits import SplitConfig
 from pinrank.data.synthetic import SyntheticConfig, generate
 
@@ -77,25 +78,28 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The embedded default end to end: synthetic data -> splits -> fitted spec -> report."""
+    """The data stage of the demo: synthetic data -> splits -> fitted spec -> report.
+
+    Uses the same fingerprinted source as ``train.py data.source.root=<out>``, so training on the
+    demo data afterwards reuses it instead of generating it again.
+    """
     out = Path(args.out)
     t0 = time.perf_counter()
     cfg = SyntheticConfig(seed=args.seed)
-    generate(cfg, out / "raw")
-    print(
-        f"[1/3] generated {cfg.n_users:,} users, {cfg.n_items:,} pins, "
-        f"{cfg.n_events:,} impressions in {out / 'raw'} ({time.perf_counter() - t0:.1f}s)"
+    source = SyntheticSource(
+        root=str(out), spec=str(CONF / "features" / "synthetic.yaml"), generator=cfg
     )
-    prepared = prepare(out / "raw", out / "prepared", CONF / "features" / "synthetic.yaml")
+    prepared = source.ensure()
     print(
-        "[2/3] split by PROTOCOL.md, fitted conf/features/synthetic.yaml on train -> "
-        f"{prepared.state_path}"
+        f"[data] {cfg.n_users:,} users, {cfg.n_items:,} pins, {cfg.n_events:,} impressions in "
+        f"{out / 'raw'}; split by PROTOCOL.md; conf/features/synthetic.yaml fitted on train -> "
+        f"{prepared.state_path} ({time.perf_counter() - t0:.1f}s)"
     )
     report = data_report(prepared)
     (out / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
-    print(f"[3/3] data report ({out / 'report.json'}):")
+    print(f"[data] report ({out / 'report.json'}):")
     print(report)
-    print(f"demo done in {time.perf_counter() - t0:.1f}s, peak RSS {_peak_rss_mb():.0f} MB")
+    print(f"[data] done in {time.perf_counter() - t0:.1f}s, peak RSS {_peak_rss_mb():.0f} MB")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", help="also write the report as JSON here")
     r.set_defaults(func=cmd_report)
 
-    d = sub.add_parser("demo", help="run the main job end to end on the embedded default")
+    d = sub.add_parser("demo", help="the data stage of `make demo` on the embedded default")
     d.add_argument("--out", default="data/demo")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)

@@ -14,7 +14,7 @@ from pinrank.cli import main
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "[3/3] data report" in out and "label rate" in out and "null" in out
+    assert "[data] report" in out and "label rate" in out and "null" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["tables"]["events"] == 200_000
     assert sum(s["events"] for s in report["splits"].values()) == 200_000

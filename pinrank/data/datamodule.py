@@ -23,6 +23,8 @@ from pinrank.data.examples import EntityIndex, join_examples
 from pinrank.data.io import open_dataset
 from pinrank.data.prepare import Prepared
 from pinrank.features.featurizer import FeatureBatch, Featurizer
+from pinrank.features.spec import SIDES, FeatureSpec
+from pinrank.features.state import FeatureState
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,13 @@ class StreamConfig:
         batch_size: examples per batch (the last batch of a row group may be smaller).
         shuffle: shuffle row groups and rows within each row group, anew every epoch.
         seed: base seed of the shuffling; epoch ``e`` uses ``(seed, e)``.
+        engaged_only: keep only engaged impressions (retrieval trains on positives).
     """
 
     batch_size: int = 1024
     shuffle: bool = False
     seed: int = 0
+    engaged_only: bool = False
 
 
 class EventStream(IterableDataset):
@@ -72,16 +76,27 @@ class EventStream(IterableDataset):
     def __iter__(self) -> Iterator[FeatureBatch]:
         info = get_worker_info()
         wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        rank, world = _rank_world()
         order = np.arange(len(self.fragments))
         rng = np.random.default_rng([self.cfg.seed, self.epoch])
         if self.cfg.shuffle:
             rng.shuffle(order)
         for i in order[wid::workers]:
-            table = self.fragments[i].to_table(schema=self.dataset.schema)
-            if self.cfg.shuffle:
-                table = table.take(pa.array(rng.permutation(table.num_rows)))
+            table = self._read(i)
+            perm = (
+                rng.permutation(table.num_rows) if self.cfg.shuffle else np.arange(table.num_rows)
+            )
+            if world > 1:  # every rank takes the same number of rows, or DDP would hang
+                perm = perm[rank::world][: table.num_rows // world]
+            table = table.take(pa.array(perm))
             for start in range(0, table.num_rows, self.cfg.batch_size):
                 yield self.featurize(table.slice(start, self.cfg.batch_size))
+
+    def _read(self, i: int) -> pa.Table:
+        table = self.fragments[i].to_table(schema=self.dataset.schema)
+        if self.cfg.engaged_only:
+            table = table.filter(table["engaged"])
+        return table
 
     def featurize(self, events: pa.Table) -> FeatureBatch:
         """One batch: join events with their users and pins, then featurize."""
@@ -91,8 +106,21 @@ class EventStream(IterableDataset):
         return batch
 
     def __len__(self) -> int:
-        bs = self.cfg.batch_size
-        return int(sum(-(-f.count_rows() // bs) for f in self.fragments))
+        bs, (_, world) = self.cfg.batch_size, _rank_world()
+        rows = [self._count(f) // world for f in self.fragments]
+        return int(sum(-(-n // bs) for n in rows))
+
+    def _count(self, fragment: ds.Fragment) -> int:
+        if self.cfg.engaged_only:
+            return int(fragment.count_rows(filter=ds.field("engaged")))
+        return int(fragment.count_rows())
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the world size under torch.distributed (0, 1 without it)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _identity(batch: Any) -> Any:
@@ -107,6 +135,9 @@ class PinrankDataModule(pl.LightningDataModule):
         batch_size: examples per batch.
         num_workers: DataLoader worker processes (0 = featurize in the main process).
         seed: shuffling seed for the training split.
+        engaged_only: train on engaged impressions only (evaluation streams keep all).
+        eval_batch_size: batch size of the val / test / cold streams.
+        crosses: featurize the wide crosses (only models with a wide part need them).
 
     Example::
 
@@ -115,23 +146,68 @@ class PinrankDataModule(pl.LightningDataModule):
     """
 
     def __init__(
-        self, data_dir: str, batch_size: int = 1024, num_workers: int = 0, seed: int = 0
+        self,
+        data_dir: str,
+        batch_size: int = 1024,
+        num_workers: int = 0,
+        seed: int = 0,
+        engaged_only: bool = False,
+        eval_batch_size: int | None = None,
+        crosses: bool = True,
     ) -> None:
         super().__init__()
         self.prepared = Prepared.load(data_dir)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.engaged_only, self.crosses = engaged_only, crosses
+        self.eval_batch_size = eval_batch_size or batch_size
         self.featurizer: Featurizer | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.featurizer is None:
-            self.featurizer = Featurizer(self.prepared.spec(), self.prepared.state())
+            self.featurizer = Featurizer(self.prepared.spec(), self.prepared.state(), self.crosses)
             self.users, self.items = self.prepared.indexes()
+            self._catalogue = np.sort(self.items.table.column("item_id").to_numpy())
+
+    @property
+    def spec(self) -> FeatureSpec:
+        self.setup()
+        assert self.featurizer is not None
+        return self.featurizer.spec
+
+    @property
+    def state(self) -> FeatureState:
+        self.setup()
+        assert self.featurizer is not None
+        return self.featurizer.state
+
+    def dense_dims(self) -> dict[str, int]:
+        """Width of each side's dense tensor (what the networks are sized by)."""
+        self.setup()
+        assert self.featurizer is not None
+        return {s: self.featurizer.dense_dim(s) for s in SIDES}
+
+    def featurize_entities(self, side: str, ids: np.ndarray) -> FeatureBatch:
+        """One side's features for entity ids (``user`` or ``item``), e.g. to embed a catalogue.
+
+        Users carry their train-period history; unknown ids get all-missing features.
+        """
+        self.setup()
+        assert self.featurizer is not None
+        index = self.users if side == "user" else self.items
+        return self.featurizer({side: index.take(np.asarray(ids, np.int64))})
+
+    def catalogue(self) -> np.ndarray:
+        """[N] int64 ids of every item in the items table, sorted."""
+        self.setup()
+        return self._catalogue
 
     def stream(self, split: str, shuffle: bool = False) -> EventStream:
         """The :class:`EventStream` of one split (``train``, ``val``, ``test`` or ``cold``)."""
         self.setup()
         assert self.featurizer is not None
-        cfg = StreamConfig(self.batch_size, shuffle, self.seed)
+        size = self.batch_size if shuffle else self.eval_batch_size
+        engaged = self.engaged_only and shuffle  # evaluation streams keep every impression
+        cfg = StreamConfig(size, shuffle, self.seed, engaged)
         return EventStream(
             str(self.prepared.split(split)), self.featurizer, self.users, self.items, cfg
         )

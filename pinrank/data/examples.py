@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 
 from pinrank.features.transforms import Counts
 
-HISTORY = "history"
+HISTORY = "history"  # engaged train pins of a user
+SEEN = "seen"  # impressed train pins of a user, any label
 
 
 class EntityIndex:
@@ -71,57 +72,65 @@ def join_examples(
     }
 
 
+def _last_items(
+    u: np.ndarray, i: np.ndarray, t: np.ndarray, max_len: int
+) -> tuple[np.ndarray, pa.Array]:
+    """Per user (sorted), the last ``max_len`` items by (ts, item), oldest first."""
+    order = np.lexsort((i, t, u))
+    u, i = u[order], i[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1] if len(u) else np.zeros(0, np.int64)
+    lengths = np.diff(np.r_[starts, len(u)])
+    rank_from_end = np.repeat(starts + lengths, lengths) - np.arange(len(u))  # 1 = newest
+    offsets = np.r_[0, np.cumsum(np.minimum(lengths, max_len))].astype(np.int32)
+    items = pa.array(i[rank_from_end <= max_len], pa.int64())
+    return u[starts], pa.ListArray.from_arrays(pa.array(offsets), items)
+
+
 def user_history(events: Iterable[pa.RecordBatch | pa.Table], max_len: int) -> pa.Table:
-    """Each user's last ``max_len`` engaged pins, oldest first: ``(user_id, history)``.
+    """Each user's last ``max_len`` engaged pins (``history``) and last ``max_len`` impressed pins
+    of any label (``seen``), oldest first, for every user with an event.
 
     Only pass training events: features used to score val and test come from train only.
 
     Example::
 
         >>> ev = pa.table({"user_id": [1, 1, 1, 2], "item_id": [10, 11, 12, 20],
-        ...                "ts": [3, 1, 2, 5], "engaged": [True, True, False, True]})
-        >>> user_history([ev], max_len=5).to_pylist()
-        [{'user_id': 1, 'history': [11, 10]}, {'user_id': 2, 'history': [20]}]
+        ...                "ts": [3, 1, 2, 5], "engaged": [True, True, False, False]})
+        >>> user_history([ev], max_len=5).to_pylist()  # doctest: +NORMALIZE_WHITESPACE
+        [{'user_id': 1, 'seen': [11, 12, 10], 'history': [11, 10]},
+         {'user_id': 2, 'seen': [20], 'history': []}]
     """
     parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in events]
     cols = ["user_id", "item_id", "ts", "engaged"]
-    ev = pa.concat_tables([p.select(cols) for p in parts]) if parts else None
-    if ev is None or ev.num_rows == 0:
-        return pa.table(
-            {"user_id": pa.array([], pa.int64()), HISTORY: pa.array([], pa.list_(pa.int64()))}
+    ev = (
+        pa.concat_tables([p.select(cols) for p in parts])
+        if parts
+        else pa.table(
+            {c: pa.array([], t) for c, t in zip(cols, [pa.int64()] * 3 + [pa.bool_()], strict=True)}
         )
-    ev = ev.filter(pc.equal(ev["engaged"], True))
-    u, i, t = (ev[c].to_numpy() for c in ("user_id", "item_id", "ts"))
-    order = np.lexsort((i, t, u))
-    u, i = u[order], i[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
-    lengths = np.diff(np.r_[starts, len(u)])
-    rank_from_end = np.repeat(starts + lengths, lengths) - np.arange(len(u))  # 1 = newest
-    keep = rank_from_end <= max_len
-    kept_len = np.minimum(lengths, max_len)
-    offsets = np.r_[0, np.cumsum(kept_len)].astype(np.int32)
-    return pa.table(
-        {
-            "user_id": pa.array(u[starts], pa.int64()),
-            HISTORY: pa.ListArray.from_arrays(pa.array(offsets), pa.array(i[keep], pa.int64())),
-        }
     )
+    u, i, t = (ev[c].to_numpy() for c in ("user_id", "item_id", "ts"))
+    engaged = ev["engaged"].to_numpy(zero_copy_only=False)
+    users, seen = _last_items(u, i, t, max_len)
+    eng_users, eng = _last_items(u[engaged], i[engaged], t[engaged], max_len)
+    table = pa.table({"user_id": pa.array(users, pa.int64()), SEEN: seen})
+    return with_history(table, pa.table({"user_id": pa.array(eng_users, pa.int64()), HISTORY: eng}))
 
 
 def with_history(users: pa.Table, history: pa.Table) -> pa.Table:
-    """``users`` plus a ``history`` column (empty list for users without engaged train events)."""
-    idx = EntityIndex(history, "user_id")
-    rows = idx.rows(users.column("user_id").to_numpy())
-    hist = (
-        history.column(HISTORY)
-        .combine_chunks()
-        .take(pa.array(np.where(rows < 0, 0, rows), mask=rows < 0))
-    )
-    hist = (
-        pc.if_else(pc.is_null(hist), pa.scalar([], pa.list_(pa.int64())), hist)
-        if len(hist)
-        else hist
-    )
-    if HISTORY in users.column_names:
-        users = users.drop_columns([HISTORY])
-    return users.append_column(HISTORY, hist)
+    """``users`` plus every list column of ``history`` (empty lists for users not in it)."""
+    rows = EntityIndex(history, "user_id").rows(users.column("user_id").to_numpy())
+    for name in history.column_names:
+        if name == "user_id":
+            continue
+        col = (
+            history.column(name)
+            .combine_chunks()
+            .take(pa.array(np.where(rows < 0, 0, rows), mask=rows < 0))
+        )
+        if len(col):
+            col = pc.if_else(pc.is_null(col), pa.scalar([], pa.list_(pa.int64())), col)
+        if name in users.column_names:
+            users = users.drop_columns([name])
+        users = users.append_column(name, col)
+    return users

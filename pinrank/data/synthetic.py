@@ -133,6 +133,9 @@ class _Catalogue:
         popularity = np.exp(0.8 * self.quality) * (rng.pareto(2.0, len(primary)) + 1.0)
         self.order = np.lexsort((np.arange(len(primary)), primary))
         self.key = primary[self.order] + _within_cumsum(primary[self.order], popularity[self.order])
+        # P(pin | its interest was drawn): what the oracle needs to know exposure
+        per_interest = np.bincount(primary, weights=popularity, minlength=len(self.shares))
+        self.exposure = popularity / per_interest[primary]
         self.present = np.bincount(primary, minlength=len(self.shares)) > 0
 
     def sample_pins(self, interest: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -352,6 +355,7 @@ def _items_tables(
             "item_id": items["item_id"],
             "interests": items["interests"],
             "quality": cat.quality.astype(np.float32),
+            "exposure": cat.exposure,
         }
     )
     return items, graph, truth
@@ -373,7 +377,7 @@ def generate(cfg: SyntheticConfig, out: str | Path) -> Path:
     counts = rng.multinomial(cfg.n_events, activity / activity.sum())
     users_w = ShardWriter(out / "users", "users", cfg.rows_per_shard)
     events_w = ShardWriter(out / "events", "events", cfg.rows_per_shard)
-    write_truth(out / "truth", cfg.truth, item_truth)
+    write_truth(out / "truth", cfg.truth, item_truth, cfg.personal_share, cat.shares)
     with pq.ParquetWriter(out / "truth" / "users.parquet", TRUTH_USERS, compression="zstd") as tw:
         for c, start in enumerate(range(0, cfg.n_users, cfg.users_per_chunk)):
             crng = np.random.default_rng([cfg.seed, 1, c])

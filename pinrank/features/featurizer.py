@@ -49,6 +49,34 @@ class FeatureBatch:
     def __len__(self) -> int:
         return len(next(iter(self.dense.values())))
 
+    def select(self, rows: torch.Tensor) -> FeatureBatch:
+        """The examples at ``rows`` (int64 [R], increasing), as a new batch."""
+        n = len(self)
+        keep = torch.zeros(n, dtype=torch.bool, device=rows.device)
+        keep[rows] = True
+        sparse = {}
+        for group, kjt in self.sparse.items():
+            lengths = kjt.lengths().view(len(kjt.keys()), n)  # (keys, B)
+            row_of = torch.arange(n, device=rows.device).repeat(len(kjt.keys()))
+            value_row = torch.repeat_interleave(row_of, kjt.lengths().long())
+            sparse[group] = KeyedJaggedTensor(
+                keys=kjt.keys(),
+                values=kjt.values()[keep[value_row]],
+                lengths=lengths[:, rows].reshape(-1),
+                stride=len(rows),
+            )
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows]
+
+        return FeatureBatch(
+            sparse,
+            {k: v[rows] for k, v in self.dense.items()},
+            pick(self.labels),
+            pick(self.user_ids),
+            pick(self.item_ids),
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> FeatureBatch:
         """The same batch on ``device`` (Lightning calls this to move batches)."""
 
@@ -71,6 +99,7 @@ class Featurizer:
     Args:
         spec: the feature spec.
         state: its state fitted on training rows.
+        crosses: compute the wide crosses (models without a wide part can skip the work).
 
     Example::
 
@@ -87,8 +116,8 @@ class Featurizer:
         [(('g', 'null'), 1), (('g', 'oov'), 1), (('q', 'null'), 1)]
     """
 
-    def __init__(self, spec: FeatureSpec, state: FeatureState) -> None:
-        self.spec, self.state = spec, state
+    def __init__(self, spec: FeatureSpec, state: FeatureState, crosses: bool = True) -> None:
+        self.spec, self.state, self.crosses = spec, state, crosses
         self.sparse_keys = {s: [f.name for f in spec.side(s, sparse=True)] for s in SIDES}
         self.sparse_keys["cross"] = [c.name for c in spec.crosses]
         self.dense_slices: dict[str, dict[str, slice]] = {}
@@ -110,7 +139,8 @@ class Featurizer:
         sides are present."""
         sides = {s: transform_side(self.spec, self.state, s, t, counts) for s, t in tables.items()}
         by_name = {k: v for arr in sides.values() for k, v in arr.sparse.items()}
-        ready = [c for c in self.spec.crosses if all(f in by_name for f in c.features)]
+        wanted = self.spec.crosses if self.crosses else ()
+        ready = [c for c in wanted if all(f in by_name for f in c.features)]
         crosses = (
             cross_features(FeatureSpec(self.spec.features, tuple(ready)), self.state, by_name)
             if ready

@@ -95,3 +95,15 @@ def test_labels_are_the_engaged_column(synthetic_prepared: Prepared) -> None:
     got = torch.cat([b.labels for b in dm.test_dataloader()]).numpy()
     want = read_table(synthetic_prepared.split("test"), "events")["engaged"].to_numpy()
     np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_select_rows_equals_featurizing_those_rows(synthetic_prepared: Prepared) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=50)
+    batch = next(iter(dm.val_dataloader()))
+    rows = torch.tensor([0, 3, 4, 17, 49])
+    picked = batch.select(rows)
+    events = read_table(synthetic_prepared.split("val"), "events").take(rows.numpy())
+    assert dm.featurizer is not None
+    direct = dm.featurizer(join_examples(events, dm.users, dm.items), events["engaged"].to_numpy())
+    for key, value in _cat([direct]).items():
+        assert torch.equal(_cat([picked])[key], value), key

@@ -1,0 +1,221 @@
+"""The retrieval task: trains a :class:`~pinrank.models.towers.TwoTower` and evaluates it.
+
+The LightningModule owns the loss (in-batch softmax, logQ correction, optional mixed negatives,
+accidental-hit removal), the optimiser and the metrics; the network knows nothing of them.
+Evaluation follows ``docs/PROTOCOL.md``: every item the user has no train event with is ranked,
+and the truth is the user's engaged items of the split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from pinrank.data.datamodule import PinrankDataModule
+from pinrank.data.io import read_table
+from pinrank.evaluation.retrieval import (
+    RetrievalTask,
+    baseline_metrics,
+    retrieval_metrics,
+    retrieval_task,
+)
+from pinrank.features.featurizer import FeatureBatch
+from pinrank.models.towers import TwoTower
+from pinrank.retrieval import build_topk, recall_vs_exact
+from pinrank.tasks.losses import StreamingFrequency, sampled_softmax_loss
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+EVENT_COLUMNS = ["user_id", "item_id", "ts", "engaged"]
+
+
+class RetrievalModule(pl.LightningModule):
+    """Lightning wrapper of a two-tower network.
+
+    Args:
+        net: the two-tower network.
+        optimizer: a partial optimiser, completed with the parameters (Hydra ``_partial_``).
+        logq: subtract the log sampling probability from every logit.
+        remove_accidental_hits: never use a row's own positive item as its negative.
+        mixed_negatives: uniformly sampled catalogue items added as negatives to every row.
+        freq_buckets / freq_alpha: the streaming frequency estimator.
+        monitor_k: K of the ``val/recall@K`` computed at each validation epoch.
+        index: top-K implementation for evaluation (``exact`` or a FAISS factory string).
+        index_params: its search parameters (``nprobe``, ``ef_search``, ``train_size``).
+    """
+
+    def __init__(
+        self,
+        net: TwoTower,
+        optimizer: OptimizerFactory,
+        logq: bool = True,
+        remove_accidental_hits: bool = True,
+        mixed_negatives: int = 0,
+        freq_buckets: int = 1 << 20,
+        freq_alpha: float = 0.01,
+        monitor_k: int = 20,
+        index: str = "exact",
+        index_params: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net, self.optimizer_factory = net, optimizer
+        self.logq, self.remove_accidental_hits = logq, remove_accidental_hits
+        self.mixed_negatives, self.monitor_k, self.index = mixed_negatives, monitor_k, index
+        self.index_params = dict(index_params or {})
+        self.frequency = StreamingFrequency(freq_buckets, freq_alpha)
+        self._tasks: dict[str, RetrievalTask] = {}
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+
+    # ----------------------------------------------------------------------------- training
+
+    def _negatives(self, dm: PinrankDataModule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Uniform catalogue samples: embeddings [M, D], ids [M], log q [M] (= log M / N)."""
+        catalogue = dm.catalogue()
+        gen = np.random.default_rng([self.global_step, self.global_rank])
+        ids = catalogue[gen.integers(0, len(catalogue), self.mixed_negatives)]
+        emb = self.net.item_embedding(dm.featurize_entities("item", ids).to(self.device))
+        log_q = torch.full(
+            (len(ids),), math.log(self.mixed_negatives / len(catalogue)), device=self.device
+        )
+        return emb, torch.from_numpy(ids).to(self.device), log_q
+
+    def loss(self, batch: FeatureBatch, train: bool) -> torch.Tensor:
+        assert batch.item_ids is not None
+        user, item = self.net.user_embedding(batch), self.net.item_embedding(batch)
+        log_q = None
+        if self.logq:
+            if train:
+                self.frequency.update(batch.item_ids, self.global_step + 1)
+            log_q = self.frequency.log_q(batch.item_ids)
+        neg = neg_ids = neg_log_q = None
+        if train and self.mixed_negatives:
+            neg, neg_ids, neg_log_q = self._negatives(self._datamodule())
+        return sampled_softmax_loss(
+            user, item, batch.item_ids, self.net.temperature, log_q,
+            neg, neg_ids, neg_log_q, self.remove_accidental_hits,
+        )  # fmt: skip
+
+    def training_step(self, batch: FeatureBatch, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch, train=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: FeatureBatch, batch_idx: int) -> None:
+        assert batch.labels is not None
+        keep = torch.nonzero(batch.labels > 0).squeeze(1)
+        if len(keep) > 1:
+            loss = self.loss(batch.select(keep), train=False)
+            self.log("val/loss", loss, batch_size=len(keep), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metrics = self.evaluate(self._datamodule(), "val", ks=(self.monitor_k,))
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)
+
+    def _datamodule(self) -> PinrankDataModule:
+        dm = getattr(self.trainer, "datamodule", None)
+        if not isinstance(dm, PinrankDataModule):
+            raise TypeError("RetrievalModule trains on a PinrankDataModule")
+        return dm
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    # --------------------------------------------------------------------------- evaluation
+
+    def task(self, dm: PinrankDataModule, split: str) -> RetrievalTask:
+        """The PROTOCOL task of a split: users with engaged events there, their train items."""
+        if split not in self._tasks:
+            train = read_table(dm.prepared.split("train"), "events", EVENT_COLUMNS)
+            events = read_table(dm.prepared.split(split), "events", EVENT_COLUMNS)
+            self._tasks[split] = retrieval_task(train, events, dm.catalogue())
+        return self._tasks[split]
+
+    @torch.no_grad()
+    def embed(
+        self, dm: PinrankDataModule, side: str, ids: np.ndarray, chunk: int = 8192
+    ) -> np.ndarray:
+        """[N, D] float32 embeddings of users or items by id, in eval mode."""
+        was_training = self.net.training
+        self.net.eval()
+        tower = self.net.user_embedding if side == "user" else self.net.item_embedding
+        out = [
+            tower(dm.featurize_entities(side, ids[i : i + chunk]).to(self.device))
+            .float()
+            .cpu()
+            .numpy()
+            for i in range(0, len(ids), chunk)
+        ]
+        self.net.train(was_training)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def evaluate(
+        self,
+        dm: PinrankDataModule,
+        split: str,
+        ks: Sequence[int] = (10, 20, 50, 100),
+        index: str | None = None,
+    ) -> dict[str, float]:
+        """``{split}/recall@K``, ``ndcg@K``, ``hit_rate@K`` of the model under the protocol."""
+        task = self.task(dm, split)
+        items = self.embed(dm, "item", task.catalogue)
+        users = self.embed(dm, "user", task.users)
+        topk = self._topk(index).index(items, task.catalogue)
+        _, ids = topk.search(users, max(ks), exclude=task.exclude)
+        return {f"{split}/{k}": v for k, v in retrieval_metrics(ids, task.truth, ks).items()}
+
+    def full_report(
+        self, dm: PinrankDataModule, ks: Sequence[int] = (10, 20, 50, 100), oracle: Any = None
+    ) -> dict[str, float]:
+        """Everything for ``metrics.json``: model on val and test, baselines on the same tasks,
+        the configured index against exact search, and the oracle where the data has one."""
+        metrics: dict[str, float] = {}
+        train = read_table(dm.prepared.split("train"), "events", EVENT_COLUMNS)
+        for split in ("val", "test"):
+            metrics.update(self.evaluate(dm, split, ks, index="exact"))
+            for key, value in baseline_metrics(self.task(dm, split), train, ks).items():
+                name, metric = key.split("/", 1)
+                metrics[f"baseline/{name}/{split}/{metric}"] = value
+            if oracle is not None:
+                ids = oracle_ranking(oracle, self.task(dm, split), max(ks))
+                for key, value in retrieval_metrics(ids, self.task(dm, split).truth, ks).items():
+                    metrics[f"oracle/{split}/{key}"] = value
+        metrics.update(self.index_report(dm, "test", k=max(ks)))
+        return metrics
+
+    def index_report(self, dm: PinrankDataModule, split: str, k: int) -> dict[str, float]:
+        """Recall of the configured ANN index against exact top-k on the split's users."""
+        task = self.task(dm, split)
+        items, users = self.embed(dm, "item", task.catalogue), self.embed(dm, "user", task.users)
+        _, exact = build_topk("exact").index(items, task.catalogue).search(users, k, task.exclude)
+        _, approx = self._topk().index(items, task.catalogue).search(users, k, task.exclude)
+        return {f"index/recall@{k}_vs_exact": recall_vs_exact(approx, exact)}
+
+    def _topk(self, index: str | None = None) -> Any:
+        """The configured top-K implementation (or ``index`` with default parameters)."""
+        if index is not None and index != self.index:
+            return build_topk(index)
+        return build_topk(self.index, **self.index_params)
+
+
+def oracle_ranking(oracle: Any, task: RetrievalTask, k: int, chunk: int = 256) -> np.ndarray:
+    """[Q, k] the oracle's best non-excluded items per user (the best achievable ranking)."""
+    out = np.full((len(task.users), k), -1, np.int64)
+    for start in range(0, len(task.users), chunk):
+        users = task.users[start : start + chunk]
+        scores = oracle.retrieval_scores(users, task.catalogue)  # (U, N)
+        for row, user_idx in enumerate(range(start, start + len(users))):
+            s = scores[row].copy()
+            s[np.isin(task.catalogue, task.exclude[user_idx])] = -np.inf
+            top = np.argsort(-s, kind="stable")[:k]
+            top = top[np.isfinite(s[top])]
+            out[user_idx, : len(top)] = task.catalogue[top]
+    return out
+
+
+__all__ = ["RetrievalModule", "oracle_ranking"]

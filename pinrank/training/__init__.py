@@ -1,0 +1,5 @@
+"""Running a training job: fit, reload the best checkpoint, evaluate, write ``metrics.json``."""
+
+from pinrank.training.run import fit_and_evaluate, summary_table
+
+__all__ = ["fit_and_evaluate", "summary_table"]

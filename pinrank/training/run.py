@@ -1,0 +1,92 @@
+"""The training job shared by every model: fit, reload the best checkpoint, evaluate, report.
+
+A task's LightningModule provides ``full_report(datamodule, ks, oracle) -> dict`` with flat keys
+(``test/recall@20``, ``baseline/popularity/test/recall@20``, ...); this module writes them to
+``metrics.json`` in the run directory and returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+def fit_and_evaluate(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    out_dir: str | Path,
+    ks: Sequence[int] = (10, 20, 50, 100),
+    oracle: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Train, then evaluate the best checkpoint (by the checkpoint callback's monitor).
+
+    Returns the metrics on the global-zero process (an empty dict on the others).
+    """
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return {}
+    best = _best_checkpoint(trainer)
+    if best:
+        state = torch.load(best, map_location=module.device, weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    module.eval()
+    report = getattr(module, "full_report", None)
+    if report is None:
+        raise TypeError(f"{type(module).__name__} has no full_report(datamodule, ks, oracle)")
+    metrics: dict[str, Any] = dict(report(datamodule, ks=ks, oracle=oracle))
+    metrics.update(
+        {
+            "train/epochs": trainer.current_epoch,
+            "train/steps": trainer.global_step,
+            "train/seconds": round(fit_seconds, 2),
+            "train/best_checkpoint": best or "",
+            **(extra or {}),
+        }
+    )
+    out = Path(out_dir) / "metrics.json"
+    out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(cb, ModelCheckpoint) and cb.best_model_path:
+            return str(cb.best_model_path)
+    return None
+
+
+def summary_table(metrics: dict[str, Any], split: str = "test") -> str:
+    """The model's metrics on ``split`` next to the baselines and the oracle, as text.
+
+    Example::
+
+        >>> print(summary_table({"test/recall@20": 0.2, "baseline/popularity/test/recall@20": 0.1}))
+        metric (test)               model   popularity
+        recall@20                  0.2000       0.1000
+    """
+    prefix = f"{split}/"
+    names = sorted(k[len(prefix) :] for k in metrics if k.startswith(prefix))
+    columns = [("model", prefix)]
+    for name in ("popularity", "random", "item_rate", "logreg"):
+        if any(k.startswith(f"baseline/{name}/{split}/") for k in metrics):
+            columns.append((name, f"baseline/{name}/{split}/"))
+    if any(k.startswith(f"oracle/{split}/") for k in metrics):
+        columns.append(("oracle", f"oracle/{split}/"))
+    lines = [f"{'metric (' + split + ')':<20}" + "".join(f"{c:>13}" for c, _ in columns)]
+    for name in names:
+        cells = [metrics.get(p + name) for _, p in columns]
+        lines.append(
+            f"{name:<20}" + "".join(f"{v:>13.4f}" if v is not None else f"{'-':>13}" for v in cells)
+        )
+    return "\n".join(lines)
