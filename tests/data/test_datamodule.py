@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,20 @@ def test_select_rows_equals_featurizing_those_rows(synthetic_prepared: Prepared)
     direct = dm.featurizer(join_examples(events, dm.users, dm.items), events["engaged"].to_numpy())
     for key, value in _cat([direct]).items():
         assert torch.equal(_cat([picked])[key], value), key
+
+
+@pytest.mark.parametrize("engaged_only", [False, True])
+def test_length_is_exact_with_many_row_groups(
+    synthetic_raw, tmp_path, monkeypatch: pytest.MonkeyPatch, engaged_only: bool
+) -> None:
+    """Lightning ends an epoch (and validates) by the stream's length: it must be exact."""
+    import pinrank.data.io as io
+    from pinrank.data.prepare import prepare
+
+    spec = Path(__file__).resolve().parents[2] / "conf" / "features" / "synthetic.yaml"
+    monkeypatch.setattr(io, "ROW_GROUP_ROWS", 1000)
+    prepared = prepare(synthetic_raw, tmp_path / "p", spec)
+    dm = PinrankDataModule(str(prepared.root), batch_size=300, engaged_only=engaged_only)
+    stream = dm.stream("train", shuffle=True)
+    assert len(stream.fragments) > 3
+    assert len(stream) == sum(1 for _ in stream)
