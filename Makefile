@@ -26,8 +26,9 @@ format:
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench:  ## benchmarks print and save their numbers under benchmarks/results/
+bench:  ## benchmarks print and save their numbers (JSON, PNG) under benchmarks/results/
 	$(PY) benchmarks/generate_scale.py --users 10000000 --events 50000000 --items 1000000
+	$(PY) benchmarks/retrieval_ann.py
 
 clean:
 	rm -rf data/demo outputs .pytest_cache

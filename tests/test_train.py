@@ -52,7 +52,8 @@ def _compose(overrides: list[str]):
 
 
 def test_default_config_composes_and_instantiates(tmp_path: Path) -> None:
-    cfg = _compose(_tiny(tmp_path))
+    # outside a Hydra run there is no runtime output dir to interpolate: name one
+    cfg = _compose([*_tiny(tmp_path), f"paths.output_dir={tmp_path}/out"])
     assert cfg.model.monitor == "val/recall@20" and cfg.trainer.accelerator == "cpu"
     source = instantiate(cfg.data.source)
     assert source.generator.n_users == 300

@@ -37,12 +37,15 @@ class StreamConfig:
         shuffle: shuffle row groups and rows within each row group, anew every epoch.
         seed: base seed of the shuffling; epoch ``e`` uses ``(seed, e)``.
         engaged_only: keep only engaged impressions (retrieval trains on positives).
+        leave_target_out: remove each row's own item from its user's item sequences (see
+            :func:`leave_target_out`); for training streams.
     """
 
     batch_size: int = 1024
     shuffle: bool = False
     seed: int = 0
     engaged_only: bool = False
+    leave_target_out: bool = False
 
 
 class EventStream(IterableDataset):
@@ -101,10 +104,12 @@ class EventStream(IterableDataset):
 
     def featurize(self, events: pa.Table) -> FeatureBatch:
         """One batch: join events with their users and pins, then featurize."""
-        batch = self.featurizer(
-            join_examples(events, self.users, self.items), events["engaged"].to_numpy()
-        )
-        return batch
+        tables = join_examples(events, self.users, self.items)
+        if self.cfg.leave_target_out:
+            tables["user"] = leave_target_out(
+                tables["user"], events["item_id"].to_numpy(), item_sequences(self.featurizer.spec)
+            )
+        return self.featurizer(tables, events["engaged"].to_numpy())
 
     def __len__(self) -> int:
         bs, (_, world) = self.cfg.batch_size, _rank_world()
@@ -115,6 +120,46 @@ class EventStream(IterableDataset):
         # a row-group fragment's count_rows() counts the whole file: read the one column instead
         engaged = fragment.to_table(columns=["engaged"], schema=self.dataset.schema)["engaged"]
         return int(pc.sum(engaged).as_py() or 0) if self.cfg.engaged_only else len(engaged)
+
+
+def item_sequences(spec: FeatureSpec) -> list[str]:
+    """User columns holding item ids: sources of user features that share the vocabulary of the
+    item-side ``item_id`` feature (history, seen, ...)."""
+    return sorted(
+        {
+            f.source
+            for f in spec.side("user", sparse=True)
+            if f.shares and spec[f.shares].side == "item" and spec[f.shares].source == "item_id"
+        }
+    )
+
+
+def leave_target_out(users: pa.Table, targets: np.ndarray, columns: list[str]) -> pa.Table:
+    """Remove row ``r``'s target item from its list ``columns``.
+
+    The history columns hold the whole training period, so a training impression's own item is
+    in its user's history: a model would learn to find the item in the history, a situation that
+    never occurs when scoring later events (whose items are new to the user). Leaving the target
+    out makes training rows look like scoring rows.
+
+    Example::
+
+        >>> users = pa.table({"history": [[1, 2, 3], [4], None]})
+        >>> leave_target_out(users, np.array([2, 5, 1]), ["history"])["history"].to_pylist()
+        [[1, 3], [4], None]
+    """
+    for name in columns:
+        col = users.column(name).combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy()
+        row = np.repeat(np.arange(len(col)), lengths)
+        values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+        keep = values != targets[row]
+        offsets = np.r_[0, np.cumsum(np.bincount(row[keep], minlength=len(col)))].astype(np.int32)
+        new = pa.ListArray.from_arrays(
+            pa.array(offsets), pa.array(values[keep], col.type.value_type), mask=col.is_null()
+        )
+        users = users.set_column(users.schema.get_field_index(name), name, new)
+    return users
 
 
 def _rank_world() -> tuple[int, int]:
@@ -139,6 +184,8 @@ class PinrankDataModule(pl.LightningDataModule):
         engaged_only: train on engaged impressions only (evaluation streams keep all).
         eval_batch_size: batch size of the val / test / cold streams.
         crosses: featurize the wide crosses (only models with a wide part need them).
+        leave_target_out: in training batches, remove each impression's own item from its user's
+            item sequences (they cover the whole training period; see :func:`leave_target_out`).
 
     Example::
 
@@ -155,11 +202,13 @@ class PinrankDataModule(pl.LightningDataModule):
         engaged_only: bool = False,
         eval_batch_size: int | None = None,
         crosses: bool = True,
+        leave_target_out: bool = True,
     ) -> None:
         super().__init__()
         self.prepared = Prepared.load(data_dir)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.engaged_only, self.crosses = engaged_only, crosses
+        self.leave_target_out = leave_target_out
         self.eval_batch_size = eval_batch_size or batch_size
         self.featurizer: Featurizer | None = None
 
@@ -208,7 +257,9 @@ class PinrankDataModule(pl.LightningDataModule):
         assert self.featurizer is not None
         size = self.batch_size if shuffle else self.eval_batch_size
         engaged = self.engaged_only and shuffle  # evaluation streams keep every impression
-        cfg = StreamConfig(size, shuffle, self.seed, engaged)
+        cfg = StreamConfig(
+            size, shuffle, self.seed, engaged, self.leave_target_out and split == "train"
+        )
         return EventStream(
             str(self.prepared.split(split)), self.featurizer, self.users, self.items, cfg
         )

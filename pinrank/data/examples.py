@@ -87,8 +87,8 @@ def _last_items(
 
 
 def user_history(events: Iterable[pa.RecordBatch | pa.Table], max_len: int) -> pa.Table:
-    """Each user's last ``max_len`` engaged pins (``history``) and last ``max_len`` impressed pins
-    of any label (``seen``), oldest first, for every user with an event.
+    """Per user with an event: the last ``max_len`` engaged pins (``history``) and impressed pins
+    of any label (``seen``), oldest first, and the time of the last event (``last_ts``).
 
     Only pass training events: features used to score val and test come from train only.
 
@@ -97,40 +97,75 @@ def user_history(events: Iterable[pa.RecordBatch | pa.Table], max_len: int) -> p
         >>> ev = pa.table({"user_id": [1, 1, 1, 2], "item_id": [10, 11, 12, 20],
         ...                "ts": [3, 1, 2, 5], "engaged": [True, True, False, False]})
         >>> user_history([ev], max_len=5).to_pylist()  # doctest: +NORMALIZE_WHITESPACE
-        [{'user_id': 1, 'seen': [11, 12, 10], 'history': [11, 10]},
-         {'user_id': 2, 'seen': [20], 'history': []}]
+        [{'user_id': 1, 'seen': [11, 12, 10], 'last_ts': 3, 'history': [11, 10]},
+         {'user_id': 2, 'seen': [20], 'last_ts': 5, 'history': []}]
     """
-    parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in events]
-    cols = ["user_id", "item_id", "ts", "engaged"]
-    ev = (
-        pa.concat_tables([p.select(cols) for p in parts])
-        if parts
-        else pa.table(
-            {c: pa.array([], t) for c, t in zip(cols, [pa.int64()] * 3 + [pa.bool_()], strict=True)}
-        )
-    )
+    ev = _concat(events, ["user_id", "item_id", "ts", "engaged"])
     u, i, t = (ev[c].to_numpy() for c in ("user_id", "item_id", "ts"))
     engaged = ev["engaged"].to_numpy(zero_copy_only=False)
     users, seen = _last_items(u, i, t, max_len)
+    last_ts = np.full(len(users), 0, np.int64)
+    if len(u):
+        np.maximum.at(last_ts, np.searchsorted(users, u), t)
     eng_users, eng = _last_items(u[engaged], i[engaged], t[engaged], max_len)
-    table = pa.table({"user_id": pa.array(users, pa.int64()), SEEN: seen})
-    return with_history(table, pa.table({"user_id": pa.array(eng_users, pa.int64()), HISTORY: eng}))
+    table = pa.table({"user_id": pa.array(users, pa.int64()), SEEN: seen, "last_ts": last_ts})
+    return join_columns(table, pa.table({"user_id": pa.array(eng_users, pa.int64()), HISTORY: eng}))
 
 
-def with_history(users: pa.Table, history: pa.Table) -> pa.Table:
-    """``users`` plus every list column of ``history`` (empty lists for users not in it)."""
-    rows = EntityIndex(history, "user_id").rows(users.column("user_id").to_numpy())
-    for name in history.column_names:
-        if name == "user_id":
-            continue
-        col = (
-            history.column(name)
-            .combine_chunks()
-            .take(pa.array(np.where(rows < 0, 0, rows), mask=rows < 0))
-        )
-        if len(col):
-            col = pc.if_else(pc.is_null(col), pa.scalar([], pa.list_(pa.int64())), col)
-        if name in users.column_names:
-            users = users.drop_columns([name])
-        users = users.append_column(name, col)
-    return users
+def item_stats(events: Iterable[pa.RecordBatch | pa.Table]) -> pa.Table:
+    """Per item with a training event: ``train_events``, ``train_engaged`` and ``mean_ts`` (the
+    mean time of its impressions: when the item was in fashion).
+
+    Example::
+
+        >>> ev = pa.table({"user_id": [1, 2, 3], "item_id": [10, 10, 11], "ts": [2, 4, 9],
+        ...                "engaged": [True, False, True]})
+        >>> item_stats([ev]).to_pylist()  # doctest: +NORMALIZE_WHITESPACE
+        [{'item_id': 10, 'train_events': 2, 'train_engaged': 1, 'mean_ts': 3.0},
+         {'item_id': 11, 'train_events': 1, 'train_engaged': 1, 'mean_ts': 9.0}]
+    """
+    ev = _concat(events, ["user_id", "item_id", "ts", "engaged"])
+    items, inverse, counts = np.unique(
+        ev["item_id"].to_numpy(), return_inverse=True, return_counts=True
+    )
+    engaged = np.bincount(
+        inverse, weights=ev["engaged"].to_numpy(zero_copy_only=False), minlength=len(items)
+    )
+    ts_sum = np.bincount(
+        inverse, weights=ev["ts"].to_numpy().astype(np.float64), minlength=len(items)
+    )
+    return pa.table(
+        {
+            "item_id": pa.array(items, pa.int64()),
+            "train_events": pa.array(counts, pa.int64()),
+            "train_engaged": pa.array(engaged.astype(np.int64)),
+            "mean_ts": pa.array(ts_sum / np.maximum(counts, 1)),
+        }
+    )
+
+
+def _concat(events: Iterable[pa.RecordBatch | pa.Table], cols: list[str]) -> pa.Table:
+    parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in events]
+    if parts:
+        return pa.concat_tables([p.select(cols) for p in parts])
+    types = [pa.int64()] * 3 + [pa.bool_()]
+    return pa.table({c: pa.array([], t) for c, t in zip(cols, types, strict=True)})
+
+
+def join_columns(table: pa.Table, extra: pa.Table) -> pa.Table:
+    """``table`` plus every other column of ``extra``, matched on ``extra``'s first (id) column.
+
+    Rows of ``table`` without a match get empty lists (list columns) or nulls (the feature spec's
+    missing-value policy then applies). Columns already in ``table`` are replaced.
+    """
+    id_col = extra.column_names[0]
+    rows = EntityIndex(extra, id_col).rows(table.column(id_col).to_numpy())
+    take = pa.array(np.where(rows < 0, 0, rows), mask=rows < 0)
+    for name in extra.column_names[1:]:
+        col = extra.column(name).combine_chunks().take(take)
+        if len(col) and pa.types.is_list(col.type):
+            col = pc.if_else(pc.is_null(col), pa.scalar([], col.type), col)
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, col)
+    return table

@@ -2,13 +2,16 @@
 
 Layout of a prepared folder::
 
-    <out>/splits/{train,val,test,cold}/part-*.parquet   events, PROTOCOL.md splits
-    <out>/history/part-00000.parquet                   user_id, history (from train events only)
-    <out>/features/spec.yaml, state.json               the spec and its state fitted on train
-    <out>/prepared.json                                paths, split sizes, value counts
+    <out>/splits/{train,val,test,cold}/part-*.parquet  events, PROTOCOL.md splits
+    <out>/history/part-00000.parquet                  per user: history, seen, last_ts
+    <out>/item_stats/part-00000.parquet               per item: train_events, train_engaged, mean_ts
+    <out>/features/spec.yaml, state.json              the spec and its state fitted on train
+    <out>/prepared.json                               paths, split sizes, value counts
 
 Raw users and items stay where they are (``raw`` in ``prepared.json``): they are read, never
-rewritten. Everything fitted (history, vocabularies, statistics) sees training events only.
+rewritten. Everything fitted or derived (history, item statistics, vocabularies, feature
+statistics) sees training events only; the derived columns are joined to users and items and the
+feature spec can use them like any other column.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pinrank.data.examples import EntityIndex, user_history, with_history
+from pinrank.data.examples import EntityIndex, item_stats, join_columns, user_history
 from pinrank.data.io import iter_batches, open_dataset, read_table, write_parquet
 from pinrank.data.splits import SplitConfig, write_splits
 from pinrank.features.spec import FeatureSpec
@@ -56,12 +59,14 @@ class Prepared:
         return FeatureState.load(self.state_path)
 
     def users(self) -> pa.Table:
-        """All users with their train-period ``history`` column."""
+        """All users with their train-derived columns (``history``, ``seen``, ``last_ts``)."""
         hist = read_table_plain(self.root / "history")
-        return with_history(read_table(self.raw / "users", "users"), hist)
+        return join_columns(read_table(self.raw / "users", "users"), hist)
 
     def items(self) -> pa.Table:
-        return read_table(self.raw / "items", "items")
+        """All items with their train-derived columns (``train_events``, ``mean_ts``, ...)."""
+        stats = read_table_plain(self.root / "item_stats")
+        return join_columns(read_table(self.raw / "items", "items"), stats)
 
     def indexes(self) -> tuple[EntityIndex, EntityIndex]:
         """Id lookups over users (with history) and items, for joining events."""
@@ -91,7 +96,7 @@ def _train_rows(
     for batch in iter_batches(raw / table, table, filter=pc.is_in(ds.field(id_col), value_set)):
         if extra is not None:
             batch = (
-                with_history(pa.Table.from_batches([batch]), extra).combine_chunks().to_batches()[0]
+                join_columns(pa.Table.from_batches([batch]), extra).combine_chunks().to_batches()[0]
             )
         yield batch
 
@@ -128,13 +133,15 @@ def prepare(
         iter_batches(train, "events", ["user_id", "item_id", "ts", "engaged"]), history_len
     )
     write_parquet(hist, out / "history" / "part-00000.parquet")
+    stats = item_stats(iter_batches(train, "events", ["user_id", "item_id", "ts", "engaged"]))
+    write_parquet(stats, out / "item_stats" / "part-00000.parquet")
     train_users = np.unique(read_table(train, "events", ["user_id"])["user_id"].to_numpy())
     train_items = np.unique(read_table(train, "events", ["item_id"])["item_id"].to_numpy())
     state = fit(
         spec,
         {
             "user": _train_rows(raw, "users", "user_id", train_users, hist),
-            "item": _train_rows(raw, "items", "item_id", train_items, None),
+            "item": _train_rows(raw, "items", "item_id", train_items, stats),
             "context": iter_batches(train, "events"),
         },
     )

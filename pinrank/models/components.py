@@ -45,7 +45,13 @@ def tables_for(
         exclude: features to leave out (e.g. ``user_id`` for a cold-start-only tower).
     """
     return [
-        TableSpec(f.name, state.cardinality(f.name), embedding_dim or f.embedding_dim, f.pooling)
+        TableSpec(
+            f.name,
+            state.cardinality(f.name),
+            embedding_dim
+            or (spec[f.shares] if f.shares else f).embedding_dim,  # shared: same width
+            f.pooling,
+        )
         for f in spec.side(side, sparse=True)
         if f.name not in exclude
     ]
@@ -82,6 +88,19 @@ class SparseArch(nn.Module):
         )
         for bag in self.ebc.embedding_bags.values():
             nn.init.normal_(bag.weight, std=init_std)
+
+    def weight(self, feature: str) -> nn.Parameter:
+        """The embedding table of ``feature``."""
+        return self.ebc.embedding_bags[f"t_{feature}"].weight
+
+    def tie(self, feature: str, weight: nn.Parameter) -> None:
+        """Make ``feature`` look up rows of ``weight`` (another arch's table of the same shape)."""
+        own = self.weight(feature)
+        if own.shape != weight.shape:
+            raise ValueError(
+                f"cannot tie {feature!r}: shape {tuple(own.shape)} vs {tuple(weight.shape)}"
+            )
+        self.ebc.embedding_bags[f"t_{feature}"].weight = weight
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         if not self.tables:

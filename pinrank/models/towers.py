@@ -90,24 +90,31 @@ class TwoTower(nn.Module):
         user: TowerConfig | None = None,
         item: TowerConfig | None = None,
         temperature: float = 0.05,
+        tie_shared: bool = True,
     ) -> TwoTower:
-        """Size the towers' tables from the fitted state; ``dense_dims`` per side."""
+        """Size the towers' tables from the fitted state; ``dense_dims`` per side.
+
+        With ``tie_shared``, a user feature that ``shares`` an item feature's vocabulary (e.g.
+        the engaged history and ``item_id``) looks up the item tower's table itself: the user is
+        then described by the same item vectors that the item tower embeds.
+        """
         user, item = user or TowerConfig(), item or TowerConfig()
         if user.output_dim != item.output_dim:
             raise ValueError(f"tower widths differ: user {user.output_dim}, item {item.output_dim}")
-        return cls(
-            Tower(
-                tables_for(spec, state, "user", user.embedding_dim, user.exclude),
-                dense_dims["user"],
-                user,
-            ),
-            Tower(
-                tables_for(spec, state, "item", item.embedding_dim, item.exclude),
-                dense_dims["item"],
-                item,
-            ),
+        user_tables = tables_for(spec, state, "user", user.embedding_dim, user.exclude)
+        item_tables = tables_for(spec, state, "item", item.embedding_dim, item.exclude)
+        net = cls(
+            Tower(user_tables, dense_dims["user"], user),
+            Tower(item_tables, dense_dims["item"], item),
             temperature,
         )
+        if tie_shared:
+            owners = {t.feature for t in item_tables}
+            for t in user_tables:
+                owner = spec[t.feature].shares
+                if owner in owners:
+                    net.user_tower.sparse.tie(t.feature, net.item_tower.sparse.weight(owner))
+        return net
 
     def user_embedding(self, batch: FeatureBatch) -> torch.Tensor:
         """[B, D] normalised user embeddings of a batch."""

@@ -75,8 +75,8 @@ class RetrievalModule(pl.LightningModule):
     def _negatives(self, dm: PinrankDataModule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Uniform catalogue samples: embeddings [M, D], ids [M], log q [M] (= log M / N)."""
         catalogue = dm.catalogue()
-        gen = np.random.default_rng([self.global_step, self.global_rank])
-        ids = catalogue[gen.integers(0, len(catalogue), self.mixed_negatives)]
+        # torch's global generator: seeded per run (and per rank) by seed_everything
+        ids = catalogue[torch.randint(len(catalogue), (self.mixed_negatives,)).numpy()]
         emb = self.net.item_embedding(dm.featurize_entities("item", ids).to(self.device))
         log_q = torch.full(
             (len(ids),), math.log(self.mixed_negatives / len(catalogue)), device=self.device

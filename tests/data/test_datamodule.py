@@ -126,3 +126,28 @@ def test_length_is_exact_with_many_row_groups(
     stream = dm.stream("train", shuffle=True)
     assert len(stream.fragments) > 3
     assert len(stream) == sum(1 for _ in stream)
+
+
+def test_training_rows_leave_their_target_out(synthetic_prepared: Prepared) -> None:
+    from pinrank.data.datamodule import item_sequences
+
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=512)
+    assert item_sequences(dm.spec) == ["history", "seen"]
+    idx = dm.state.features["item_id"]["vocab"]
+    index_of = {item: 2 + k for k, item in enumerate(idx)}
+    hits = 0
+    for batch in dm.stream("train", shuffle=True):
+        seen = batch.sparse["user"]["seen"]
+        target = torch.tensor([index_of.get(i, 1) for i in batch.item_ids.tolist()])
+        rows = torch.repeat_interleave(torch.arange(len(batch)), seen.lengths())
+        hits += int((seen.values() == target[rows]).sum())
+    assert hits == 0
+    # evaluation streams keep the full train-period history
+    test = next(iter(dm.stream("test")))
+    assert test.sparse["user"]["seen"].lengths().sum() > 0
+    off = PinrankDataModule(str(synthetic_prepared.root), batch_size=512, leave_target_out=False)
+    batch = next(iter(off.stream("train", shuffle=True)))
+    seen = batch.sparse["user"]["seen"]
+    target = torch.tensor([index_of.get(i, 1) for i in batch.item_ids.tolist()])
+    rows = torch.repeat_interleave(torch.arange(len(batch)), seen.lengths())
+    assert int((seen.values() == target[rows]).sum()) > 0  # without it, targets do leak in

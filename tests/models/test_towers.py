@@ -44,3 +44,22 @@ def test_excluded_features_have_no_table(synthetic_prepared: Prepared) -> None:
     dm = PinrankDataModule(str(synthetic_prepared.root))
     net = _net(dm, user=TowerConfig(exclude=("user_id",)))
     assert "user_id" not in {t.feature for t in net.user_tower.sparse.tables}
+
+
+def test_shared_features_tie_to_the_item_table(synthetic_prepared: Prepared) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=128)
+    net = _net(dm)
+    item_table = net.item_tower.sparse.weight("item_id")
+    shared = [f.name for f in dm.spec.side("user", sparse=True) if f.shares == "item_id"]
+    assert shared
+    for name in shared:
+        assert net.user_tower.sparse.weight(name) is item_table
+    # one parameter, counted once; the user tower's history trains the item table too
+    assert sum(p is item_table for p in net.parameters()) == 1
+    batch = next(iter(dm.train_dataloader()))
+    net.user_embedding(batch).sum().backward()
+    assert item_table.grad is not None and item_table.grad.abs().sum() > 0
+    untied = _net(dm, tie_shared=False)
+    assert untied.user_tower.sparse.weight(shared[0]) is not untied.item_tower.sparse.weight(
+        "item_id"
+    )
