@@ -72,6 +72,7 @@ class EventStream(IterableDataset):
             rg for frag in self.dataset.get_fragments() for rg in frag.split_by_row_group()
         ]
         self.featurizer, self.users, self.items, self.cfg = featurizer, users, items, cfg
+        self._counts: dict[int, int] = {}
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -117,9 +118,12 @@ class EventStream(IterableDataset):
         return int(sum(-(-n // bs) for n in rows))
 
     def _count(self, fragment: ds.Fragment) -> int:
-        # a row-group fragment's count_rows() counts the whole file: read the one column instead
-        engaged = fragment.to_table(columns=["engaged"], schema=self.dataset.schema)["engaged"]
-        return int(pc.sum(engaged).as_py() or 0) if self.cfg.engaged_only else len(engaged)
+        key = id(fragment)
+        if key not in self._counts:
+            # a row-group fragment's count_rows() counts the whole file: read one column instead
+            col = fragment.to_table(columns=["engaged"], schema=self.dataset.schema)["engaged"]
+            self._counts[key] = int(pc.sum(col).as_py() or 0) if self.cfg.engaged_only else len(col)
+        return self._counts[key]
 
 
 def item_sequences(spec: FeatureSpec) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,8 @@ class FeatureState:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=1, sort_keys=True))
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # not the lookup cache
+        path.write_text(json.dumps(data, indent=1, sort_keys=True))
         return path
 
     @classmethod

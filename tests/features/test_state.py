@@ -99,6 +99,7 @@ def test_fitted_state_hand_worked(state: FeatureState) -> None:
 
 
 def test_state_round_trips_as_plain_json(state: FeatureState, tmp_path: Path) -> None:
+    transform_side(SPEC, state, "user", TRAIN_USERS, Counter())  # a used state saves too
     path = state.save(tmp_path / "state.json")
     json.loads(path.read_text())  # plain JSON, nothing executable
     again = FeatureState.load(path)
