@@ -41,7 +41,8 @@ class RetrievalModule(pl.LightningModule):
         optimizer: a partial optimiser, completed with the parameters (Hydra ``_partial_``).
         logq: subtract the log sampling probability from every logit.
         remove_accidental_hits: never use a row's own positive item as its negative.
-        mixed_negatives: uniformly sampled catalogue items added as negatives to every row.
+        mixed_negatives: uniformly sampled catalogue items added as negatives to every row
+            (``-1``: the whole catalogue, i.e. a full softmax; for small catalogues).
         freq_buckets / freq_alpha: the streaming frequency estimator.
         monitor_k: K of the ``val/recall@K`` computed at each validation epoch.
         index: top-K implementation for evaluation (``exact`` or a FAISS factory string).
@@ -73,14 +74,19 @@ class RetrievalModule(pl.LightningModule):
     # ----------------------------------------------------------------------------- training
 
     def _negatives(self, dm: PinrankDataModule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Uniform catalogue samples: embeddings [M, D], ids [M], log q [M] (= log M / N)."""
+        """Uniform catalogue samples: embeddings [M, D], ids [M], log q [M] (= log M / N).
+
+        ``mixed_negatives = -1`` uses the whole catalogue once (log q = 0): a full softmax.
+        """
         catalogue = dm.catalogue()
-        # torch's global generator: seeded per run (and per rank) by seed_everything
-        ids = catalogue[torch.randint(len(catalogue), (self.mixed_negatives,)).numpy()]
+        if self.mixed_negatives < 0:
+            ids, log_q_value = catalogue, 0.0
+        else:
+            # torch's global generator: seeded per run (and per rank) by seed_everything
+            ids = catalogue[torch.randint(len(catalogue), (self.mixed_negatives,)).numpy()]
+            log_q_value = math.log(self.mixed_negatives / len(catalogue))
         emb = self.net.item_embedding(dm.featurize_entities("item", ids).to(self.device))
-        log_q = torch.full(
-            (len(ids),), math.log(self.mixed_negatives / len(catalogue)), device=self.device
-        )
+        log_q = torch.full((len(ids),), log_q_value, device=self.device)
         return emb, torch.from_numpy(ids).to(self.device), log_q
 
     def loss(self, batch: FeatureBatch, train: bool) -> torch.Tensor:

@@ -69,3 +69,22 @@ def test_embeddings_are_deterministic_in_eval_mode(
     module, dm = trained
     ids = dm.catalogue()[:100]
     np.testing.assert_array_equal(module.embed(dm, "item", ids), module.embed(dm, "item", ids))
+
+
+def test_full_catalogue_negatives(trained: tuple[RetrievalModule, PinrankDataModule]) -> None:
+    module, dm = trained
+    module.mixed_negatives = -1
+    try:
+        emb, ids, log_q = module._negatives(dm)
+    finally:
+        module.mixed_negatives = 32
+    assert torch.equal(ids, torch.from_numpy(dm.catalogue()))  # every item once
+    assert emb.shape[0] == len(dm.catalogue()) and torch.all(log_q == 0)
+    module.mixed_negatives = 8
+    try:
+        _, ids, log_q = module._negatives(dm)
+    finally:
+        module.mixed_negatives = 32
+    assert len(ids) == 8 and torch.allclose(
+        log_q, torch.full((8,), np.log(8 / len(dm.catalogue())))
+    )
