@@ -73,6 +73,7 @@ class EventStream(IterableDataset):
         ]
         self.featurizer, self.users, self.items, self.cfg = featurizer, users, items, cfg
         self._counts: dict[int, int] = {}
+        self._sequences = item_sequences(featurizer.spec) if cfg.leave_target_out else []
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -108,7 +109,7 @@ class EventStream(IterableDataset):
         tables = join_examples(events, self.users, self.items)
         if self.cfg.leave_target_out:
             tables["user"] = leave_target_out(
-                tables["user"], events["item_id"].to_numpy(), item_sequences(self.featurizer.spec)
+                tables["user"], events["item_id"].to_numpy(), self._sequences
             )
         return self.featurizer(tables, events["engaged"].to_numpy())
 
@@ -292,8 +293,3 @@ class PinrankDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
-
-
-def dataset_rows(path: str) -> int:
-    """Rows of a Parquet folder, from footers only."""
-    return int(ds.dataset(path, format="parquet").count_rows())

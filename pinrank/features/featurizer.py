@@ -20,7 +20,6 @@ from pinrank.features.spec import SIDES, FeatureSpec
 from pinrank.features.state import FeatureState, SideArrays, cross_features, transform_side
 from pinrank.features.transforms import Counts, Jagged
 
-SPARSE_GROUPS = (*SIDES, "cross")
 # torchrec asks torch.fx whether it is tracing on every KeyedJaggedTensor; torch answers with a
 # deprecation warning that says nothing about pinrank.
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
@@ -141,11 +140,7 @@ class Featurizer:
         by_name = {k: v for arr in sides.values() for k, v in arr.sparse.items()}
         wanted = self.spec.crosses if self.crosses else ()
         ready = [c for c in wanted if all(f in by_name for f in c.features)]
-        crosses = (
-            cross_features(FeatureSpec(self.spec.features, tuple(ready)), self.state, by_name)
-            if ready
-            else {}
-        )
+        crosses = cross_features(ready, self.state, by_name)
         return sides, crosses
 
     def __call__(

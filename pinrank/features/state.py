@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrank.features.spec import Feature, FeatureSpec, SpecError
+from pinrank.features.spec import Cross, Feature, FeatureSpec, SpecError
 from pinrank.features.transforms import (
     MISSING,
     OOV,
@@ -54,6 +54,20 @@ class FeatureState:
     rows: dict[str, int] = field(default_factory=dict)
     version: int = STATE_VERSION
 
+    def __post_init__(self) -> None:
+        # built lazily from the vocabularies; not part of the saved state
+        self._lookups: dict[str, VocabLookup] = {}
+
+    def lookups(self) -> dict[str, VocabLookup]:
+        """Value -> index lookups of every vocabulary feature, built once."""
+        if not self._lookups:
+            self._lookups = {
+                name: VocabLookup(st["vocab"])
+                for name, st in self.features.items()
+                if "vocab" in st
+            }
+        return self._lookups
+
     def cardinality(self, name: str) -> int:
         """Number of embedding rows a categorical feature or cross needs."""
         entry = self.features.get(name) or self.crosses.get(name)
@@ -64,7 +78,7 @@ class FeatureState:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {f.name: getattr(self, f.name) for f in fields(self)}  # not the lookup cache
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         path.write_text(json.dumps(data, indent=1, sort_keys=True))
         return path
 
@@ -216,7 +230,7 @@ def transform_side(
 ) -> SideArrays:
     """Transform the rows of one side; every replaced value is added to ``counts``."""
     sparse, dense = {}, {}
-    lookups = _lookups(state)
+    lookups = state.lookups()
     for f in spec.side(side):
         col = _column(table, f)
         if f.kind == "numeric":
@@ -228,24 +242,16 @@ def transform_side(
 
 
 def cross_features(
-    spec: FeatureSpec, state: FeatureState, by_name: dict[str, Jagged]
+    crosses: Iterable[Cross], state: FeatureState, by_name: dict[str, Jagged]
 ) -> dict[str, Jagged]:
     """Hashed crosses from the (row-aligned) jagged indices of their two features."""
     out = {}
-    for c in spec.crosses:
+    for c in crosses:
         st = state.crosses[c.name]
         left, right, lengths = jagged_product(by_name[c.features[0]], by_name[c.features[1]])
         pair = left * np.int64(st["right_cardinality"]) + right
         out[c.name] = (hash_ids(pair, st["a"], st["b"], st["buckets"]), lengths)
     return out
-
-
-def _lookups(state: FeatureState) -> dict[str, VocabLookup]:
-    cache = state.__dict__.setdefault("_lookups", {})
-    for name, st in state.features.items():
-        if "vocab" in st and name not in cache:
-            cache[name] = VocabLookup(st["vocab"])
-    return cache
 
 
 def _column(table: pa.Table | pa.RecordBatch, f: Feature) -> pa.Array:
