@@ -7,9 +7,10 @@ DATA ?= data/demo
 setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-smi finds a GPU)
 	bash scripts/setup.sh
 
-demo:  ## end to end on the embedded default: synthetic data -> feature spec -> report -> two-tower
+demo:  ## end to end on the embedded default: synthetic data -> feature spec -> report -> two-tower -> ranker
 	$(PY) -m pinrank.cli demo --out $(DATA)
-	$(PY) train.py task_name=demo data.source.root=$(DATA)
+	$(PY) train.py task_name=demo data.source.root=$(DATA) trainer.enable_progress_bar=false
+	$(PY) train.py task_name=demo_ranker model=wide_deep data.source.root=$(DATA) trainer.enable_progress_bar=false
 
 test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"

@@ -28,11 +28,9 @@ def main(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
     source = instantiate(cfg.data.source)
     prepared = source.ensure()
+    # the model says how its data must be streamed (positives, crosses, negatives, ...)
     dm = instantiate(
-        cfg.data.datamodule,
-        data_dir=str(prepared.root),
-        engaged_only=cfg.model.get("train_on") == "engaged",
-        crosses=cfg.model.get("uses_crosses", True),
+        cfg.data.datamodule, data_dir=str(prepared.root), **cfg.model.get("datamodule", {})
     )
     net = instantiate(cfg.model.net)(spec=dm.spec, state=dm.state, dense_dims=dm.dense_dims())
     module = instantiate(cfg.model.module)(net=net)

@@ -78,6 +78,15 @@ def test_every_experiment_composes(tmp_path: Path, experiment: str) -> None:
     assert cfg.task_name == experiment
     instantiate(cfg.data.source)  # builds without touching data
     assert callable(instantiate(cfg.model.module))
+    assert callable(instantiate(cfg.model.net))
+
+
+def test_wide_deep_model_config_composes(tmp_path: Path) -> None:
+    cfg = _compose([*_tiny(tmp_path)[:-1], "model=wide_deep"])
+    assert cfg.model.monitor == "val/auc" and cfg.model.datamodule.crosses is True
+    assert cfg.model.datamodule.sampled_negatives == 0  # "no event" negatives: off by default
+    net_cfg = instantiate(cfg.model.net.cfg)
+    assert net_cfg.wide and net_cfg.deep and tuple(net_cfg.hidden) == (256, 128)
 
 
 def test_tiny_training_run_writes_metrics(tmp_path: Path) -> None:
@@ -102,3 +111,34 @@ def test_ddp_two_processes_train(tmp_path: Path) -> None:
     metrics = _run([*_tiny(tmp_path), "trainer=ddp", "trainer.max_epochs=1"], tmp_path)
     assert metrics["train/world_size"] == 2
     assert "test/recall@20" in metrics
+
+
+def test_tiny_wide_deep_run_writes_metrics_calibration_and_plots(tmp_path: Path) -> None:
+    args = [a for a in _tiny(tmp_path) if not a.startswith("model.module.index")]
+    metrics = _run(
+        [
+            *args,
+            "model=wide_deep",
+            "model.net.cfg.hidden=[32,16]",
+            "model.module.logreg_grid=[1e-4]",
+        ],
+        tmp_path,
+    )
+    for key in (
+        "val/auc", "test/auc", "test/logloss", "test/ece", "test/user_auc", "test/precision@10",
+        "test/uncalibrated/ece", "test/uncalibrated/logloss", "cold/test/auc",
+        "baseline/item_rate/test/auc", "baseline/item_rate/cold/test/auc",
+        "baseline/logreg/test/auc", "baseline/user_item_rate/test/auc", "oracle/test/auc",
+        "val/as_new_users/auc", "calibration/a",
+    ):  # fmt: skip
+        assert key in metrics, key
+    for key, value in metrics.items():
+        if key.endswith("/auc"):
+            assert 0.5 < value <= 1.0, (key, value)
+    # the calibration is fitted on val: it cannot raise val log loss
+    assert metrics["val/logloss"] <= metrics["val/uncalibrated/logloss"] + 1e-9
+    run_dir = next((tmp_path / "logs").rglob("metrics.json")).parent
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    assert cal["method"] == "platt" and set(cal["params"]) == {"a", "b"}
+    for name in ("reliability.png", "roc.png"):
+        assert (run_dir / name).read_bytes()[:4] == b"\x89PNG"

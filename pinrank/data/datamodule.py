@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pinrank.data.examples import EntityIndex, join_examples
+from pinrank.data.examples import EVENT_DERIVED_USER_COLUMNS, EntityIndex, join_examples
 from pinrank.data.io import open_dataset
 from pinrank.data.prepare import Prepared
 from pinrank.features.featurizer import FeatureBatch, Featurizer
@@ -39,6 +39,9 @@ class StreamConfig:
         engaged_only: keep only engaged impressions (retrieval trains on positives).
         leave_target_out: remove each row's own item from its user's item sequences (see
             :func:`leave_target_out`); for training streams.
+        sampled_negatives: per impression, this many catalogue items drawn uniformly at random
+            are added as "no event" negatives (label 0, the impression's user and context);
+            for training streams. A drawn item may by chance be one the user engaged with.
     """
 
     batch_size: int = 1024
@@ -46,6 +49,12 @@ class StreamConfig:
     seed: int = 0
     engaged_only: bool = False
     leave_target_out: bool = False
+    sampled_negatives: int = 0
+    cold_start_rate: float = 0.0
+    leave_stats_out: bool = False
+
+
+UNKNOWN_USER_ID = -1  # stands for "an id the model has never seen" in simulated cold-start rows
 
 
 class EventStream(IterableDataset):
@@ -74,6 +83,7 @@ class EventStream(IterableDataset):
         self.featurizer, self.users, self.items, self.cfg = featurizer, users, items, cfg
         self._counts: dict[int, int] = {}
         self._sequences = item_sequences(featurizer.spec) if cfg.leave_target_out else []
+        self._catalogue: np.ndarray | None = None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -96,7 +106,7 @@ class EventStream(IterableDataset):
                 perm = perm[rank::world][: table.num_rows // world]
             table = table.take(pa.array(perm))
             for start in range(0, table.num_rows, self.cfg.batch_size):
-                yield self.featurize(table.slice(start, self.cfg.batch_size))
+                yield self.featurize(table.slice(start, self.cfg.batch_size), rng)
 
     def _read(self, i: int) -> pa.Table:
         table = self.fragments[i].to_table(schema=self.dataset.schema)
@@ -104,14 +114,41 @@ class EventStream(IterableDataset):
             table = table.filter(table["engaged"])
         return table
 
-    def featurize(self, events: pa.Table) -> FeatureBatch:
-        """One batch: join events with their users and pins, then featurize."""
+    def featurize(self, events: pa.Table, rng: np.random.Generator | None = None) -> FeatureBatch:
+        """One batch: join events with their users and pins, then featurize.
+
+        With ``cfg.sampled_negatives`` and an ``rng``, the batch grows by that many sampled
+        "no event" rows per impression (after the real ones).
+        """
+        real = events.num_rows
+        if self.cfg.sampled_negatives and rng is not None:
+            events = self._with_sampled_negatives(events, rng)
         tables = join_examples(events, self.users, self.items)
         if self.cfg.leave_target_out:
             tables["user"] = leave_target_out(
                 tables["user"], events["item_id"].to_numpy(), self._sequences
             )
+        if self.cfg.leave_stats_out:
+            tables["item"] = leave_event_out(
+                tables["item"], events["engaged"].to_numpy(zero_copy_only=False), real
+            )
+        if self.cfg.cold_start_rate and rng is not None:
+            cold = rng.random(events.num_rows) < self.cfg.cold_start_rate
+            tables["user"] = as_cold_start(tables["user"], cold)
         return self.featurizer(tables, events["engaged"].to_numpy())
+
+    def _with_sampled_negatives(self, events: pa.Table, rng: np.random.Generator) -> pa.Table:
+        if self._catalogue is None:
+            self._catalogue = np.sort(self.items.table.column("item_id").to_numpy())
+        n = self.cfg.sampled_negatives
+        copies = events.take(pa.array(np.tile(np.arange(events.num_rows), n)))
+        items = self._catalogue[rng.integers(0, len(self._catalogue), size=copies.num_rows)]
+        for name, value in (("item_id", items), ("engaged", np.zeros(copies.num_rows, bool))):
+            i = copies.schema.get_field_index(name)
+            copies = copies.set_column(
+                i, copies.schema.field(i), pa.array(value, copies.schema.field(i).type)
+            )
+        return pa.concat_tables([events, copies])
 
     def __len__(self) -> int:
         bs, (_, world) = self.cfg.batch_size, _rank_world()
@@ -167,6 +204,64 @@ def leave_target_out(users: pa.Table, targets: np.ndarray, columns: list[str]) -
     return users
 
 
+def leave_event_out(items: pa.Table, engaged: np.ndarray, real: int) -> pa.Table:
+    """Remove each training impression from its own pin's train counts.
+
+    ``train_events`` and ``train_engaged`` count every train impression, the row's own included:
+    a row would see its own label in its features (strongly so for pins with few events), which
+    never happens when scoring later events. The first ``real`` rows are train impressions; rows
+    after them (sampled negatives) are not counted in the statistics and keep them.
+
+    Example::
+
+        >>> items = pa.table({"train_events": [3, 1, 2], "train_engaged": [2, 1, 0]})
+        >>> leave_event_out(items, np.array([True, True, False]), real=2).to_pylist()
+        [{'train_events': 2, 'train_engaged': 1}, {'train_events': 0, 'train_engaged': 0}, \
+{'train_events': 2, 'train_engaged': 0}]
+    """
+    own = np.zeros(items.num_rows, np.int64)
+    own[:real] = 1
+    label = np.where(own == 1, np.asarray(engaged, np.int64), 0)
+    for name, minus in (("train_events", own), ("train_engaged", label)):
+        if name not in items.column_names:
+            continue
+        col = items.column(name)
+        new = pc.max_element_wise(
+            pc.subtract(col, pa.array(minus, col.type)), pa.scalar(0, col.type)
+        )
+        items = items.set_column(items.schema.get_field_index(name), name, new)
+    return items
+
+
+def as_cold_start(users: pa.Table, rows: np.ndarray) -> pa.Table:
+    """Users at ``rows`` (bool mask) made to look like new users: the columns derived from train
+    events (:data:`~pinrank.data.examples.EVENT_DERIVED_USER_COLUMNS`) become null, as for a user
+    without train events, and the id becomes :data:`UNKNOWN_USER_ID`, out of every vocabulary.
+    Sign-up attributes (demographics, stated interests) stay.
+
+    Example::
+
+        >>> users = pa.table({"user_id": [7, 8], "gender": ["F", "M"], "history": [[1], [2, 3]]})
+        >>> new = as_cold_start(users, np.array([False, True]))
+        >>> new.to_pylist()  # doctest: +NORMALIZE_WHITESPACE
+        [{'user_id': 7, 'gender': 'F', 'history': [1]},
+         {'user_id': -1, 'gender': 'M', 'history': None}]
+    """
+    if not rows.any():
+        return users
+    mask = pa.array(rows)
+    for name in (*EVENT_DERIVED_USER_COLUMNS, "user_id"):
+        if name not in users.column_names:
+            continue
+        col = users.column(name)
+        fill = (
+            pa.scalar(UNKNOWN_USER_ID, col.type) if name == "user_id" else pa.scalar(None, col.type)
+        )
+        new = pc.if_else(mask, fill, col)
+        users = users.set_column(users.schema.get_field_index(name), name, new)
+    return users
+
+
 def _rank_world() -> tuple[int, int]:
     """This process's rank and the world size under torch.distributed (0, 1 without it)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -191,6 +286,12 @@ class PinrankDataModule(pl.LightningDataModule):
         crosses: featurize the wide crosses (only models with a wide part need them).
         leave_target_out: in training batches, remove each impression's own item from its user's
             item sequences (they cover the whole training period; see :func:`leave_target_out`).
+        sampled_negatives: in training batches, add this many uniformly sampled "no event"
+            items per impression as negatives (see :class:`StreamConfig`); 0 = off.
+        cold_start_rate: in training batches, the share of rows shown with their user as a new
+            user (:func:`as_cold_start`); 0 = off.
+        leave_stats_out: in training batches, remove each impression from its pin's train
+            counts (:func:`leave_event_out`).
 
     Example::
 
@@ -208,8 +309,17 @@ class PinrankDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         crosses: bool = True,
         leave_target_out: bool = True,
+        sampled_negatives: int = 0,
+        cold_start_rate: float = 0.0,
+        leave_stats_out: bool = False,
     ) -> None:
         super().__init__()
+        if not 0.0 <= cold_start_rate < 1.0:
+            raise ValueError(f"cold_start_rate must be in [0, 1), got {cold_start_rate}")
+        self.cold_start_rate, self.leave_stats_out = cold_start_rate, leave_stats_out
+        if sampled_negatives < 0:
+            raise ValueError(f"sampled_negatives must be >= 0, got {sampled_negatives}")
+        self.sampled_negatives = sampled_negatives
         self.prepared = Prepared.load(data_dir)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.engaged_only, self.crosses = engaged_only, crosses
@@ -256,14 +366,26 @@ class PinrankDataModule(pl.LightningDataModule):
         self.setup()
         return self._catalogue
 
-    def stream(self, split: str, shuffle: bool = False) -> EventStream:
-        """The :class:`EventStream` of one split (``train``, ``val``, ``test`` or ``cold``)."""
+    def stream(self, split: str, shuffle: bool = False, as_new_users: bool = False) -> EventStream:
+        """The :class:`EventStream` of one split (``train``, ``val``, ``test`` or ``cold``).
+
+        ``as_new_users``: every user is shown as a new user would be (:func:`as_cold_start`),
+        e.g. to measure cold-start quality on validation events.
+        """
         self.setup()
         assert self.featurizer is not None
         size = self.batch_size if shuffle else self.eval_batch_size
         engaged = self.engaged_only and shuffle  # evaluation streams keep every impression
+        train = split == "train"
         cfg = StreamConfig(
-            size, shuffle, self.seed, engaged, self.leave_target_out and split == "train"
+            size,
+            shuffle,
+            self.seed,
+            engaged,
+            self.leave_target_out and train,
+            self.sampled_negatives if train and shuffle else 0,
+            1.0 if as_new_users else self.cold_start_rate if train and shuffle else 0.0,
+            self.leave_stats_out and train,
         )
         return EventStream(
             str(self.prepared.split(split)), self.featurizer, self.users, self.items, cfg

@@ -17,6 +17,9 @@ from pinrank.features.transforms import Counts
 
 HISTORY = "history"  # engaged train pins of a user
 SEEN = "seen"  # impressed train pins of a user, any label
+LAST_TS = "last_ts"  # time of a user's last train event
+# user columns derived from train events: what a new (cold-start) user does not have
+EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS)
 
 
 class EntityIndex:

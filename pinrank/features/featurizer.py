@@ -18,7 +18,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from pinrank.features.spec import SIDES, FeatureSpec
 from pinrank.features.state import FeatureState, SideArrays, cross_features, transform_side
-from pinrank.features.transforms import Counts, Jagged
+from pinrank.features.transforms import Counts, Jagged, take_jagged
 
 # torchrec asks torch.fx whether it is tracing on every KeyedJaggedTensor; torch answers with a
 # deprecation warning that says nothing about pinrank.
@@ -92,6 +92,32 @@ class FeatureBatch:
         )
 
 
+@dataclass
+class FeedBatch:
+    """Model inputs for feeds: each user's features once, and every candidate of every feed.
+
+    Attributes:
+        users: ``U`` rows with the ``user`` side only.
+        candidates: ``N`` rows with the ``item`` and ``context`` sides and the crosses of each
+            candidate with its user.
+        user_index: int64 [N], the row in ``users`` of each candidate's user.
+    """
+
+    users: FeatureBatch
+    candidates: FeatureBatch
+    user_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.user_index)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> FeedBatch:
+        return FeedBatch(
+            self.users.to(device, non_blocking),
+            self.candidates.to(device, non_blocking),
+            self.user_index.to(device, non_blocking=non_blocking),
+        )
+
+
 class Featurizer:
     """Turns per-side Arrow rows into a :class:`FeatureBatch` following a fitted spec.
 
@@ -154,23 +180,75 @@ class Featurizer:
         sparse = {s: self._kjt(self.sparse_keys[s], a.sparse, rows) for s, a in sides.items()}
         if crosses:
             sparse["cross"] = self._kjt(self.sparse_keys["cross"], crosses, rows)
-        dense = {
-            s: torch.from_numpy(
-                np.concatenate([a.dense[n] for n in self.dense_slices[s]], axis=1)
-                if self.dense_slices[s]
-                else np.zeros((rows, 0), np.float32)
-            )
-            for s, a in sides.items()
-        }
-        ids = {
-            key: torch.from_numpy(
-                tables[side].column(col).to_numpy(zero_copy_only=False).astype(np.int64)
-            )
-            for key, side, col in (("user_ids", "user", "user_id"), ("item_ids", "item", "item_id"))
-            if side in tables and col in tables[side].column_names
-        }
+        dense = {s: self._dense(s, a) for s, a in sides.items()}
+        user_ids = self._ids(tables["user"], "user_id") if "user" in tables else None
+        item_ids = self._ids(tables["item"], "item_id") if "item" in tables else None
         y = None if labels is None else torch.from_numpy(np.asarray(labels, np.float32))
-        return FeatureBatch(sparse, dense, y, ids.get("user_ids"), ids.get("item_ids"), counts)
+        return FeatureBatch(sparse, dense, y, user_ids, item_ids, counts)
+
+    def feed(
+        self,
+        users: pa.Table,
+        items: pa.Table,
+        user_index: np.ndarray,
+        context: pa.Table | None = None,
+    ) -> FeedBatch:
+        """Featurize feeds: ``U`` user rows once, ``N`` candidate rows (items, and their context
+        when the spec has context features), candidate ``n`` belonging to user
+        ``user_index[n]``. The crosses are those :meth:`__call__` computes for the same pairs.
+        """
+        user_index = np.asarray(user_index, np.int64)
+        if len(user_index) != items.num_rows:
+            raise ValueError(f"user_index has {len(user_index)} rows, items {items.num_rows}")
+        if len(user_index) and (user_index.min() < 0 or user_index.max() >= users.num_rows):
+            raise ValueError(f"user_index out of range for {users.num_rows} users")
+        if self.spec.side("context") and context is None:
+            names = sorted({f.source for f in self.spec.side("context")})
+            raise ValueError(f"this spec has context features: pass context columns {names}")
+        counts: Counts = Counter()
+        u = transform_side(self.spec, self.state, "user", users, counts)
+        cand_tables = {"item": items} | ({"context": context} if context is not None else {})
+        cand = {
+            s: transform_side(self.spec, self.state, s, t, counts) for s, t in cand_tables.items()
+        }
+        crosses: dict[str, Jagged] = {}
+        if self.crosses and self.spec.crosses:
+            by_name = {k: v for arr in cand.values() for k, v in arr.sparse.items()}
+            needed = {f for c in self.spec.crosses for f in c.features if f in u.sparse}
+            by_name |= {k: take_jagged(u.sparse[k], user_index) for k in needed}
+            ready = [c for c in self.spec.crosses if all(f in by_name for f in c.features)]
+            crosses = cross_features(ready, self.state, by_name)
+        rows = len(user_index)
+        user_batch = FeatureBatch(
+            {"user": self._kjt(self.sparse_keys["user"], u.sparse, u.rows)},
+            {"user": self._dense("user", u)},
+            user_ids=self._ids(users, "user_id"),
+        )
+        sparse = {s: self._kjt(self.sparse_keys[s], a.sparse, rows) for s, a in cand.items()}
+        if crosses:
+            sparse["cross"] = self._kjt(self.sparse_keys["cross"], crosses, rows)
+        cand_batch = FeatureBatch(
+            sparse,
+            {s: self._dense(s, a) for s, a in cand.items()},
+            item_ids=self._ids(items, "item_id"),
+            counts=+counts,
+        )
+        return FeedBatch(user_batch, cand_batch, torch.from_numpy(user_index))
+
+    def _dense(self, side: str, arrays: SideArrays) -> torch.Tensor:
+        if not self.dense_slices[side]:
+            return torch.zeros(arrays.rows, 0)
+        return torch.from_numpy(
+            np.concatenate([arrays.dense[n] for n in self.dense_slices[side]], 1)
+        )
+
+    @staticmethod
+    def _ids(table: pa.Table, column: str) -> torch.Tensor | None:
+        if column not in table.column_names:
+            return None
+        return torch.from_numpy(
+            table.column(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        )
 
     @staticmethod
     def _kjt(keys: list[str], arrays: dict[str, Jagged], rows: int) -> KeyedJaggedTensor:

@@ -118,6 +118,25 @@ def truncate(j: Jagged, max_len: int, keep_last: bool, counts: Counts, name: str
     return values[keep], np.minimum(lengths, max_len).astype(np.int32)
 
 
+def take_jagged(j: Jagged, rows: np.ndarray) -> Jagged:
+    """The rows ``rows`` (any order, repeats allowed) of a jagged array.
+
+    Example::
+
+        >>> v, n = take_jagged((np.array([5, 6, 7]), np.array([2, 0, 1])), np.array([2, 0, 2]))
+        >>> v.tolist(), n.tolist()
+        ([7, 5, 6, 7], [1, 2, 1])
+    """
+    values, lengths = j
+    rows = np.asarray(rows, np.int64)
+    starts = (np.cumsum(lengths, dtype=np.int64) - lengths)[rows]
+    out_lengths = lengths[rows].astype(np.int64)
+    within = np.arange(out_lengths.sum()) - np.repeat(
+        np.cumsum(out_lengths) - out_lengths, out_lengths
+    )
+    return values[np.repeat(starts, out_lengths) + within], out_lengths.astype(np.int32)
+
+
 def jagged_product(left: Jagged, right: Jagged) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair ``(l, r)`` of each row's left and right values, missing (0) values skipped.
 

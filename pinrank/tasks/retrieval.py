@@ -176,10 +176,15 @@ class RetrievalModule(pl.LightningModule):
         return {f"{split}/{k}": v for k, v in retrieval_metrics(ids, task.truth, ks).items()}
 
     def full_report(
-        self, dm: PinrankDataModule, ks: Sequence[int] = (10, 20, 50, 100), oracle: Any = None
+        self,
+        dm: PinrankDataModule,
+        ks: Sequence[int] = (10, 20, 50, 100),
+        oracle: Any = None,
+        out_dir: Any = None,
     ) -> dict[str, float]:
         """Everything for ``metrics.json``: model on val and test, baselines on the same tasks,
-        the configured index against exact search, and the oracle where the data has one."""
+        the configured index against exact search, and the oracle where the data has one.
+        (``out_dir``: part of the report contract; this report writes no artefacts.)"""
         metrics: dict[str, float] = {}
         train = read_table(dm.prepared.split("train"), "events", EVENT_COLUMNS)
         for split in ("val", "test"):

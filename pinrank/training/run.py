@@ -1,8 +1,9 @@
 """The training job shared by every model: fit, reload the best checkpoint, evaluate, report.
 
-A task's LightningModule provides ``full_report(datamodule, ks, oracle) -> dict`` with flat keys
-(``test/recall@20``, ``baseline/popularity/test/recall@20``, ...); this module writes them to
-``metrics.json`` in the run directory and returns them.
+A task's LightningModule provides ``full_report(datamodule, ks, oracle, out_dir) -> dict`` with
+flat keys (``test/recall@20``, ``baseline/popularity/test/recall@20``, ...; it may write artefacts
+such as plots to ``out_dir``); this module writes them to ``metrics.json`` in the run directory
+and returns them.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def fit_and_evaluate(
     module.eval()
     report = getattr(module, "full_report", None)
     if report is None:
-        raise TypeError(f"{type(module).__name__} has no full_report(datamodule, ks, oracle)")
-    metrics: dict[str, Any] = dict(report(datamodule, ks=ks, oracle=oracle))
+        raise TypeError(
+            f"{type(module).__name__} has no full_report(datamodule, ks, oracle, out_dir)"
+        )
+    metrics: dict[str, Any] = dict(report(datamodule, ks=ks, oracle=oracle, out_dir=out_dir))
     metrics.update(
         {
             "train/epochs": trainer.current_epoch,
@@ -76,9 +79,12 @@ def summary_table(metrics: dict[str, Any], split: str = "test") -> str:
         recall@20                  0.2000       0.1000
     """
     prefix = f"{split}/"
-    names = sorted(k[len(prefix) :] for k in metrics if k.startswith(prefix))
+    # the headline metrics; sub-groups such as ``test/uncalibrated/...`` stay in metrics.json
+    names = sorted(
+        k[len(prefix) :] for k in metrics if k.startswith(prefix) and "/" not in k[len(prefix) :]
+    )
     columns = [("model", prefix)]
-    for name in ("popularity", "random", "item_rate", "logreg"):
+    for name in ("popularity", "random", "item_rate", "user_item_rate", "logreg"):
         if any(k.startswith(f"baseline/{name}/{split}/") for k in metrics):
             columns.append((name, f"baseline/{name}/{split}/"))
     if any(k.startswith(f"oracle/{split}/") for k in metrics):

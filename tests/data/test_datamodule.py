@@ -151,3 +151,82 @@ def test_training_rows_leave_their_target_out(synthetic_prepared: Prepared) -> N
     target = torch.tensor([index_of.get(i, 1) for i in batch.item_ids.tolist()])
     rows = torch.repeat_interleave(torch.arange(len(batch)), seen.lengths())
     assert int((seen.values() == target[rows]).sum()) > 0  # without it, targets do leak in
+
+
+def test_sampled_negatives_extend_training_batches_only(synthetic_prepared: Prepared) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=100, sampled_negatives=2)
+    catalogue = set(dm.catalogue().tolist())
+    batch = next(iter(dm.stream("train", shuffle=True)))
+    assert len(batch) == 300  # 100 impressions + 2 sampled pins each
+    assert batch.labels is not None and batch.item_ids is not None and batch.user_ids is not None
+    assert float(batch.labels[100:].sum()) == 0.0
+    assert set(batch.item_ids[100:].tolist()) <= catalogue
+    # each sampled row keeps its impression's user
+    assert batch.user_ids[100:].tolist() == batch.user_ids[:100].tolist() * 2
+    assert len(next(iter(dm.stream("val")))) == min(
+        100, len(read_table(dm.prepared.split("val"), "events"))
+    )
+    with pytest.raises(ValueError, match="sampled_negatives must be >= 0"):
+        PinrankDataModule(str(synthetic_prepared.root), sampled_negatives=-1)
+
+
+def test_new_user_view_has_no_id_and_no_history(synthetic_prepared: Prepared) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=256)
+    warm = next(iter(dm.stream("val")))
+    new = next(iter(dm.stream("val", as_new_users=True)))
+    for name in ("history", "seen", "recent"):
+        assert int(new.sparse["user"][name].lengths().sum()) == 0
+        assert int(warm.sparse["user"][name].lengths().sum()) > 0
+    # every id is the index an id outside the fitted vocabulary gets (hashed: one bucket)
+    assert len(set(new.sparse["user"]["user_id"].values().tolist())) == 1
+    assert len(set(warm.sparse["user"]["user_id"].values().tolist())) > 1
+    # sign-up attributes are untouched
+    for name in ("gender", "country", "age_bucket", "user_interests"):
+        torch.testing.assert_close(
+            new.sparse["user"][name].values(), warm.sparse["user"][name].values()
+        )
+    with pytest.raises(ValueError, match="cold_start_rate must be in"):
+        PinrankDataModule(str(synthetic_prepared.root), cold_start_rate=1.0)
+
+
+def test_cold_start_rate_shows_that_share_of_rows_as_new_users(
+    synthetic_prepared: Prepared,
+) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=2000, cold_start_rate=0.25)
+    batch = next(iter(dm.stream("train", shuffle=True)))
+    plain = PinrankDataModule(str(synthetic_prepared.root), batch_size=2000)
+    same = next(iter(plain.stream("train", shuffle=True)))  # same seed: the same rows
+    assert batch.item_ids is not None and torch.equal(batch.item_ids, same.item_ids)
+    new = batch.sparse["user"]["seen"].lengths() == 0
+    was = same.sparse["user"]["seen"].lengths() == 0
+    assert 0.18 < float((new & ~was).float().mean()) < 0.32
+    # sign-up attributes stay for every row
+    torch.testing.assert_close(
+        batch.sparse["user"]["gender"].values(), same.sparse["user"]["gender"].values()
+    )
+
+
+def test_training_rows_leave_their_own_label_out_of_item_counts(
+    synthetic_prepared: Prepared,
+) -> None:
+    from pinrank.data.datamodule import leave_event_out
+    from pinrank.data.examples import join_examples as join
+
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=500, leave_stats_out=True)
+    dm.setup()
+    events = read_table(dm.prepared.split("train"), "events").slice(0, 500)
+    items = join(events, dm.users, dm.items)["item"]
+    out = leave_event_out(items, events["engaged"].to_numpy(zero_copy_only=False), 500)
+    before = items["train_events"].to_numpy(zero_copy_only=False)
+    after = out["train_events"].to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(after, before - 1)
+    eng = events["engaged"].to_numpy(zero_copy_only=False).astype(int)
+    np.testing.assert_array_equal(
+        out["train_engaged"].to_numpy(zero_copy_only=False),
+        items["train_engaged"].to_numpy(zero_copy_only=False) - eng,
+    )
+    # the training stream applies it; evaluation streams do not
+    stream_batch = dm.stream("train").featurize(events)
+    plain = PinrankDataModule(str(synthetic_prepared.root), batch_size=500).stream("train")
+    assert not torch.equal(stream_batch.dense["item"], plain.featurize(events).dense["item"])
+    assert dm.stream("val").cfg.leave_stats_out is False

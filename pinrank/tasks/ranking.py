@@ -1,0 +1,246 @@
+"""The ranking task: trains a :class:`~pinrank.models.wide_deep.WideDeep` ranker, calibrates and
+evaluates it.
+
+The LightningModule owns the loss (binary cross-entropy on engaged vs seen-but-not-engaged), the
+optimiser and the metrics. After training, :meth:`RankingModule.full_report` scores val, test and
+the cold-start slice, fits the calibration on val, and reports by ``docs/PROTOCOL.md`` next to the
+baselines (item engagement rate, user + item rate, logistic regression on the same crosses) and,
+on synthetic data, the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from pinrank.calibration import METHODS, Calibration, fit_calibration, sigmoid
+from pinrank.data.datamodule import PinrankDataModule
+from pinrank.data.io import read_table
+from pinrank.evaluation.logreg import SparseRows, cross_rows, fit_logreg_on_val
+from pinrank.evaluation.ranking import (
+    auc,
+    log_loss,
+    lookup_rate,
+    metric_keys,
+    ranking_metrics,
+    rate_table,
+    save_plots,
+)
+from pinrank.features.featurizer import FeatureBatch
+from pinrank.models.wide_deep import WideDeep
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SPLITS = {"val": "val", "test": "test", "cold": "cold/test"}  # split -> metric prefix
+# validation events with every user shown as new: the cold-start slice's tuning signal
+NEW_USERS_VAL = "val/as_new_users"
+
+
+@dataclass
+class Predictions:
+    """One split's events in stream order: raw ids, labels and the model's logits."""
+
+    users: np.ndarray
+    items: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+
+
+class RankingModule(pl.LightningModule):
+    """Lightning wrapper of the wide-and-deep ranker.
+
+    Args:
+        net: the ranker.
+        optimizer: a partial optimiser, completed with the parameters (Hydra ``_partial_``).
+        calibration: ``platt``, ``isotonic`` or ``identity``; fitted on val after training.
+        pos_weight: weight of positive examples in the loss (1 = plain log loss).
+        logreg_grid: L2 strengths tried for the logistic-regression baseline (chosen on val).
+    """
+
+    def __init__(
+        self,
+        net: WideDeep,
+        optimizer: OptimizerFactory,
+        calibration: str = "platt",
+        pos_weight: float = 1.0,
+        logreg_grid: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3),
+    ) -> None:
+        super().__init__()
+        if calibration not in METHODS:
+            raise ValueError(f"calibration {calibration!r}: expected one of {METHODS}")
+        self.net, self.optimizer_factory = net, optimizer
+        self.calibration_method, self.pos_weight = calibration, pos_weight
+        self.logreg_grid = tuple(logreg_grid)
+        self.calibration = Calibration()
+
+    # ------------------------------------------------------------------------------ training
+
+    def loss(self, batch: FeatureBatch) -> torch.Tensor:
+        assert batch.labels is not None
+        weight = None
+        if self.pos_weight != 1.0:
+            weight = torch.where(batch.labels > 0, self.pos_weight, 1.0)
+        return F.binary_cross_entropy_with_logits(self.net(batch), batch.labels, weight=weight)
+
+    def training_step(self, batch: FeatureBatch, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: FeatureBatch, batch_idx: int) -> None:
+        self.log("val/loss", self.loss(batch), batch_size=len(batch), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        p = self.predict(self._datamodule(), "val")
+        metrics = {
+            "val/auc": auc(p.labels, p.logits),
+            "val/logloss": log_loss(p.labels, sigmoid(p.logits)),
+        }
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)
+
+    def _datamodule(self) -> PinrankDataModule:
+        dm = getattr(self.trainer, "datamodule", None)
+        if not isinstance(dm, PinrankDataModule):
+            raise TypeError("RankingModule trains on a PinrankDataModule")
+        return dm
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    # ---------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def predict(self, dm: PinrankDataModule, split: str, as_new_users: bool = False) -> Predictions:
+        """Logits of every event of a split, in eval mode, in the stream's order (with
+        ``as_new_users``, each user scored as a new user: no id, no history)."""
+        was_training = self.net.training
+        self.net.eval()
+        users, items, labels, logits = [], [], [], []
+        for batch in dm.stream(split, as_new_users=as_new_users):
+            assert batch.user_ids is not None and batch.item_ids is not None
+            assert batch.labels is not None
+            logits.append(self.net(batch.to(self.device)).float().cpu().numpy())
+            users.append(batch.user_ids.numpy())
+            items.append(batch.item_ids.numpy())
+            labels.append(batch.labels.numpy())
+        self.net.train(was_training)
+
+        def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+        return Predictions(
+            cat(users, np.int64),
+            cat(items, np.int64),
+            cat(labels, np.float64),
+            cat(logits, np.float64),
+        )
+
+    def full_report(
+        self,
+        dm: PinrankDataModule,
+        ks: Sequence[int] = (10,),
+        oracle: Any = None,
+        out_dir: str | Path | None = None,
+    ) -> dict[str, float]:
+        """Everything for ``metrics.json``: the calibrated model (and before calibration) on val,
+        test and the cold-start slice, the baselines on the same events, and the oracle where
+        the data has one. Writes ``calibration.json`` and the plots to ``out_dir``."""
+        k = 10 if 10 in ks else min(ks)
+        preds = {split: self.predict(dm, split) for split in SPLITS}
+        new_users_val = self.predict(dm, "val", as_new_users=True)
+        self.calibration = fit_calibration(
+            preds["val"].logits, preds["val"].labels, self.calibration_method
+        )
+        train = read_table(dm.prepared.split("train"), "events", ["user_id", "item_id", "engaged"])
+        item_rate, user_rate = rate_table(train, "item_id"), rate_table(train, "user_id")
+        logreg = self._logreg(dm, preds)
+        metrics: dict[str, float] = {"calibration/method_" + self.calibration.method: 1.0}
+        if self.calibration.method == "platt":
+            metrics |= {f"calibration/{n}": float(v) for n, v in self.calibration.params.items()}
+        curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for split, prefix in SPLITS.items():
+            p = preds[split]
+            if not len(p.labels):
+                continue
+            scores = {
+                prefix: self.calibration(p.logits),
+                f"{prefix}/uncalibrated": sigmoid(p.logits),
+                f"baseline/item_rate/{prefix}": lookup_rate(item_rate, p.items),
+                f"baseline/user_item_rate/{prefix}": 0.5
+                * (lookup_rate(item_rate, p.items) + lookup_rate(user_rate, p.users)),
+            }
+            if logreg is not None:
+                scores[f"baseline/logreg/{prefix}"] = sigmoid(logreg[split])
+            if oracle is not None:
+                scores[f"oracle/{prefix}"] = self._oracle_scores(oracle, dm, split, p)
+            for key, probs in scores.items():
+                metrics |= metric_keys(key, ranking_metrics(p.users, p.labels, probs, k))
+            if split == "test":
+                curves = {
+                    "model, uncalibrated": (p.labels, scores[f"{prefix}/uncalibrated"]),
+                    f"model, {self.calibration.method}": (p.labels, scores[prefix]),
+                    "item rate": (p.labels, scores[f"baseline/item_rate/{prefix}"]),
+                }
+                if logreg is not None:
+                    curves["logreg on crosses"] = (p.labels, scores[f"baseline/logreg/{prefix}"])
+        p = new_users_val
+        for key, probs in (
+            (NEW_USERS_VAL, self.calibration(p.logits)),
+            (f"baseline/item_rate/{NEW_USERS_VAL}", lookup_rate(item_rate, p.items)),
+        ):
+            metrics |= metric_keys(key, ranking_metrics(p.users, p.labels, probs, k))
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "calibration.json").write_text(json.dumps(self.calibration.to_dict(), indent=2))
+            if curves:
+                save_plots(out, curves, "test events")
+        return metrics
+
+    def _logreg(
+        self, dm: PinrankDataModule, preds: dict[str, Predictions]
+    ) -> dict[str, np.ndarray] | None:
+        """Logits of the logistic-regression baseline on every split (None without crosses)."""
+        spec = dm.spec
+        if not spec.crosses or not dm.crosses:
+            return None
+        cards = [dm.state.cardinality(c.name) for c in spec.crosses]
+
+        def rows(split: str) -> SparseRows:
+            batches = (
+                (b.sparse["cross"], b.labels.numpy())
+                for b in dm.stream(split)
+                if b.labels is not None
+            )
+            return cross_rows(batches, cards)
+
+        data = {split: rows(split) for split in ("train", *SPLITS)}
+        for split, p in preds.items():  # same events, same order as the model's predictions
+            assert np.array_equal(data[split].labels, p.labels.astype(np.float32)), split
+        model, _ = fit_logreg_on_val(data["train"], data["val"], self.logreg_grid)
+        return {split: model.logits(data[split]) for split in SPLITS}
+
+    @staticmethod
+    def _oracle_scores(
+        oracle: Any, dm: PinrankDataModule, split: str, p: Predictions
+    ) -> np.ndarray:
+        """The oracle's P(engaged) of each event, with the impression's position."""
+        cols = ["user_id", "item_id", "position"]
+        events = read_table(dm.prepared.split(split), "events", cols)
+        users, items = events["user_id"].to_numpy(), events["item_id"].to_numpy()
+        if not (np.array_equal(users, p.users) and np.array_equal(items, p.items)):
+            raise RuntimeError(f"{split}: stream order differs from the events table")
+        positions = events["position"].to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.asarray(oracle.score(users, items, positions), np.float64)
+
+
+__all__ = ["Predictions", "RankingModule"]

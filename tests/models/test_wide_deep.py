@@ -1,0 +1,154 @@
+"""Wide-and-deep ranker: the per-feed factorisation computes the per-pair function, the wide part
+alone is a logistic regression over the crosses, gradients reach every table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from pinrank.data.datamodule import PinrankDataModule
+from pinrank.data.io import read_table
+from pinrank.data.prepare import Prepared
+from pinrank.models.wide_deep import WideDeep, WideDeepConfig
+
+CFG = WideDeepConfig(
+    hidden=(32, 16), dropout=0.2, wide_unigrams=("user_id", "item_id"), interaction_dim=8
+)
+
+
+def _dm(prepared: Prepared, **kw: object) -> PinrankDataModule:
+    dm = PinrankDataModule(str(prepared.root), batch_size=128, **kw)  # type: ignore[arg-type]
+    dm.setup()
+    return dm
+
+
+def _trained_net(dm: PinrankDataModule, cfg: WideDeepConfig = CFG, steps: int = 5) -> WideDeep:
+    """A net with non-trivial weights everywhere (wide tables start at zero)."""
+    torch.manual_seed(0)
+    net = WideDeep.from_spec(dm.spec, dm.state, dm.dense_dims(), cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _, batch in zip(range(steps), dm.train_dataloader(), strict=False):
+        assert batch.labels is not None
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(batch), batch.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def _feeds(dm: PinrankDataModule, prepared: Prepared, n_users: int = 4, per_user: int = 50):
+    """Raw tables for feeds: users, candidate pins, their context, and each one's user."""
+    rng = np.random.default_rng(1)
+    events = read_table(prepared.split("test"), "events")
+    users = rng.choice(np.unique(events["user_id"].to_numpy()), n_users, replace=False)
+    users = np.r_[users, 10**9]  # plus an unknown user: all-missing features
+    items = rng.choice(dm.catalogue(), (len(users), per_user))
+    user_index = np.repeat(np.arange(len(users)), per_user)
+    context = events.take(pa.array(rng.integers(0, events.num_rows, len(user_index))))
+    return users, items.ravel(), user_index, context
+
+
+def test_feed_scores_equal_pair_scores(synthetic_prepared: Prepared) -> None:
+    dm = _dm(synthetic_prepared)
+    net = _trained_net(dm)
+    users, items, user_index, context = _feeds(dm, synthetic_prepared)
+    fz = dm.featurizer
+    assert fz is not None
+    user_rows, item_rows = dm.users.take(users), dm.items.take(items)
+    feed = fz.feed(user_rows, item_rows, user_index, context)
+    assert len(feed.users) == len(users) and len(feed) == len(items)
+    pairs = fz(
+        {"user": user_rows.take(pa.array(user_index)), "item": item_rows, "context": context}
+    )
+    # the same crosses, whether computed per pair or from each user once
+    for key in ("values", "lengths"):
+        torch.testing.assert_close(
+            getattr(feed.candidates.sparse["cross"], key)(), getattr(pairs.sparse["cross"], key)()
+        )
+    with torch.no_grad():
+        per_feed, per_pair = net.score_feed(feed), net(pairs)
+    assert per_feed.shape == (len(items),)
+    diff = float((per_feed - per_pair).abs().max())
+    assert diff <= 1e-5, diff
+    assert float(per_pair.std()) > 0.1  # a trained net with spread-out scores, not a constant
+
+
+def test_user_part_is_computed_once_per_user(synthetic_prepared: Prepared) -> None:
+    dm = _dm(synthetic_prepared)
+    net = _trained_net(dm, steps=1)
+    users, items, user_index, context = _feeds(dm, synthetic_prepared, n_users=2, per_user=30)
+    assert dm.featurizer is not None
+    feed = dm.featurizer.feed(dm.users.take(users), dm.items.take(items), user_index, context)
+    rows: list[int] = []
+    hook = net.user_first.register_forward_hook(lambda m, i, o: rows.append(len(o)))
+    with torch.no_grad():
+        net.score_feed(feed)
+    hook.remove()
+    assert rows == [len(users)]  # not len(items)
+
+
+def test_feed_input_errors_name_the_problem(synthetic_prepared: Prepared) -> None:
+    dm = _dm(synthetic_prepared)
+    users, items, user_index, context = _feeds(dm, synthetic_prepared, n_users=2, per_user=5)
+    fz = dm.featurizer
+    assert fz is not None
+    u, i = dm.users.take(users), dm.items.take(items)
+    with pytest.raises(ValueError, match="user_index has 3 rows, items 15"):
+        fz.feed(u, i, user_index[:3], context)
+    with pytest.raises(ValueError, match="out of range"):
+        fz.feed(u, i, user_index + 5, context)
+    with pytest.raises(ValueError, match="context columns"):
+        fz.feed(u, i, user_index)
+
+
+def test_wide_only_is_a_logistic_regression_over_crosses(synthetic_prepared: Prepared) -> None:
+    dm = _dm(synthetic_prepared)
+    net = WideDeep.from_spec(
+        dm.spec, dm.state, dm.dense_dims(), WideDeepConfig(deep=False, interaction_dim=8)
+    )
+    assert net.head is None and not net.user_sparse.tables and net.user_proj.out_features == 0
+    batch = next(iter(dm.train_dataloader()))
+    cross = batch.sparse["cross"]
+    weights = []
+    for name in cross.keys():  # noqa: SIM118 (a KeyedJaggedTensor, not a dict)
+        w = torch.randn(dm.state.cardinality(name))
+        net.cross.arch.weight(name).data[:, 0] = w
+        weights.append(w)
+    with torch.no_grad():
+        net.bias.fill_(0.25)
+        got = net(batch)
+    expected = torch.full((len(batch),), 0.25)
+    for name, w in zip(cross.keys(), weights, strict=True):
+        jt = cross[name]
+        row = torch.repeat_interleave(torch.arange(len(batch)), jt.lengths())
+        expected.index_add_(0, row, w[jt.values()])
+    torch.testing.assert_close(got, expected)
+
+
+def test_gradients_reach_every_table(synthetic_prepared: Prepared) -> None:
+    dm = _dm(synthetic_prepared)
+    net = WideDeep.from_spec(dm.spec, dm.state, dm.dense_dims(), CFG)
+    batch = next(iter(dm.train_dataloader()))
+    net(batch).sum().backward()
+    archs = {
+        "user": net.user_sparse, "item": net.item_sparse, "context": net.context_sparse,
+        "cross": net.cross.arch, **{f"unigram/{k}": v.arch for k, v in net.unigrams.items()},
+    }  # fmt: skip
+    for group, arch in archs.items():
+        for name, bag in arch.ebc.embedding_bags.items():
+            assert bag.weight.grad is not None and bag.weight.grad.abs().sum() > 0, (group, name)
+    # every spec feature has its deep table, every cross its wide table
+    assert {t.feature for t in net.user_sparse.tables} == {
+        f.name for f in dm.spec.side("user", sparse=True)
+    }
+    assert {t.feature for t in net.cross.arch.tables} == {c.name for c in dm.spec.crosses}
+
+
+def test_unknown_unigram_feature_is_refused(synthetic_prepared: Prepared) -> None:
+    dm = _dm(synthetic_prepared)
+    with pytest.raises(ValueError, match="'age' is not a sparse feature"):
+        WideDeep.from_spec(
+            dm.spec, dm.state, dm.dense_dims(), WideDeepConfig(wide_unigrams=("age",))
+        )
