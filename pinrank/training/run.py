@@ -89,10 +89,18 @@ def summary_table(metrics: dict[str, Any], split: str = "test") -> str:
             columns.append((name, f"baseline/{name}/{split}/"))
     if any(k.startswith(f"oracle/{split}/") for k in metrics):
         columns.append(("oracle", f"oracle/{split}/"))
-    lines = [f"{'metric (' + split + ')':<20}" + "".join(f"{c:>13}" for c, _ in columns)]
+    widths = [max(13, len(c) + 2) for c, _ in columns]
+    lines = [
+        f"{'metric (' + split + ')':<20}"
+        + "".join(f"{c:>{w}}" for (c, _), w in zip(columns, widths, strict=True))
+    ]
     for name in names:
         cells = [metrics.get(p + name) for _, p in columns]
         lines.append(
-            f"{name:<20}" + "".join(f"{v:>13.4f}" if v is not None else f"{'-':>13}" for v in cells)
+            f"{name:<20}"
+            + "".join(
+                f"{v:>{w}.4f}" if v is not None else f"{'-':>{w}}"
+                for v, w in zip(cells, widths, strict=True)
+            )
         )
     return "\n".join(lines)
