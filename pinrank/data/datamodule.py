@@ -20,7 +20,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pinrank.data.examples import EVENT_DERIVED_USER_COLUMNS, EntityIndex, join_examples
+from pinrank.data.examples import (
+    EVENT_DERIVED_USER_COLUMNS,
+    TRAIN_ENGAGED,
+    TRAIN_EVENTS,
+    EntityIndex,
+    join_examples,
+)
 from pinrank.data.io import open_dataset
 from pinrank.data.prepare import Prepared
 from pinrank.features.featurizer import FeatureBatch, Featurizer
@@ -42,6 +48,11 @@ class StreamConfig:
         sampled_negatives: per impression, this many catalogue items drawn uniformly at random
             are added as "no event" negatives (label 0, the impression's user and context);
             for training streams. A drawn item may by chance be one the user engaged with.
+        cold_start_rate: share of rows whose user is shown as a new user would be (see
+            :func:`as_cold_start`), so that the model learns to score users it knows only by
+            their sign-up attributes; for training streams (``1.0``: every row, for evaluation).
+        leave_stats_out: remove each row from its pin's train counts (:func:`leave_event_out`);
+            for training streams.
     """
 
     batch_size: int = 1024
@@ -83,7 +94,6 @@ class EventStream(IterableDataset):
         self.featurizer, self.users, self.items, self.cfg = featurizer, users, items, cfg
         self._counts: dict[int, int] = {}
         self._sequences = item_sequences(featurizer.spec) if cfg.leave_target_out else []
-        self._catalogue: np.ndarray | None = None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -138,11 +148,9 @@ class EventStream(IterableDataset):
         return self.featurizer(tables, events["engaged"].to_numpy())
 
     def _with_sampled_negatives(self, events: pa.Table, rng: np.random.Generator) -> pa.Table:
-        if self._catalogue is None:
-            self._catalogue = np.sort(self.items.table.column("item_id").to_numpy())
-        n = self.cfg.sampled_negatives
+        n, catalogue = self.cfg.sampled_negatives, self.items.sorted
         copies = events.take(pa.array(np.tile(np.arange(events.num_rows), n)))
-        items = self._catalogue[rng.integers(0, len(self._catalogue), size=copies.num_rows)]
+        items = catalogue[rng.integers(0, len(catalogue), size=copies.num_rows)]
         for name, value in (("item_id", items), ("engaged", np.zeros(copies.num_rows, bool))):
             i = copies.schema.get_field_index(name)
             copies = copies.set_column(
@@ -222,7 +230,7 @@ def leave_event_out(items: pa.Table, engaged: np.ndarray, real: int) -> pa.Table
     own = np.zeros(items.num_rows, np.int64)
     own[:real] = 1
     label = np.where(own == 1, np.asarray(engaged, np.int64), 0)
-    for name, minus in (("train_events", own), ("train_engaged", label)):
+    for name, minus in ((TRAIN_EVENTS, own), (TRAIN_ENGAGED, label)):
         if name not in items.column_names:
             continue
         col = items.column(name)
@@ -331,7 +339,14 @@ class PinrankDataModule(pl.LightningDataModule):
         if self.featurizer is None:
             self.featurizer = Featurizer(self.prepared.spec(), self.prepared.state(), self.crosses)
             self.users, self.items = self.prepared.indexes()
-            self._catalogue = np.sort(self.items.table.column("item_id").to_numpy())
+
+    @staticmethod
+    def of(trainer: Any) -> PinrankDataModule:
+        """The PinrankDataModule a Lightning trainer is fitting on (a clear error otherwise)."""
+        dm = getattr(trainer, "datamodule", None)
+        if not isinstance(dm, PinrankDataModule):
+            raise TypeError(f"pinrank tasks train on a PinrankDataModule, not {type(dm).__name__}")
+        return dm
 
     @property
     def spec(self) -> FeatureSpec:
@@ -364,9 +379,14 @@ class PinrankDataModule(pl.LightningDataModule):
     def catalogue(self) -> np.ndarray:
         """[N] int64 ids of every item in the items table, sorted."""
         self.setup()
-        return self._catalogue
+        return self.items.sorted
 
-    def stream(self, split: str, shuffle: bool = False, as_new_users: bool = False) -> EventStream:
+    def stream(
+        self,
+        split: str,
+        shuffle: bool = False,
+        as_new_users: bool = False,
+    ) -> EventStream:
         """The :class:`EventStream` of one split (``train``, ``val``, ``test`` or ``cold``).
 
         ``as_new_users``: every user is shown as a new user would be (:func:`as_cold_start`),

@@ -20,6 +20,8 @@ SEEN = "seen"  # impressed train pins of a user, any label
 LAST_TS = "last_ts"  # time of a user's last train event
 # user columns derived from train events: what a new (cold-start) user does not have
 EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS)
+TRAIN_EVENTS = "train_events"  # impressions of a pin in train
+TRAIN_ENGAGED = "train_engaged"  # engaged impressions of a pin in train
 
 
 class EntityIndex:
@@ -140,8 +142,8 @@ def item_stats(events: Iterable[pa.RecordBatch | pa.Table]) -> pa.Table:
     return pa.table(
         {
             "item_id": pa.array(items, pa.int64()),
-            "train_events": pa.array(counts, pa.int64()),
-            "train_engaged": pa.array(engaged.astype(np.int64)),
+            TRAIN_EVENTS: pa.array(counts, pa.int64()),
+            TRAIN_ENGAGED: pa.array(engaged.astype(np.int64)),
             "mean_ts": pa.array(ts_sum / np.maximum(counts, 1)),
         }
     )

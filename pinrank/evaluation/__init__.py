@@ -1,21 +1,8 @@
-"""Offline evaluation: retrieval metrics and baselines as ``docs/PROTOCOL.md`` defines them."""
+"""Offline evaluation: retrieval metrics and baselines as ``docs/PROTOCOL.md`` defines them
+(ranking metrics, plots and the logistic-regression baseline: ``pinrank.evaluation.ranking`` and
+``pinrank.evaluation.logreg``)."""
 
-from pinrank.evaluation.retrieval import (
-    RetrievalTask,
-    baseline_metrics,
-    popularity_scores,
-    random_ranking,
-    rank_by_scores,
-    retrieval_metrics,
-    retrieval_task,
-)
+from pinrank.evaluation import retrieval
+from pinrank.evaluation.retrieval import *  # noqa: F403  (the names of retrieval.__all__)
 
-__all__ = [
-    "RetrievalTask",
-    "baseline_metrics",
-    "popularity_scores",
-    "random_ranking",
-    "rank_by_scores",
-    "retrieval_metrics",
-    "retrieval_task",
-]
+__all__ = list(retrieval.__all__)

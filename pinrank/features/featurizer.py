@@ -164,10 +164,14 @@ class Featurizer:
         sides are present."""
         sides = {s: transform_side(self.spec, self.state, s, t, counts) for s, t in tables.items()}
         by_name = {k: v for arr in sides.values() for k, v in arr.sparse.items()}
+        return sides, self._crosses(by_name)
+
+    def _crosses(self, by_name: dict[str, Jagged]) -> dict[str, Jagged]:
+        """The spec's crosses whose two features are in ``by_name`` (row-aligned jagged
+        indices); none when this featurizer skips crosses."""
         wanted = self.spec.crosses if self.crosses else ()
         ready = [c for c in wanted if all(f in by_name for f in c.features)]
-        crosses = cross_features(ready, self.state, by_name)
-        return sides, crosses
+        return cross_features(ready, self.state, by_name)
 
     def __call__(
         self, tables: dict[str, pa.Table], labels: np.ndarray | None = None
@@ -211,13 +215,11 @@ class Featurizer:
         cand = {
             s: transform_side(self.spec, self.state, s, t, counts) for s, t in cand_tables.items()
         }
-        crosses: dict[str, Jagged] = {}
-        if self.crosses and self.spec.crosses:
-            by_name = {k: v for arr in cand.values() for k, v in arr.sparse.items()}
+        by_name = {k: v for arr in cand.values() for k, v in arr.sparse.items()}
+        if self.crosses:  # the user features of crosses, gathered to their candidates
             needed = {f for c in self.spec.crosses for f in c.features if f in u.sparse}
             by_name |= {k: take_jagged(u.sparse[k], user_index) for k in needed}
-            ready = [c for c in self.spec.crosses if all(f in by_name for f in c.features)]
-            crosses = cross_features(ready, self.state, by_name)
+        crosses = self._crosses(by_name)
         rows = len(user_index)
         user_batch = FeatureBatch(
             {"user": self._kjt(self.sparse_keys["user"], u.sparse, u.rows)},

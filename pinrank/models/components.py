@@ -108,6 +108,16 @@ class SparseArch(nn.Module):
         return self.ebc(features).values()  # (B, sum of widths), in table order
 
 
+def tie_shared(spec: FeatureSpec, user: SparseArch, item: SparseArch) -> None:
+    """Make every user feature that ``shares`` an item feature's vocabulary (the engaged history
+    and ``item_id``) look up the item arch's table itself: one parameter, trained by both."""
+    owners = {t.feature for t in item.tables}
+    for t in user.tables:
+        owner = spec[t.feature].shares
+        if owner in owners:
+            user.tie(t.feature, item.weight(owner))
+
+
 def mlp(dims: Sequence[int], dropout: float = 0.0, last_activation: bool = False) -> nn.Sequential:
     """Linear layers ``dims[0] -> ... -> dims[-1]`` with ReLU (and dropout) between them."""
     layers: list[nn.Module] = []

@@ -19,6 +19,7 @@ from pinrank.features.featurizer import FeatureBatch
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
 from pinrank.models.components import SparseArch, TableSpec, mlp, tables_for
+from pinrank.models.components import tie_shared as tie_shared_tables
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,7 @@ class TwoTower(nn.Module):
             temperature,
         )
         if tie_shared:
-            owners = {t.feature for t in item_tables}
-            for t in user_tables:
-                owner = spec[t.feature].shares
-                if owner in owners:
-                    net.user_tower.sparse.tie(t.feature, net.item_tower.sparse.weight(owner))
+            tie_shared_tables(spec, net.user_tower.sparse, net.item_tower.sparse)
         return net
 
     def user_embedding(self, batch: FeatureBatch) -> torch.Tensor:

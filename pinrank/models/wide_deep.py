@@ -32,7 +32,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from pinrank.features.featurizer import FeatureBatch, FeedBatch
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
-from pinrank.models.components import SparseArch, TableSpec, mlp, tables_for
+from pinrank.models.components import SparseArch, TableSpec, mlp, tables_for, tie_shared
 
 UserPart = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # first [U,H], proj [U,K], wide [U]
 CandidatePart = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # the same for candidates
@@ -168,11 +168,7 @@ class WideDeep(nn.Module):
             )
         net = cls(user, item, context, crosses, unigrams, dense_dims, cfg)
         if cfg.tie_shared and cfg.deep:
-            owners = {t.feature: t for t in item}
-            for t in user:
-                owner = spec[t.feature].shares
-                if owner in owners and owners[owner].embedding_dim == t.embedding_dim:
-                    net.user_sparse.tie(t.feature, net.item_sparse.weight(owner))
+            tie_shared(spec, net.user_sparse, net.item_sparse)
         return net
 
     # ------------------------------------------------------------------------- the three parts

@@ -45,12 +45,14 @@ NEW_USERS_VAL = "val/as_new_users"
 
 @dataclass
 class Predictions:
-    """One split's events in stream order: raw ids, labels and the model's logits."""
+    """One split's events in stream order: raw ids, labels, the model's logits, and the wide
+    crosses as a design matrix (for the logistic-regression baseline; None without crosses)."""
 
     users: np.ndarray
     items: np.ndarray
     labels: np.ndarray
     logits: np.ndarray
+    crosses: SparseRows | None = None
 
 
 class RankingModule(pl.LightningModule):
@@ -79,39 +81,42 @@ class RankingModule(pl.LightningModule):
         self.calibration_method, self.pos_weight = calibration, pos_weight
         self.logreg_grid = tuple(logreg_grid)
         self.calibration = Calibration()
+        self._val_outputs: list[torch.Tensor] = []  # [2, B] (logits, labels) per val batch
 
     # ------------------------------------------------------------------------------ training
 
-    def loss(self, batch: FeatureBatch) -> torch.Tensor:
-        assert batch.labels is not None
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = None
         if self.pos_weight != 1.0:
-            weight = torch.where(batch.labels > 0, self.pos_weight, 1.0)
-        return F.binary_cross_entropy_with_logits(self.net(batch), batch.labels, weight=weight)
+            weight = torch.where(labels > 0, self.pos_weight, 1.0)
+        return F.binary_cross_entropy_with_logits(logits, labels, weight=weight)
 
     def training_step(self, batch: FeatureBatch, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
+        assert batch.labels is not None
+        loss = self.loss(self.net(batch), batch.labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
     def validation_step(self, batch: FeatureBatch, batch_idx: int) -> None:
-        self.log("val/loss", self.loss(batch), batch_size=len(batch), sync_dist=True)
+        assert batch.labels is not None
+        logits = self.net(batch)
+        self.log("val/loss", self.loss(logits, batch.labels), batch_size=len(batch), sync_dist=True)
+        self._val_outputs.append(torch.stack([logits.detach().float(), batch.labels.float()]))
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
+        """val AUC and log loss over every val event of the epoch (gathered from all ranks:
+        each rank streams an equal share, so the tensors have the same shape)."""
+        outputs, self._val_outputs = self._val_outputs, []
+        if self.trainer.sanity_checking or not outputs:
             return
-        p = self.predict(self._datamodule(), "val")
-        metrics = {
-            "val/auc": auc(p.labels, p.logits),
-            "val/logloss": log_loss(p.labels, sigmoid(p.logits)),
-        }
-        self.log_dict(metrics, prog_bar=True, sync_dist=True)
-
-    def _datamodule(self) -> PinrankDataModule:
-        dm = getattr(self.trainer, "datamodule", None)
-        if not isinstance(dm, PinrankDataModule):
-            raise TypeError("RankingModule trains on a PinrankDataModule")
-        return dm
+        both = torch.cat(outputs, dim=1)  # (2, N)
+        if self.trainer.world_size > 1:
+            gathered = self.all_gather(both)  # (world, 2, N)
+            assert isinstance(gathered, torch.Tensor)
+            both = gathered.transpose(0, 1).reshape(2, -1)
+        logits, labels = both.cpu().double().numpy()
+        metrics = {"val/auc": auc(labels, logits), "val/logloss": log_loss(labels, sigmoid(logits))}
+        self.log_dict(metrics, prog_bar=True)  # the same on every rank
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
@@ -124,7 +129,7 @@ class RankingModule(pl.LightningModule):
         ``as_new_users``, each user scored as a new user: no id, no history)."""
         was_training = self.net.training
         self.net.eval()
-        users, items, labels, logits = [], [], [], []
+        users, items, labels, logits, crosses = [], [], [], [], []
         for batch in dm.stream(split, as_new_users=as_new_users):
             assert batch.user_ids is not None and batch.item_ids is not None
             assert batch.labels is not None
@@ -132,6 +137,8 @@ class RankingModule(pl.LightningModule):
             users.append(batch.user_ids.numpy())
             items.append(batch.item_ids.numpy())
             labels.append(batch.labels.numpy())
+            if "cross" in batch.sparse:
+                crosses.append((batch.sparse["cross"], labels[-1]))
         self.net.train(was_training)
 
         def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
@@ -142,6 +149,7 @@ class RankingModule(pl.LightningModule):
             cat(items, np.int64),
             cat(labels, np.float64),
             cat(logits, np.float64),
+            cross_rows(crosses, _cross_cardinalities(dm)) if crosses else None,
         )
 
     def full_report(
@@ -171,12 +179,13 @@ class RankingModule(pl.LightningModule):
             p = preds[split]
             if not len(p.labels):
                 continue
+            item_scores = lookup_rate(item_rate, p.items)
             scores = {
                 prefix: self.calibration(p.logits),
                 f"{prefix}/uncalibrated": sigmoid(p.logits),
-                f"baseline/item_rate/{prefix}": lookup_rate(item_rate, p.items),
+                f"baseline/item_rate/{prefix}": item_scores,
                 f"baseline/user_item_rate/{prefix}": 0.5
-                * (lookup_rate(item_rate, p.items) + lookup_rate(user_rate, p.users)),
+                * (item_scores + lookup_rate(user_rate, p.users)),
             }
             if logreg is not None:
                 scores[f"baseline/logreg/{prefix}"] = sigmoid(logreg[split])
@@ -209,25 +218,21 @@ class RankingModule(pl.LightningModule):
     def _logreg(
         self, dm: PinrankDataModule, preds: dict[str, Predictions]
     ) -> dict[str, np.ndarray] | None:
-        """Logits of the logistic-regression baseline on every split (None without crosses)."""
-        spec = dm.spec
-        if not spec.crosses or not dm.crosses:
+        """Logits of the logistic-regression baseline on every split (None without crosses):
+        fitted on the train split's crosses, its L2 chosen on val."""
+        rows = {split: r for split in SPLITS if (r := preds[split].crosses) is not None}
+        if len(rows) < len(SPLITS):
             return None
-        cards = [dm.state.cardinality(c.name) for c in spec.crosses]
-
-        def rows(split: str) -> SparseRows:
-            batches = (
+        train = cross_rows(
+            (
                 (b.sparse["cross"], b.labels.numpy())
-                for b in dm.stream(split)
+                for b in dm.stream("train")
                 if b.labels is not None
-            )
-            return cross_rows(batches, cards)
-
-        data = {split: rows(split) for split in ("train", *SPLITS)}
-        for split, p in preds.items():  # same events, same order as the model's predictions
-            assert np.array_equal(data[split].labels, p.labels.astype(np.float32)), split
-        model, _ = fit_logreg_on_val(data["train"], data["val"], self.logreg_grid)
-        return {split: model.logits(data[split]) for split in SPLITS}
+            ),
+            _cross_cardinalities(dm),
+        )
+        model, _ = fit_logreg_on_val(train, rows["val"], self.logreg_grid)
+        return {split: model.logits(r) for split, r in rows.items()}
 
     @staticmethod
     def _oracle_scores(
@@ -241,6 +246,11 @@ class RankingModule(pl.LightningModule):
             raise RuntimeError(f"{split}: stream order differs from the events table")
         positions = events["position"].to_numpy(zero_copy_only=False).astype(np.float64)
         return np.asarray(oracle.score(users, items, positions), np.float64)
+
+
+def _cross_cardinalities(dm: PinrankDataModule) -> list[int]:
+    """Column-block sizes of the cross design matrix, in the featurizer's key order."""
+    return [dm.state.cardinality(c.name) for c in dm.spec.crosses]
 
 
 __all__ = ["Predictions", "RankingModule"]

@@ -84,9 +84,12 @@ def summary_table(metrics: dict[str, Any], split: str = "test") -> str:
         k[len(prefix) :] for k in metrics if k.startswith(prefix) and "/" not in k[len(prefix) :]
     )
     columns = [("model", prefix)]
-    for name in ("popularity", "random", "item_rate", "user_item_rate", "logreg"):
-        if any(k.startswith(f"baseline/{name}/{split}/") for k in metrics):
-            columns.append((name, f"baseline/{name}/{split}/"))
+    # every baseline the report has on this split, in the report's order
+    baselines = [
+        k.split("/")[1] for k in metrics if k.startswith("baseline/") and f"/{split}/" in k
+    ]
+    for name in dict.fromkeys(baselines):
+        columns.append((name, f"baseline/{name}/{split}/"))
     if any(k.startswith(f"oracle/{split}/") for k in metrics):
         columns.append(("oracle", f"oracle/{split}/"))
     widths = [max(13, len(c) + 2) for c, _ in columns]
