@@ -13,6 +13,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from pinrank.data.io import read_table
+from pinrank.data.prepare import Prepared
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -142,3 +145,16 @@ def test_tiny_wide_deep_run_writes_metrics_calibration_and_plots(tmp_path: Path)
     assert cal["method"] == "platt" and set(cal["params"]) == {"a", "b"}
     for name in ("reliability.png", "roc.png"):
         assert (run_dir / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ddp_two_processes_train_the_ranker_and_report_on_every_event(tmp_path: Path) -> None:
+    args = [a for a in _tiny(tmp_path) if not a.startswith("model.module.index")]
+    metrics = _run(
+        [*args, "model=wide_deep", "trainer=ddp", "trainer.max_epochs=1",
+         "model.net.cfg.hidden=[32,16]", "model.module.logreg_grid=[1e-4]"],
+        tmp_path,
+    )  # fmt: skip
+    assert metrics["train/world_size"] == 2
+    # the report runs on rank 0 alone and still scores every test event, not its DDP share
+    prepared = Prepared.load(next((tmp_path / "data").rglob("prepared.json")).parent)
+    assert metrics["test/events"] == read_table(prepared.split("test"), "events").num_rows

@@ -53,6 +53,8 @@ class StreamConfig:
             their sign-up attributes; for training streams (``1.0``: every row, for evaluation).
         leave_stats_out: remove each row from its pin's train counts (:func:`leave_event_out`);
             for training streams.
+        shard_ranks: under torch.distributed, each rank streams its own equal share of rows
+            (the Trainer's loaders); otherwise every row is streamed (reports, predictions).
     """
 
     batch_size: int = 1024
@@ -63,6 +65,7 @@ class StreamConfig:
     sampled_negatives: int = 0
     cold_start_rate: float = 0.0
     leave_stats_out: bool = False
+    shard_ranks: bool = False
 
 
 UNKNOWN_USER_ID = -1  # stands for "an id the model has never seen" in simulated cold-start rows
@@ -102,7 +105,7 @@ class EventStream(IterableDataset):
     def __iter__(self) -> Iterator[FeatureBatch]:
         info = get_worker_info()
         wid, workers = (info.id, info.num_workers) if info else (0, 1)
-        rank, world = _rank_world()
+        rank, world = self._rank_world()
         order = np.arange(len(self.fragments))
         rng = np.random.default_rng([self.cfg.seed, self.epoch])
         if self.cfg.shuffle:
@@ -159,9 +162,12 @@ class EventStream(IterableDataset):
         return pa.concat_tables([events, copies])
 
     def __len__(self) -> int:
-        bs, (_, world) = self.cfg.batch_size, _rank_world()
+        bs, (_, world) = self.cfg.batch_size, self._rank_world()
         rows = [self._count(f) // world for f in self.fragments]
         return int(sum(-(-n // bs) for n in rows))
+
+    def _rank_world(self) -> tuple[int, int]:
+        return _rank_world() if self.cfg.shard_ranks else (0, 1)
 
     def _count(self, fragment: ds.Fragment) -> int:
         key = id(fragment)
@@ -386,11 +392,13 @@ class PinrankDataModule(pl.LightningDataModule):
         split: str,
         shuffle: bool = False,
         as_new_users: bool = False,
+        shard_ranks: bool = False,
     ) -> EventStream:
         """The :class:`EventStream` of one split (``train``, ``val``, ``test`` or ``cold``).
 
         ``as_new_users``: every user is shown as a new user would be (:func:`as_cold_start`),
-        e.g. to measure cold-start quality on validation events.
+        e.g. to measure cold-start quality on validation events. ``shard_ranks``: under
+        torch.distributed, stream this rank's share only (the Trainer's loaders do).
         """
         self.setup()
         assert self.featurizer is not None
@@ -406,13 +414,14 @@ class PinrankDataModule(pl.LightningDataModule):
             self.sampled_negatives if train and shuffle else 0,
             1.0 if as_new_users else self.cold_start_rate if train and shuffle else 0.0,
             self.leave_stats_out and train,
+            shard_ranks,
         )
         return EventStream(
             str(self.prepared.split(split)), self.featurizer, self.users, self.items, cfg
         )
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        stream = self.stream(split, shuffle)
+        stream = self.stream(split, shuffle, shard_ranks=True)
         if self.num_workers:
             # many small tensors per batch: file descriptors per tensor would run out
             torch.multiprocessing.set_sharing_strategy("file_system")
