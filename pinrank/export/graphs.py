@@ -1,0 +1,288 @@
+"""The trained networks as exportable graphs from raw columns to their final outputs.
+
+Each graph shares the trained network's parameters and layers (no copy of the maths): the
+sparse archs' tables are pooled from :class:`~pinrank.export.features.RawFeatures`' padded
+indices instead of KeyedJaggedTensors, and the MLPs, projections and biases are the network's own
+modules. Graphs take their inputs positionally in the order of ``input_names`` (the exporter
+needs plain tensors) and are built by :func:`tower_graph` and :func:`ranker_graphs`.
+
+- tower: raw columns of one side -> ``embedding`` float32 [B, D] (L2-normalised).
+- ranker (per pair): raw user, item and context columns, one row per pair -> ``probability``
+  (calibrated) and ``logit``, float32 [B].
+- ranker_user + ranker_feed (the per-feed factorisation): ``ranker_user`` computes each user's
+  part once ([U] rows); ``ranker_feed`` takes those parts, ``user_index`` int64 [N] and the raw
+  candidate columns -> ``probability`` and ``logit`` [N]. The per-pair graph is these two with
+  ``user_index = arange(B)``, so all three compute the same function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pinrank.calibration import EPS, Calibration
+from pinrank.export.features import RawFeatures, Sparse, pool
+from pinrank.features.columns import ColumnSpec
+from pinrank.models.components import SparseArch
+from pinrank.models.towers import Tower
+from pinrank.models.wide_deep import WideDeep
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One input of a graph: its name, ONNX element type, and per axis a size or a symbol."""
+
+    name: str
+    dtype: str  # int64 | float64 | float32 | string | bool
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+def column_inputs(columns: list[ColumnSpec], rows: str) -> list[GraphInput]:
+    """Graph inputs of raw columns, with ``rows`` as the symbol of the batch axis."""
+    dtypes = {"int": "int64", "float": "float64", "string": "string", "int_list": "int64"}
+    out = []
+    for c in columns:
+        if c.kind == "vector":
+            out.append(GraphInput(c.name, "float64", (rows, c.dim)))
+        elif c.kind == "int_list":
+            out.append(GraphInput(c.name, "int64", (rows, f"{c.name}.width")))
+            out.append(GraphInput(c.lengths_name, "int64", (rows,)))
+        else:
+            out.append(GraphInput(c.name, dtypes[c.kind], (rows,)))
+    return out
+
+
+def sparse_arch(arch: SparseArch, feats: dict[str, Sparse], rows: torch.Tensor) -> torch.Tensor:
+    """What ``arch(kjt)`` computes, from padded indices: [B, sum of widths] in table order."""
+    if not arch.tables:
+        return rows.new_zeros(rows.shape[0], 0, dtype=torch.float32)
+    return torch.cat(
+        [pool(arch.weight(t.feature), feats[t.feature], t.pooling) for t in arch.tables], 1
+    )
+
+
+def linear1(module: nn.Module, feats: dict[str, Sparse], rows: torch.Tensor) -> torch.Tensor:
+    """A sum of 1-wide tables (the wide part's ``_Linear1``, its ``arch``) -> [B]."""
+    arch = getattr(module, "arch", module)
+    if not isinstance(arch, SparseArch):
+        raise TypeError(f"expected a 1-wide SparseArch, got {type(arch).__name__}")
+    return sparse_arch(arch, feats, rows).sum(dim=1)
+
+
+class _Graph(nn.Module):
+    """Positional tensor inputs -> a dict by name (string inputs are not torch inputs)."""
+
+    output_names: tuple[str, ...] = ()
+
+    def __init__(self, inputs: list[GraphInput], features: RawFeatures) -> None:
+        super().__init__()
+        self.inputs, self.features = inputs, features
+        vocab = features.vocab_inputs()
+        self.vocab = vocab
+        # what torch receives: raw non-string columns, then the LabelEncoder outputs
+        self.torch_inputs = [i for i in inputs if i.dtype != "string"] + [
+            GraphInput(name, "int64", self._vocab_shape(col.name))
+            for name, (_, col) in vocab.items()
+        ]
+
+    def _vocab_shape(self, column: str) -> tuple[int | str, ...]:
+        return next(i.shape for i in self.inputs if i.name == column)
+
+    def named(self, args: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        return dict(zip([i.name for i in self.torch_inputs], args, strict=True))
+
+
+class TowerGraph(_Graph):
+    """Raw columns of one side -> the tower's normalised embedding [B, D]."""
+
+    output_names = ("embedding",)
+
+    def __init__(self, features: RawFeatures, tower: Tower, side: str) -> None:
+        cols = [c for c in features.columns.values() if c.side == side]
+        super().__init__(column_inputs(cols, "batch"), features)
+        self.tower, self.side = tower, side
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        x = self.named(args)
+        rows = x[self.torch_inputs[0].name]
+        h = torch.cat(
+            [
+                sparse_arch(self.tower.sparse, self.features.sparse(x, self.side), rows),
+                self.features.dense(x, self.side, rows),
+            ],
+            dim=1,
+        )  # (B, sum widths + dense)
+        return F.normalize(self.tower.mlp(h), dim=1)
+
+
+def calibrate(logit: torch.Tensor, cal: Calibration) -> torch.Tensor:
+    """:class:`~pinrank.calibration.Calibration` in torch: float64 maths, float32 out."""
+    z = logit.double()
+    if cal.method == "platt":
+        p = torch.sigmoid(cal.params["a"] * z + cal.params["b"])
+    elif cal.method == "isotonic":  # np.interp as a sum of clamped linear pieces
+        xs, ys = np.asarray(cal.params["x"], np.float64), np.asarray(cal.params["y"], np.float64)
+        dx, dy = np.diff(xs), np.diff(ys)
+        keep = dx > 0
+        x0 = torch.tensor(xs[:-1][keep])
+        width = torch.tensor(dx[keep])
+        slope = torch.tensor(dy[keep] / dx[keep])
+        p = float(ys[0]) + (torch.minimum(torch.clamp(z[:, None] - x0, min=0), width) * slope).sum(
+            1
+        )
+    else:
+        p = torch.sigmoid(z)
+    return p.clamp(EPS, 1 - EPS).float()
+
+
+# ------------------------------------------------------------------------------------ ranker
+
+Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Sparse]]  # first, proj, wide
+
+
+def user_part(
+    net: WideDeep, features: RawFeatures, x: dict[str, torch.Tensor], rows: torch.Tensor
+) -> Part:
+    """``WideDeep.user_part`` from raw columns, plus the user's sparse features (for crosses)."""
+    sparse = features.sparse(x, "user")
+    parts = [sparse_arch(net.user_sparse, sparse, rows)]
+    if net.cfg.deep:
+        parts.append(features.dense(x, "user", rows))
+    h = torch.cat(parts, dim=1)  # (U, user width)
+    return (
+        net.user_first(h),
+        net.user_proj(h),
+        linear1(net.unigrams["user"], sparse, rows),
+        sparse,
+    )
+
+
+def candidate_part(
+    net: WideDeep, features: RawFeatures, x: dict[str, torch.Tensor], rows: torch.Tensor
+) -> Part:
+    """``WideDeep.candidate_part`` from raw columns, plus the candidates' sparse features."""
+    items, ctx = features.sparse(x, "item"), features.sparse(x, "context")
+    parts = [sparse_arch(net.item_sparse, items, rows), sparse_arch(net.context_sparse, ctx, rows)]
+    if net.cfg.deep:
+        parts += [features.dense(x, "item", rows), features.dense(x, "context", rows)]
+    h = torch.cat(parts, dim=1)  # (N, candidate width)
+    wide = (
+        linear1(net.unigrams["item"], items, rows)
+        + linear1(net.unigrams["context"], ctx, rows)
+        + net.bias
+    )
+    return net.cand_first(h), net.cand_proj(h), wide, items | ctx
+
+
+def combine(
+    net: WideDeep, features: RawFeatures, user: Part, cand: Part, user_index: torch.Tensor | None
+) -> torch.Tensor:
+    """``WideDeep.combine``: [N] logits, user parts gathered by ``user_index`` when shared."""
+    u_first, u_proj, u_wide, u_sparse = user
+    if user_index is not None:
+        u_first, u_proj, u_wide = u_first[user_index], u_proj[user_index], u_wide[user_index]
+        u_sparse = {k: (i[user_index], m[user_index]) for k, (i, m) in u_sparse.items()}
+    c_first, c_proj, c_wide, c_sparse = cand
+    logit = u_wide + c_wide
+    if net.cross.arch.tables:
+        crosses = features.crosses(u_sparse | c_sparse, list(features.spec.crosses))
+        logit = logit + linear1(net.cross, crosses, c_wide)
+    if net.head is not None:
+        logit = logit + net.head(u_first + c_first).squeeze(1)
+    if u_proj.shape[1]:
+        logit = logit + (u_proj * c_proj).sum(dim=1)
+    return logit
+
+
+def cross_user_features(net: WideDeep, features: RawFeatures) -> list[str]:
+    """User features that the wide crosses read (the user graph hands them to the feed graph)."""
+    if not net.cross.arch.tables:
+        return []
+    users = {f.name for f in features.spec.side("user", sparse=True)}
+    return [n for c in features.spec.crosses for n in c.features if n in users]
+
+
+class RankerGraph(_Graph):
+    """Raw user, item and context columns (one row per pair) -> calibrated ``probability`` and
+    ``logit`` [B]."""
+
+    output_names = ("probability", "logit")
+
+    def __init__(self, features: RawFeatures, net: WideDeep, calibration: Calibration) -> None:
+        super().__init__(column_inputs(list(features.columns.values()), "batch"), features)
+        self.net, self.calibration = net, calibration
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.named(args)
+        rows = x[self.torch_inputs[0].name]
+        logit = combine(
+            self.net,
+            self.features,
+            user_part(self.net, self.features, x, rows),
+            candidate_part(self.net, self.features, x, rows),
+            None,
+        )
+        return calibrate(logit, self.calibration), logit
+
+
+class RankerUserGraph(_Graph):
+    """Raw user columns [U] -> each user's part of the ranker, computed once per feed:
+    ``user.first`` [U, H], ``user.proj`` [U, K], ``user.wide`` [U], and per user feature that
+    a cross reads ``user.{f}.indices`` int64 [U, L] and ``user.{f}.kept`` bool [U, L]."""
+
+    def __init__(self, features: RawFeatures, net: WideDeep) -> None:
+        cols = [c for c in features.columns.values() if c.side == "user"]
+        super().__init__(column_inputs(cols, "users"), features)
+        self.net = net
+        self.cross_features = list(dict.fromkeys(cross_user_features(net, features)))
+        crossed = [n for f in self.cross_features for n in (f"user.{f}.indices", f"user.{f}.kept")]
+        self.output_names = ("user.first", "user.proj", "user.wide", *crossed)
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.named(args)
+        first, proj, wide, sparse = user_part(
+            self.net, self.features, x, x[self.torch_inputs[0].name]
+        )
+        return (first, proj, wide, *[t for f in self.cross_features for t in sparse[f]])
+
+
+class RankerFeedGraph(_Graph):
+    """Users' parts (from :class:`RankerUserGraph`), ``user_index`` int64 [N] and raw
+    candidate columns [N] -> calibrated ``probability`` and ``logit`` [N]."""
+
+    output_names = ("probability", "logit")
+
+    def __init__(
+        self, features: RawFeatures, net: WideDeep, calibration: Calibration, user: RankerUserGraph
+    ) -> None:
+        hidden, k = net.user_first.out_features, net.user_proj.out_features
+        parts = [
+            GraphInput("user.first", "float32", ("users", hidden)),
+            GraphInput("user.proj", "float32", ("users", k)),
+            GraphInput("user.wide", "float32", ("users",)),
+        ]
+        for f in user.cross_features:
+            parts += [
+                GraphInput(f"user.{f}.indices", "int64", ("users", f"user.{f}.width")),
+                GraphInput(f"user.{f}.kept", "bool", ("users", f"user.{f}.width")),
+            ]
+        parts.append(GraphInput("user_index", "int64", ("candidates",)))
+        cols = [c for c in features.columns.values() if c.side != "user"]
+        super().__init__(parts + column_inputs(cols, "candidates"), features)
+        self.net, self.calibration = net, calibration
+        self.cross_features = user.cross_features
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.named(args)
+        sparse = {f: (x[f"user.{f}.indices"], x[f"user.{f}.kept"]) for f in self.cross_features}
+        user = (x["user.first"], x["user.proj"], x["user.wide"], sparse)
+        cand = candidate_part(self.net, self.features, x, x["user_index"])
+        logit = combine(self.net, self.features, user, cand, x["user_index"])
+        return calibrate(logit, self.calibration), logit
