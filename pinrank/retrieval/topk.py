@@ -240,6 +240,32 @@ class FaissTopK(TopK):
         self.ef_search = self.ef_search if ef_search is None else ef_search
         return self
 
+    def save(self, path: str) -> None:
+        """Write the built index (ids included) with ``faiss.write_index``: FAISS's own binary
+        format, no pickle. A GPU index is written as its CPU copy."""
+        if self._index is None:
+            raise ValueError("save called before index()")
+        index = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
+        faiss.write_index(index, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        factory: str,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        use_gpu: bool | None = None,
+    ) -> FaissTopK:
+        """An index written by :meth:`save`, with its search knobs (on GPU as in ``__init__``)."""
+        self = cls(factory, nprobe, ef_search, use_gpu)
+        index = faiss.read_index(path)
+        if self.use_gpu is not False and faiss.get_num_gpus() > 0:
+            index, self.on_gpu = self._maybe_to_gpu(index)
+        self._set_search_params(index, nprobe, ef_search)
+        self._index, self._n, self._dim = index, index.ntotal, index.d
+        return self
+
     def _search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         if self.on_gpu and depth > GPU_MAX_K:
             raise ValueError(

@@ -1,0 +1,341 @@
+"""From finished training runs to one model package (layout: :mod:`pinrank.serving.package`).
+
+:func:`build_package` exports the graphs of a retrieval run (user and item towers) and/or a
+ranking run (the ranker per pair, and its per-feed pair ``ranker_user`` + ``ranker_feed``),
+embeds the whole catalogue through the exported item tower into the run's FAISS index, and
+writes the catalogue, the fallback popularity table, the feature state, the weights as
+safetensors and the manifest with provenance and checksums. It writes into a temporary folder
+beside ``out`` and renames it at the end, so a failed export leaves no half package.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import importlib.metadata
+import shutil
+import socket
+import subprocess
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+from safetensors.torch import save_model
+
+from pinrank.data.io import read_table
+from pinrank.data.prepare import Prepared
+from pinrank.export.features import RawFeatures
+from pinrank.export.graphs import (
+    RankerFeedGraph,
+    RankerGraph,
+    RankerUserGraph,
+    TowerGraph,
+    _Graph,
+)
+from pinrank.export.onnx import export_graph
+from pinrank.export.run import TrainedRun
+from pinrank.features.columns import ColumnSpec, columns_for, pack
+from pinrank.retrieval.topk import FaissTopK
+from pinrank.serving.package import (
+    FORMAT,
+    FORMAT_VERSION,
+    Package,
+    load_package,
+    write_manifest,
+)
+from pinrank.serving.runtime import OnnxBackend
+
+VERSIONED = ("pinrank", "torch", "torchrec", "onnx", "onnxruntime", "faiss-cpu", "numpy", "pyarrow")
+TRACE_ROWS = 256
+
+
+def build_package(
+    runs: list[TrainedRun],
+    out: str | Path,
+    command: str = "",
+    context: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Package:
+    """Export ``runs`` (at most one retrieval and one ranking run, trained on the same prepared
+    data) into the package folder ``out``; returns it loaded and checked.
+
+    ``context``: values of the context columns used when a feed is scored before it is shown
+    (position, surface); a column left out takes its most frequent value in train events.
+    """
+    prepared = _common_data(runs)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists (pass overwrite to replace it)")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    spec, state = prepared.spec(), prepared.state()
+    tables = _sample_rows(prepared)
+    columns = [c for side, t in tables.items() for c in columns_for(spec, side, t.schema)]
+    arrays: dict[str, np.ndarray] = {}
+    for side, t in tables.items():
+        arrays |= pack(t, [c for c in columns if c.side == side])
+    state.save(tmp / "features" / "state.json")
+    items = prepared.items()
+    pq.write_table(items, _mkdir(tmp / "catalogue") / "items.parquet")
+    pq.write_table(_popularity(prepared), _mkdir(tmp / "fallback") / "popular.parquet")
+    graphs: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for run in runs:
+        by_side = {s: [c for c in columns if c.side == s] for s in ("user", "item", "context")}
+        if run.kind == "retrieval":
+            built = _retrieval_graphs(run, by_side)
+        else:
+            built = _ranking_graphs(run, by_side)
+        for name, graph in built:
+            feed_arrays = arrays | _user_parts(graphs, tmp, arrays)
+            path = export_graph(graph, feed_arrays, tmp / "graphs" / f"{name}.onnx")
+            graphs[name] = _graph_entry(path, graph)
+        save_model(run.net, str(_mkdir(tmp / "weights") / f"{run.kind}.safetensors"))
+        models[run.kind] = _model_entry(run)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "features": {
+            "spec": yaml.safe_load(prepared.spec_path.read_text()),
+            "state": "features/state.json",
+        },
+        "columns": [c.to_dict() for c in columns],
+        "context_defaults": _context_defaults(prepared, spec, context or {}),
+        "graphs": graphs,
+        "models": models,
+        "catalogue": {"path": "catalogue/items.parquet", "rows": items.num_rows},
+        "fallback": {"path": "fallback/popular.parquet"},
+        "provenance": provenance(runs, prepared, command),
+    }
+    if "retrieval" in models:
+        manifest["index"] = _write_index(tmp, runs, items, columns)
+    write_manifest(tmp, manifest)
+    load_package(tmp)  # the package we wrote must pass the same checks as any other
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return load_package(out)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _common_data(runs: list[TrainedRun]) -> Prepared:
+    if not runs:
+        raise ValueError("build_package needs at least one training run")
+    kinds = Counter(r.kind for r in runs)
+    if any(n > 1 for n in kinds.values()):
+        raise ValueError(f"one run of each kind at most, got {dict(kinds)}")
+    states = {r.prepared.state_path.read_bytes() for r in runs}
+    if len(states) > 1:
+        roots = [str(r.prepared.root) for r in runs]
+        raise ValueError(f"runs were trained on different feature states: {roots}")
+    if any(r.kind == "ranking" and r.calibration is None for r in runs):
+        raise ValueError("the ranking run has no calibration.json")
+    return runs[0].prepared
+
+
+def _sample_rows(prepared: Prepared) -> dict[str, pa.Table]:
+    """A few held-out events with their user and item rows: what the graphs are traced on."""
+    events = read_table(prepared.split("test"), "events").slice(0, TRACE_ROWS)
+    users, items = prepared.indexes()
+    ids = events.column("user_id").to_numpy(), events.column("item_id").to_numpy()
+    return {"user": users.take(ids[0]), "item": items.take(ids[1]), "context": events}
+
+
+def _retrieval_graphs(
+    run: TrainedRun, cols: dict[str, list[ColumnSpec]]
+) -> list[tuple[str, _Graph]]:
+    spec, state = run.prepared.spec(), run.prepared.state()
+    net: Any = run.net
+    return [
+        (f"{side}_tower", TowerGraph(RawFeatures(spec, state, cols[side]), tower, side))
+        for side, tower in (("user", net.user_tower), ("item", net.item_tower))
+    ]
+
+
+def _ranking_graphs(run: TrainedRun, cols: dict[str, list[ColumnSpec]]) -> list[tuple[str, _Graph]]:
+    spec, state, net, cal = run.prepared.spec(), run.prepared.state(), run.net, run.calibration
+    assert cal is not None
+    everything = cols["user"] + cols["item"] + cols["context"]
+    user = RankerUserGraph(RawFeatures(spec, state, cols["user"]), net)  # type: ignore[arg-type]
+    feed = RankerFeedGraph(
+        RawFeatures(spec, state, cols["item"] + cols["context"]),
+        net,  # type: ignore[arg-type]
+        cal,
+        user,
+    )
+    return [
+        ("ranker", RankerGraph(RawFeatures(spec, state, everything), net, cal)),  # type: ignore[arg-type]
+        ("ranker_user", user),
+        ("ranker_feed", feed),
+    ]
+
+
+def _user_parts(
+    graphs: dict[str, Any], root: Path, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Example inputs of ``ranker_feed``: the exported user graph's outputs on the sample."""
+    if "ranker_user" not in graphs:
+        return {}
+    backend = OnnxBackend(Package(root, {"graphs": graphs}))
+    parts = backend.run("ranker_user", arrays)
+    rows = len(next(iter(arrays.values())))
+    return parts | {"user_index": np.arange(rows, dtype=np.int64)}
+
+
+def _graph_entry(path: Path, graph: _Graph) -> dict[str, Any]:
+    """Where a graph is and what it takes and gives: names, element types and shapes."""
+    model = onnx.load(str(path), load_external_data=False)
+    outputs = []
+    for o in model.graph.output:
+        t = o.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        outputs.append({"name": o.name, "dtype": DTYPES[t.elem_type], "shape": dims})
+    return {
+        "path": f"graphs/{path.name}",
+        "inputs": [i.to_dict() for i in graph.inputs],
+        "outputs": outputs,
+    }
+
+
+def _model_entry(run: TrainedRun) -> dict[str, Any]:
+    entry = {
+        "kind": run.kind,
+        "weights": f"weights/{run.kind}.safetensors",
+        "net": run.config["model"]["net"],
+        "metrics": run.metrics,
+        "config": run.config,
+        "run_dir": str(run.root),
+    }
+    if run.calibration is not None:
+        entry["calibration"] = run.calibration.to_dict()
+    return entry
+
+
+def _popularity(prepared: Prepared) -> pa.Table:
+    """Engaged train events per item (every catalogue item, 0 where none): fallback feeds."""
+    train = read_table(prepared.split("train"), "events", ["item_id", "engaged"])
+    engaged = train.filter(pc.equal(train.column("engaged"), True))
+    counts = engaged.group_by("item_id").aggregate([("engaged", "count")])
+    table = prepared.items().select(["item_id"])
+    joined = table.join(counts, "item_id", join_type="left outer")
+    n = pc.fill_null(joined.column("engaged_count"), 0).cast(pa.int64())
+    return pa.table({"item_id": joined.column("item_id"), "engaged": n}).sort_by("item_id")
+
+
+def _context_defaults(prepared: Prepared, spec: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The value of each context column when a not-yet-shown pin is scored."""
+    out = {}
+    names = spec.sources("context")
+    unknown = set(given) - set(names)
+    if unknown:
+        raise ValueError(f"context defaults for unknown columns {sorted(unknown)}; has {names}")
+    if not names:
+        return {}
+    train = read_table(prepared.split("train"), "events", names)
+    for name in names:
+        if name in given:
+            out[name] = given[name]
+            continue
+        vc = pc.value_counts(train.column(name).drop_null()).to_pylist()
+        out[name] = max(vc, key=lambda v: (v["counts"], str(v["values"])))["values"] if vc else None
+    return out
+
+
+def _write_index(
+    root: Path, runs: list[TrainedRun], items: pa.Table, columns: list[ColumnSpec]
+) -> dict[str, Any]:
+    """Embed every catalogue item through the exported item tower and index it with the
+    retrieval run's FAISS factory string and search parameters."""
+    run = next(r for r in runs if r.kind == "retrieval")
+    module = run.config["model"]["module"]
+    factory = str(module.get("index", "Flat"))
+    factory = "Flat" if factory in ("exact", "bruteforce") else factory
+    params = dict(module.get("index_params") or {})
+    backend = OnnxBackend(
+        Package(root, {"graphs": {"item_tower": {"path": "graphs/item_tower.onnx"}}})
+    )
+    item_cols = [c for c in columns if c.side == "item"]
+    chunks = [
+        backend.run("item_tower", pack(items.slice(i, 8192), item_cols))["embedding"]
+        for i in range(0, items.num_rows, 8192)
+    ]
+    emb = np.concatenate(chunks).astype(np.float32)
+    ids = items.column("item_id").to_numpy().astype(np.int64)
+    topk = FaissTopK(factory, params.get("nprobe"), params.get("ef_search"), use_gpu=False)
+    topk.index(emb, ids)
+    topk.save(str(_mkdir(root / "index") / "items.faiss"))
+    return {
+        "path": "index/items.faiss",
+        "factory": factory,
+        "params": params,
+        "metric": "inner_product",
+        "dim": int(emb.shape[1]),
+        "items": len(ids),
+    }
+
+
+def provenance(runs: list[TrainedRun], prepared: Prepared, command: str) -> dict[str, Any]:
+    """How, when and by whom the package was built, and how to build it again."""
+    repo = Path(__file__).resolve().parents[2]
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
+        "git": _git(repo),
+        "versions": {p: _version(p) for p in VERSIONED},
+        "data": {
+            "prepared": str(prepared.root),
+            "raw": str(prepared.raw),
+            "fingerprint": _data_fingerprint(prepared),
+        },
+        "export_command": command,
+        "train_commands": {r.kind: _train_command(r) for r in runs},
+    }
+
+
+def _git(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {
+        "commit": commit or None,
+        "dirty": bool(git("status", "--porcelain")) if commit else None,
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _data_fingerprint(prepared: Prepared) -> str:
+    """sha256 over the training split's files and the fitted state: what the models saw."""
+    h = hashlib.sha256()
+    for path in [*sorted(prepared.split("train").rglob("*.parquet")), prepared.state_path]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _train_command(run: TrainedRun) -> str:
+    overrides = run.root / ".hydra" / "overrides.yaml"
+    args = yaml.safe_load(overrides.read_text()) if overrides.exists() else []
+    return " ".join(["python train.py", *(str(a) for a in args or [])])
+
+
+DTYPES = {1: "float32", 7: "int64", 9: "bool", 11: "float64", 8: "string"}
