@@ -1,4 +1,5 @@
-"""``pinrank``: the command line of the data stages (generate, import, prepare, report, demo).
+"""``pinrank``: the command line of the data stages (generate, import, prepare, report, demo)
+and of model packages (verify).
 
 Examples::
 
@@ -8,6 +9,7 @@ Examples::
         --out data/ml100k/prepared
     pinrank report data/ml100k/prepared
     pinrank demo --out data/demo
+    pinrank verify outputs/packages/demo --rows 1000 --backend both
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from pinrank.data.movielens import import_movielens
 from pinrank.data.prepare import Prepared, prepare
@@ -102,6 +105,33 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"[data] done in {time.perf_counter() - t0:.1f}s, peak RSS {_peak_rss_mb():.0f} MB")
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    from pinrank.export.verify import held_out_rows, verify
+    from pinrank.serving.package import load_package
+
+    package = load_package(args.package)
+    data = args.data or package.manifest["provenance"]["data"]["prepared"]
+    tables = held_out_rows(Prepared.load(data), args.split, args.rows)
+    backends = ["onnx", "torch"] if args.backend == "both" else [args.backend]
+    failed = False
+    for name in backends:
+        report = verify(package, tables, _backend(name, package, args.device), args.tol)
+        print(report)
+        failed |= not report.ok
+    if failed:
+        raise SystemExit(1)
+
+
+def _backend(name: str, package: Any, device: str | None) -> Any:
+    if name == "torch":
+        from pinrank.export.torch_backend import TorchBackend
+
+        return TorchBackend(package, device)
+    from pinrank.serving.runtime import OnnxBackend
+
+    return OnnxBackend(package, [device] if device else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pinrank", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="data/demo")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    v = sub.add_parser(
+        "verify", help="score held-out rows through the training path and the package; compare"
+    )
+    v.add_argument("package", help="a model package folder (python export.py ...)")
+    v.add_argument("--data", help="prepared data set (default: the one the package was built on)")
+    v.add_argument("--split", default="test", choices=["train", "val", "test", "cold"])
+    v.add_argument("--rows", type=int, default=1000, help="held-out rows to score")
+    v.add_argument("--backend", default="onnx", choices=["onnx", "torch", "both"])
+    v.add_argument("--device", help="torch device (torch backend) or execution provider (onnx)")
+    v.add_argument("--tol", type=float, default=1e-5, help="largest absolute difference allowed")
+    v.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# tiny trained runs and a model package, for the export and serving tests
+from package_fixtures import package_dir, trained_runs  # noqa: F401
+
 from pinrank.data.prepare import Prepared, prepare
 from pinrank.data.synthetic import SyntheticConfig, generate
 

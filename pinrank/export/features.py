@@ -108,7 +108,7 @@ class RawFeatures(nn.Module):
             h = st["hash"]
             idx = hash_torch(raw, h["a"], h["b"], h["buckets"])
         else:
-            bounds = torch.tensor(st["boundaries"], dtype=torch.float64)
+            bounds = torch.tensor(st["boundaries"], dtype=torch.float64, device=raw.device)
             idx = 1 + (raw.double()[..., None] >= bounds).sum(-1)
         idx = torch.where(bad, torch.zeros_like(idx), idx)
         if f.kind == "categorical":  # one index per row, 0 (missing) looked up like any other
@@ -138,7 +138,7 @@ class RawFeatures(nn.Module):
             ok = torch.isfinite(v).all(dim=1)
         if f.valid is not None:
             ok = ok & ~((v < f.valid[0]) | (v > f.valid[1])).any(dim=1)
-        default = torch.tensor(st["default"], dtype=torch.float64)
+        default = torch.tensor(st["default"], dtype=torch.float64, device=v.device)
         v = torch.where(ok[:, None], v, default[None, :])  # (B, dim)
         for step in f.transforms:
             name, arg = _step(step)
@@ -147,8 +147,8 @@ class RawFeatures(nn.Module):
             elif name == "clip":
                 v = v.clamp(float(arg[0]), float(arg[1]))
             else:
-                mean = torch.tensor(st["mean"], dtype=torch.float64)
-                std = torch.tensor(st["std"], dtype=torch.float64)
+                mean = torch.tensor(st["mean"], dtype=torch.float64, device=v.device)
+                std = torch.tensor(st["std"], dtype=torch.float64, device=v.device)
                 v = (v - mean) / std
         return v.float()
 

@@ -27,8 +27,10 @@ from torch import nn
 from pinrank.calibration import EPS, Calibration
 from pinrank.export.features import RawFeatures, Sparse, pool
 from pinrank.features.columns import ColumnSpec
+from pinrank.features.spec import FeatureSpec
+from pinrank.features.state import FeatureState
 from pinrank.models.components import SparseArch
-from pinrank.models.towers import Tower
+from pinrank.models.towers import Tower, TwoTower
 from pinrank.models.wide_deep import WideDeep
 
 
@@ -131,9 +133,9 @@ def calibrate(logit: torch.Tensor, cal: Calibration) -> torch.Tensor:
         xs, ys = np.asarray(cal.params["x"], np.float64), np.asarray(cal.params["y"], np.float64)
         dx, dy = np.diff(xs), np.diff(ys)
         keep = dx > 0
-        x0 = torch.tensor(xs[:-1][keep])
-        width = torch.tensor(dx[keep])
-        slope = torch.tensor(dy[keep] / dx[keep])
+        x0 = torch.tensor(xs[:-1][keep], device=z.device)
+        width = torch.tensor(dx[keep], device=z.device)
+        slope = torch.tensor(dy[keep] / dx[keep], device=z.device)
         p = float(ys[0]) + (torch.minimum(torch.clamp(z[:, None] - x0, min=0), width) * slope).sum(
             1
         )
@@ -286,3 +288,33 @@ class RankerFeedGraph(_Graph):
         cand = candidate_part(self.net, self.features, x, x["user_index"])
         logit = combine(self.net, self.features, user, cand, x["user_index"])
         return calibrate(logit, self.calibration), logit
+
+
+def graphs_for(
+    net: nn.Module,
+    spec: FeatureSpec,
+    state: FeatureState,
+    columns: list[ColumnSpec],
+    calibration: Calibration | None = None,
+) -> dict[str, _Graph]:
+    """Every graph of a trained network by package name: the towers of a ``TwoTower``; the
+    ranker per pair, ``ranker_user`` and ``ranker_feed`` of a ``WideDeep`` (which needs its
+    ``calibration``)."""
+    cols = {s: [c for c in columns if c.side == s] for s in ("user", "item", "context")}
+    if isinstance(net, TwoTower):
+        return {
+            f"{side}_tower": TowerGraph(RawFeatures(spec, state, cols[side]), tower, side)
+            for side, tower in (("user", net.user_tower), ("item", net.item_tower))
+        }
+    if not isinstance(net, WideDeep):
+        raise TypeError(f"no graphs for a {type(net).__name__}")
+    if calibration is None:
+        raise ValueError("a ranker is exported with its calibration")
+    user = RankerUserGraph(RawFeatures(spec, state, cols["user"]), net)
+    return {
+        "ranker": RankerGraph(RawFeatures(spec, state, columns), net, calibration),
+        "ranker_user": user,
+        "ranker_feed": RankerFeedGraph(
+            RawFeatures(spec, state, cols["item"] + cols["context"]), net, calibration, user
+        ),
+    }

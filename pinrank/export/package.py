@@ -31,14 +31,7 @@ from safetensors.torch import save_model
 
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
-from pinrank.export.features import RawFeatures
-from pinrank.export.graphs import (
-    RankerFeedGraph,
-    RankerGraph,
-    RankerUserGraph,
-    TowerGraph,
-    _Graph,
-)
+from pinrank.export.graphs import _Graph, graphs_for
 from pinrank.export.onnx import export_graph
 from pinrank.export.run import TrainedRun
 from pinrank.features.columns import ColumnSpec, columns_for, pack
@@ -89,12 +82,8 @@ def build_package(
     graphs: dict[str, Any] = {}
     models: dict[str, Any] = {}
     for run in runs:
-        by_side = {s: [c for c in columns if c.side == s] for s in ("user", "item", "context")}
-        if run.kind == "retrieval":
-            built = _retrieval_graphs(run, by_side)
-        else:
-            built = _ranking_graphs(run, by_side)
-        for name, graph in built:
+        built = graphs_for(run.net, spec, state, columns, run.calibration)
+        for name, graph in built.items():
             feed_arrays = arrays | _user_parts(graphs, tmp, arrays)
             path = export_graph(graph, feed_arrays, tmp / "graphs" / f"{name}.onnx")
             graphs[name] = _graph_entry(path, graph)
@@ -104,7 +93,8 @@ def build_package(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "features": {
-            "spec": yaml.safe_load(prepared.spec_path.read_text()),
+            "spec": prepared.spec_path.read_text(),  # the YAML text: its order is meaningful
+            "names": [f"{f.side}.{f.name}" for f in spec.features] + [c.name for c in spec.crosses],
             "state": "features/state.json",
         },
         "columns": [c.to_dict() for c in columns],
@@ -151,35 +141,6 @@ def _sample_rows(prepared: Prepared) -> dict[str, pa.Table]:
     users, items = prepared.indexes()
     ids = events.column("user_id").to_numpy(), events.column("item_id").to_numpy()
     return {"user": users.take(ids[0]), "item": items.take(ids[1]), "context": events}
-
-
-def _retrieval_graphs(
-    run: TrainedRun, cols: dict[str, list[ColumnSpec]]
-) -> list[tuple[str, _Graph]]:
-    spec, state = run.prepared.spec(), run.prepared.state()
-    net: Any = run.net
-    return [
-        (f"{side}_tower", TowerGraph(RawFeatures(spec, state, cols[side]), tower, side))
-        for side, tower in (("user", net.user_tower), ("item", net.item_tower))
-    ]
-
-
-def _ranking_graphs(run: TrainedRun, cols: dict[str, list[ColumnSpec]]) -> list[tuple[str, _Graph]]:
-    spec, state, net, cal = run.prepared.spec(), run.prepared.state(), run.net, run.calibration
-    assert cal is not None
-    everything = cols["user"] + cols["item"] + cols["context"]
-    user = RankerUserGraph(RawFeatures(spec, state, cols["user"]), net)  # type: ignore[arg-type]
-    feed = RankerFeedGraph(
-        RawFeatures(spec, state, cols["item"] + cols["context"]),
-        net,  # type: ignore[arg-type]
-        cal,
-        user,
-    )
-    return [
-        ("ranker", RankerGraph(RawFeatures(spec, state, everything), net, cal)),  # type: ignore[arg-type]
-        ("ranker_user", user),
-        ("ranker_feed", feed),
-    ]
 
 
 def _user_parts(

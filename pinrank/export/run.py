@@ -20,7 +20,8 @@ from torch import nn
 from pinrank.calibration import Calibration
 from pinrank.data.prepare import Prepared
 from pinrank.features.featurizer import Featurizer
-from pinrank.features.spec import SIDES
+from pinrank.features.spec import SIDES, FeatureSpec
+from pinrank.features.state import FeatureState
 
 
 @dataclass
@@ -44,7 +45,7 @@ class TrainedRun:
         config = json.loads((root / "config.json").read_text())
         metrics = json.loads((root / "metrics.json").read_text())
         prepared = Prepared.load(Path(config["data"]["source"]["root"]) / "prepared")
-        net = build_net(config["model"]["net"], prepared)
+        net = build_net(config["model"]["net"], prepared.spec(), prepared.state())
         ckpt = metrics.get("train/best_checkpoint") or ""
         if not ckpt or not Path(ckpt).exists():
             raise FileNotFoundError(f"{root}: best checkpoint {ckpt!r} not found")
@@ -59,11 +60,10 @@ class TrainedRun:
         return cls(root, kind, net, prepared, config, metrics, calibration)
 
 
-def build_net(net_config: dict[str, Any], prepared: Prepared) -> nn.Module:
-    """The network a run's ``model.net`` config describes, sized by the prepared data's state
+def build_net(net_config: dict[str, Any], spec: FeatureSpec, state: FeatureState) -> nn.Module:
+    """The network a run's ``model.net`` config describes, sized by the fitted state
     (untrained: load its weights next)."""
     _check_targets(net_config)
-    spec, state = prepared.spec(), prepared.state()
     featurizer = Featurizer(spec, state)
     dense = {s: featurizer.dense_dim(s) for s in SIDES}
     return instantiate(net_config)(spec=spec, state=state, dense_dims=dense)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pinrank.features.columns import ColumnSpec
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
@@ -65,7 +67,9 @@ class Package:
         return graph in self.manifest["graphs"]
 
     def spec(self) -> FeatureSpec:
-        return FeatureSpec.from_dict(self.manifest["features"]["spec"])
+        """The feature spec, parsed from its YAML text (feature order is part of the model: it
+        orders the networks' inputs)."""
+        return FeatureSpec.from_dict(yaml.safe_load(self.manifest["features"]["spec"]))
 
     def state(self) -> FeatureState:
         return FeatureState.load(self.path(self.manifest["features"]["state"]))
@@ -81,7 +85,7 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
         p for p in root.rglob("*") if p.is_file() and p.name not in (MANIFEST, MANIFEST_DIGEST)
     )
     manifest["files"] = {str(p.relative_to(root)): sha256(p) for p in files}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
     (root / MANIFEST_DIGEST).write_text(sha256(root / MANIFEST) + "\n")
 
 

@@ -1,0 +1,85 @@
+"""The optional torch backend: a package's networks run in torch (CUDA where present).
+
+For GPU machines that have torch with CUDA but no onnxruntime-gpu. It rebuilds each network from
+the manifest's config and the package's safetensors weights, and runs the *same* graph modules
+that were exported (:func:`pinrank.export.graphs.graphs_for`); the one step ONNX does with a
+LabelEncoder, the vocabulary lookup, is done here in NumPy with the same mapping. Same interface
+as :class:`pinrank.serving.runtime.OnnxBackend` (``run(graph, inputs) -> {output: array}``), and
+held to the same parity check (``pinrank verify --backend torch``). Kept outside
+``pinrank.serving`` so that the serving side never imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model
+
+from pinrank.calibration import Calibration
+from pinrank.export.graphs import _Graph, graphs_for
+from pinrank.export.run import build_net
+from pinrank.serving.package import Package
+
+
+def label_encode(values: np.ndarray, vocab: list[Any], is_string: bool) -> np.ndarray:
+    """What the graphs' LabelEncoder computes: ``2 + rank`` for a known value, 1 (out of
+    vocabulary) otherwise, and 0 for the empty string (a missing string) when it is not a
+    vocabulary value. Any shape.
+
+    Example::
+
+        >>> label_encode(np.array(["b", "", "z"], object), ["a", "b"], True).tolist()
+        [3, 0, 1]
+        >>> label_encode(np.array([[7, 5], [9, 9]]), [5, 7], False).tolist()
+        [[3, 2], [1, 1]]
+    """
+    table = {v: i + 2 for i, v in enumerate(vocab)}
+    if is_string and "" not in table:
+        table[""] = 0
+    flat = values.reshape(-1)
+    if not is_string:
+        keys = np.asarray(vocab, np.int64)
+        order = np.argsort(keys, kind="stable")
+        pos = np.minimum(np.searchsorted(keys[order], flat), max(len(keys) - 1, 0))
+        found = keys[order][pos] == flat if len(keys) else np.zeros(flat.shape, bool)
+        out = np.where(found, order[pos] + 2, 1)
+    else:
+        out = np.fromiter((table.get(v, 1) for v in flat), np.int64, flat.size)
+    return out.astype(np.int64).reshape(values.shape)
+
+
+class TorchBackend:
+    """A package's graphs in torch on ``device`` (``None``: CUDA when available, else CPU)."""
+
+    name = "torch"
+
+    def __init__(self, package: Package, device: str | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        spec, self.state = package.spec(), package.state()
+        columns = [c for side in ("user", "item", "context") for c in package.columns(side)]
+        self.graphs: dict[str, _Graph] = {}
+        for kind, entry in package.manifest["models"].items():
+            net = build_net(entry["net"], spec, self.state)
+            load_model(net, str(package.path(entry["weights"])), strict=True)
+            cal = Calibration.from_dict(entry["calibration"]) if "calibration" in entry else None
+            for name, graph in graphs_for(net, spec, self.state, columns, cal).items():
+                self.graphs[name] = graph.to(self.device).eval()
+            del kind
+
+    @torch.no_grad()
+    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        g = self.graphs[graph]
+        args = []
+        for i in g.torch_inputs:
+            if i.name in g.vocab:
+                f, col = g.vocab[i.name]
+                st = self.state.features[f.shares or f.name]
+                arr = label_encode(np.asarray(inputs[col.name]), st["vocab"], col.kind == "string")
+            else:
+                arr = np.asarray(inputs[i.name])
+            args.append(torch.from_numpy(np.ascontiguousarray(arr)).to(self.device))
+        out = g(*args)
+        outs = out if isinstance(out, tuple) else (out,)
+        return {n: t.cpu().numpy() for n, t in zip(g.output_names, outs, strict=True)}

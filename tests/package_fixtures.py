@@ -1,0 +1,67 @@
+"""Tiny trained runs and a model package built from them, shared by the export and serving
+tests (session-scoped: trained once, a minute or so on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(tmp: Path, task: str) -> list[str]:
+    """train.py overrides for a run of seconds on a small synthetic data set."""
+    return [
+        f"paths.data_dir={tmp}/data",
+        f"paths.log_dir={tmp}/logs",
+        f"paths.conf_dir={ROOT}/conf",
+        f"task_name={task}",
+        "data.source.generator.n_users=300",
+        "data.source.generator.n_items=200",
+        "data.source.generator.n_events=8000",
+        "data.datamodule.batch_size=256",
+        "data.datamodule.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
+def train(args: list[str], log_dir: Path) -> Path:
+    """Run train.py; returns the run directory (the one holding metrics.json)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    found = sorted(log_dir.rglob("metrics.json"))
+    assert found, f"no metrics.json under {log_dir}"
+    return found[-1].parent
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Run directories of a tiny two-tower (``retrieval``) and wide-and-deep (``ranking``) run
+    on the same data."""
+    tmp = tmp_path_factory.mktemp("runs")
+    retrieval = train(
+        [*tiny_overrides(tmp, "tt"), "model.module.index=HNSW16"], tmp / "logs" / "tt"
+    )
+    ranking = train([*tiny_overrides(tmp, "wd"), "model=wide_deep"], tmp / "logs" / "wd")
+    return {"retrieval": retrieval, "ranking": ranking}
+
+
+@pytest.fixture(scope="session")
+def package_dir(trained_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model package with both models (do not modify it: copy it first)."""
+    from pinrank.export.package import build_package
+    from pinrank.export.run import TrainedRun
+
+    out = tmp_path_factory.mktemp("package") / "pkg"
+    runs = [TrainedRun.load(trained_runs["retrieval"]), TrainedRun.load(trained_runs["ranking"])]
+    build_package(runs, out, command="pytest")
+    return out
