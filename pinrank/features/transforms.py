@@ -84,7 +84,8 @@ class VocabLookup:
 
 
 def flatten_lists(col: pa.Array, counts: Counts, name: str) -> tuple[pa.Array, np.ndarray]:
-    """A list (or scalar) column as ``(non-null values, row of each value)``; nulls counted."""
+    """A list (or scalar) column as ``(non-null values, row of each value)``; nulls (and empty
+    strings) counted."""
     rows = len(col)
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         counts[(name, "null")] += col.null_count
@@ -94,6 +95,9 @@ def flatten_lists(col: pa.Array, counts: Counts, name: str) -> tuple[pa.Array, n
     else:
         values, row = col, np.arange(rows)
     valid = values.is_valid().to_numpy(zero_copy_only=False)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        # an empty string is a missing value (the exported graphs receive nulls as "")
+        valid &= pc.fill_null(pc.not_equal(values, ""), False).to_numpy(zero_copy_only=False)
     counts[(name, "null")] += int((~valid).sum())
     if not valid.all():
         values, row = values.filter(pa.array(valid)), row[valid]

@@ -1,0 +1,262 @@
+"""Model packages: parity of every graph with the training path (ONNX Runtime and the torch
+backend, clean and corrupted rows), the manifest, integrity checks, no pickles, the ranker graph
+in a process without torch, and the command lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pinrank.data.prepare import Prepared
+from pinrank.export.torch_backend import TorchBackend
+from pinrank.export.verify import held_out_rows, verify
+from pinrank.features.columns import INT_NULL, pack
+from pinrank.serving.package import PackageError, load_package
+from pinrank.serving.runtime import OnnxBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAPH_OUTPUTS = {
+    "user_tower/embedding",
+    "item_tower/embedding",
+    "ranker/probability",
+    "ranker/logit",
+    "ranker_feed/probability",
+    "ranker_feed/logit",
+}
+
+
+def _prepared(package_dir: Path) -> Prepared:
+    return Prepared.load(load_package(package_dir).manifest["provenance"]["data"]["prepared"])
+
+
+def _set(table: pa.Table, name: str, values: list, type_: pa.DataType) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, pa.array(values, type_))
+
+
+def corrupt(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """Every kind of bad value the spec has a policy for, in the first rows of each side."""
+    u, i, c = tables["user"], tables["item"], tables["context"]
+    # the corrupted user rows get ids of their own: one row per user id, as in real data
+    uid = u.column("user_id").to_pylist()
+    uid[:3] = [10**9, 10**9 + 1, 10**9 + 2]
+    u = _set(u, "user_id", uid, pa.int64())
+    age = u.column("age").to_pylist()
+    age[:3] = [None, 150, -4]
+    u = _set(u, "age", age, u.schema.field("age").type)
+    country = u.column("country").to_pylist()
+    country[:2] = [None, "Atlantis"]
+    u = _set(u, "country", country, pa.string())
+    hist = u.column("history").to_pylist()
+    hist[0], hist[1], hist[2] = [None, -3, 10**12], None, list(range(400))  # long: truncated
+    u = _set(u, "history", hist, u.schema.field("history").type)
+    q = i.column("quality").to_pylist()
+    q[:3] = [None, float("nan"), 7.0]
+    i = _set(i, "quality", q, i.schema.field("quality").type)
+    emb = i.column("embedding").to_pylist()
+    emb[0], emb[1] = [1.0, 2.0], None  # wrong length, null
+    i = _set(i, "embedding", emb, i.schema.field("embedding").type)
+    ids = i.column("item_id").to_pylist()
+    ids[3] = 987654321  # not in the vocabulary
+    i = _set(i, "item_id", ids, pa.int64())
+    inter = i.column("interests").to_pylist()
+    inter[0] = [None, 1, -2]
+    i = _set(i, "interests", inter, i.schema.field("interests").type)
+    pos = c.column("position").to_pylist()
+    pos[:2] = [-5, None]
+    c = _set(c, "position", pos, c.schema.field("position").type)
+    surface = c.column("surface").to_pylist()
+    surface[:2] = ["", "nowhere"]
+    c = _set(c, "surface", surface, pa.string())
+    return {"user": u, "item": i, "context": c}
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_every_graph_matches_the_training_path(package_dir: Path, backend: str) -> None:
+    package = load_package(package_dir)
+    tables = held_out_rows(_prepared(package_dir), "test", 700)
+    be = OnnxBackend(package) if backend == "onnx" else TorchBackend(package, "cpu")
+    report = verify(package, tables, be)
+    assert set(report.diffs) == GRAPH_OUTPUTS
+    assert report.ok, str(report)
+    assert report.max_diff <= 1e-5
+
+
+def test_parity_holds_on_corrupted_rows(package_dir: Path) -> None:
+    package = load_package(package_dir)
+    tables = corrupt(held_out_rows(_prepared(package_dir), "val", 300))
+    arrays = pack(tables["user"], package.columns("user"))
+    assert arrays["user.age"][0] == INT_NULL and arrays["user.country"][0] == ""
+    report = verify(package, tables)
+    assert report.ok, str(report)
+
+
+def test_a_wrong_network_fails_verification(package_dir: Path, tmp_path: Path) -> None:
+    """The check can fail: scoring the ranker with the other model's weights is caught."""
+    package = load_package(package_dir)
+    tables = held_out_rows(_prepared(package_dir), "test", 200)
+
+    class Shifted(OnnxBackend):
+        def run(self, graph: str, inputs: dict) -> dict:
+            out = super().run(graph, inputs)
+            return {k: v + 1e-3 if k == "probability" else v for k, v in out.items()}
+
+    report = verify(package, tables, Shifted(package))
+    assert not report.ok and report.diffs["ranker/probability"] == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_graphs_take_raw_typed_columns(package_dir: Path) -> None:
+    package = load_package(package_dir)
+    manifest = package.manifest
+    kinds = {f"{c['side']}.{c['column']}": c["kind"] for c in manifest["columns"]}
+    assert kinds["user.country"] == "string" and kinds["user.history"] == "int_list"
+    assert kinds["item.embedding"] == "vector" and kinds["context.position"] == "int"
+    model = onnx.load(str(package.graph_path("ranker")))
+    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert inputs["user.country"] == onnx.TensorProto.STRING
+    assert inputs["user.history"] == onnx.TensorProto.INT64 and "user.history.lengths" in inputs
+    assert [i["name"] for i in manifest["graphs"]["ranker"]["inputs"]] == list(inputs)
+    assert not any(name.startswith("vocab.") for name in inputs)  # lookups are inside
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param  # dynamic batch
+    outputs = {o["name"]: o for o in manifest["graphs"]["user_tower"]["outputs"]}
+    assert outputs["embedding"]["dtype"] == "float32"
+
+
+def test_manifest_carries_features_calibration_metrics_and_provenance(package_dir: Path) -> None:
+    m = load_package(package_dir).manifest
+    assert m["features"]["names"][0] == "user.user_id"
+    assert m["models"]["ranking"]["calibration"]["method"] in ("platt", "isotonic", "identity")
+    assert "test/auc" in m["models"]["ranking"]["metrics"]
+    assert "test/recall@20" in m["models"]["retrieval"]["metrics"]
+    prov = m["provenance"]
+    assert len(prov["git"]["commit"]) == 40 and "@" in prov["created_by"]
+    assert prov["train_commands"]["ranking"].startswith("python train.py")
+    assert "model=wide_deep" in prov["train_commands"]["ranking"]
+    assert len(prov["data"]["fingerprint"]) == 64 and prov["versions"]["onnxruntime"]
+    assert m["index"]["items"] == m["catalogue"]["rows"]
+    assert set(m["context_defaults"]) == {"surface", "position"}
+
+
+def test_package_holds_no_pickle(package_dir: Path) -> None:
+    for path in package_dir.rglob("*"):
+        if path.is_file():
+            head = path.read_bytes()[:2]
+            assert not (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"), path
+            assert path.suffix not in (".pkl", ".pickle", ".pt", ".ckpt", ".npy"), path
+
+
+@pytest.mark.parametrize(
+    "damage", ["flip_byte", "edit_manifest", "delete_file", "extra_file", "no_digest"]
+)
+def test_a_changed_package_is_refused(package_dir: Path, tmp_path: Path, damage: str) -> None:
+    pkg = tmp_path / "pkg"
+    shutil.copytree(package_dir, pkg)
+    if damage == "flip_byte":
+        target = pkg / "graphs" / "ranker.onnx"
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 1
+        target.write_bytes(bytes(data))
+        match = "graphs/ranker.onnx was altered"
+    elif damage == "edit_manifest":
+        m = json.loads((pkg / "manifest.json").read_text())
+        m["context_defaults"]["position"] = 3
+        (pkg / "manifest.json").write_text(json.dumps(m))
+        match = "manifest.json: altered"
+    elif damage == "delete_file":
+        (pkg / "index" / "items.faiss").unlink()
+        match = "index/items.faiss is missing"
+    elif damage == "extra_file":
+        (pkg / "graphs" / "evil.onnx").write_bytes(b"x")
+        match = "not in the manifest"
+    else:
+        (pkg / "MANIFEST.sha256").unlink()
+        match = "altered"
+    with pytest.raises(PackageError, match=match):
+        load_package(pkg)
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # any import of torch now raises
+import numpy as np, pyarrow.parquet as pq
+from pinrank.features.columns import pack
+from pinrank.serving.package import load_package
+from pinrank.serving.runtime import OnnxBackend
+try:
+    import torch  # noqa
+    raise SystemExit("torch imported")
+except ImportError:
+    pass
+package = load_package(sys.argv[1])
+arrays = {}
+for side in ("user", "item", "context"):
+    arrays |= pack(pq.read_table(f"{sys.argv[2]}/{side}.parquet"), package.columns(side))
+out = OnnxBackend(package).run("ranker", arrays)
+np.save(sys.argv[3], out["probability"])
+heavy = ("torch", "pytorch_lightning", "hydra")
+assert not [m for m, v in sys.modules.items() if v is not None and m.startswith(heavy)]
+"""
+
+
+def test_ranker_graph_runs_where_torch_cannot_be_imported(
+    package_dir: Path, tmp_path: Path
+) -> None:
+    package = load_package(package_dir)
+    tables = held_out_rows(_prepared(package_dir), "test", 100)
+    for side, table in tables.items():
+        pq.write_table(table, tmp_path / f"{side}.parquet")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "p.npy"
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(package_dir), str(tmp_path), str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    arrays = {}
+    for side, table in tables.items():
+        arrays |= pack(table, package.columns(side))
+    expected = TorchBackend(package, "cpu").run("ranker", arrays)["probability"]
+    assert np.abs(np.load(out) - expected).max() <= 1e-5
+
+
+def test_verify_command_passes_and_fails(package_dir: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "pinrank.cli", "verify", str(package_dir), "--rows", "200"]
+    ok = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "OK: max abs diff" in ok.stdout and "ranker_feed/probability" in ok.stdout
+    bad = subprocess.run([*cmd, "--tol", "-1"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert bad.returncode == 1 and "FAILED" in bad.stdout
+
+
+def test_export_command_writes_a_verified_package(
+    trained_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "ranker_only"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "export.py"), f"run_dir={trained_runs['ranking']}",
+         f"out={out}", "verify.rows=100", "+context.position=2"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK: max abs diff" in proc.stdout
+    package = load_package(out)
+    assert set(package.manifest["graphs"]) == {"ranker", "ranker_user", "ranker_feed"}
+    assert package.manifest["context_defaults"]["position"] == 2
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "export.py"), f"run_dir={trained_runs['ranking']}",
+         f"out={out}", "verify.rows=0"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert again.returncode != 0 and "exists" in again.stderr
