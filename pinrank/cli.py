@@ -1,5 +1,5 @@
 """``pinrank``: the command line of the data stages (generate, import, prepare, report, demo)
-and of model packages (verify).
+and of model packages (verify, feed).
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     pinrank report data/ml100k/prepared
     pinrank demo --out data/demo
     pinrank verify outputs/packages/demo --rows 1000 --backend both
+    pinrank feed outputs/packages/demo --user 7 --user 123456789 --interests 3 5 --k 10
 """
 
 from __future__ import annotations
@@ -122,6 +123,25 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_feed(args: argparse.Namespace) -> None:
+    from pinrank.serving.package import load_package
+    from pinrank.serving.scorer import FeedConfig, FeedScorer
+    from pinrank.serving.store import TableStore
+
+    package = load_package(args.package)
+    data = args.data or package.manifest["provenance"]["data"]["prepared"]
+    users = Prepared.load(data).users()
+    scorer = FeedScorer(package, TableStore(users), config=FeedConfig(candidates=args.candidates))
+    ids = [int(u) for u in args.user] or users.column("user_id").to_numpy()[: args.users].tolist()
+    for uid in ids:
+        t0 = time.perf_counter()
+        feed = scorer.feed(uid, args.k, args.interests or None)
+        ms = (time.perf_counter() - t0) * 1e3
+        print(f"[feed] user {uid}: {len(feed.items)} pins, path {feed.path}, {ms:.1f} ms")
+        for pos, item in enumerate(feed.items):
+            print(f"  {pos:>3}  pin {item.item_id:>8}  score {item.score:.4f}  {item.source}")
+
+
 def _backend(name: str, package: Any, device: str | None) -> Any:
     if name == "torch":
         from pinrank.export.torch_backend import TorchBackend
@@ -197,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", help="torch device (torch backend) or execution provider (onnx)")
     v.add_argument("--tol", type=float, default=1e-5, help="largest absolute difference allowed")
     v.set_defaults(func=cmd_verify)
+
+    f = sub.add_parser("feed", help="serve feeds from a package with the embedded scorer")
+    f.add_argument("package")
+    f.add_argument("--data", help="prepared data set whose users table is the feature store")
+    f.add_argument("--user", action="append", default=[], help="a user id (repeatable)")
+    f.add_argument("--users", type=int, default=2, help="without --user: the first N users")
+    f.add_argument("--interests", type=int, nargs="*", help="stated interests (unknown users)")
+    f.add_argument("--k", type=int, default=10)
+    f.add_argument("--candidates", type=int, default=500, help="candidates from the index")
+    f.set_defaults(func=cmd_feed)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""Blending and diversification of a feed's scored candidates (:func:`select`).
+
+Pure NumPy over a :class:`Candidates` set: which ``<= k`` candidates a feed shows, within the
+per-source quotas and the diversity rule of a ``FeedConfig``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pinrank.serving.scorer import FeedConfig
+
+_EMPTY = np.empty(0, np.int64)
+
+
+@dataclass
+class Candidates:
+    """A user's scored candidates, each ``[N]``: catalogue ``rows``, ``item_ids``, ``sources``,
+    calibrated ``scores``, ``boards`` (-1: none) and ``interests`` (an id array each)."""
+
+    rows: np.ndarray
+    item_ids: np.ndarray
+    sources: np.ndarray
+    scores: np.ndarray
+    boards: np.ndarray
+    interests: list[np.ndarray]
+
+
+def select(c: Candidates, k: int, config: FeedConfig) -> tuple[np.ndarray, int]:
+    """Blend and diversify: positions in ``c`` of the ``<= k`` chosen candidates, best score
+    first, and how many of them were backfilled.
+
+    A source may fill at most ``floor(quota * k)`` places. ``cap`` walks the candidates best
+    first and takes those within the quotas and the per-interest and per-board caps (a pin
+    counts once for each of its interests). ``mmr`` repeatedly takes the candidate within the
+    quotas maximising ``lambda * score - (1 - lambda) * max_similarity`` to those taken, with
+    similarity 1 for the same board and else the Jaccard index of the interest sets. Where that
+    leaves fewer than ``k``, the best remaining candidates fill the feed (``backfilled``).
+    """
+    order = np.argsort(-c.scores, kind="stable")
+    caps = {s: int(np.floor(q * k + 1e-9)) for s, q in config.quotas.items()}
+    if config.diversity == "mmr":
+        chosen = _mmr(c, k, caps, config.mmr_lambda)
+    else:
+        chosen = _greedy(c, order, k, caps, config)
+    taken = set(chosen)
+    extra = [int(i) for i in order if i not in taken][: k - len(chosen)]
+    picked = np.array(chosen + extra, np.int64)
+    return picked[np.argsort(-c.scores[picked], kind="stable")], len(extra)
+
+
+def _greedy(
+    c: Candidates, order: np.ndarray, k: int, caps: dict[str, int], config: FeedConfig
+) -> list[int]:
+    per_source: Counter[str] = Counter()
+    per_board: Counter[int] = Counter()
+    per_interest: Counter[int] = Counter()
+    chosen: list[int] = []
+    for i in order.tolist():
+        if len(chosen) == k:
+            break
+        if per_source[c.sources[i]] >= caps.get(c.sources[i], k):
+            continue
+        if config.diversity == "cap":
+            board, tags = int(c.boards[i]), c.interests[i].tolist()
+            if board >= 0 and per_board[board] >= config.max_per_board:
+                continue
+            if any(per_interest[t] >= config.max_per_interest for t in tags):
+                continue
+            per_board[board] += board >= 0
+            per_interest.update(tags)
+        per_source[c.sources[i]] += 1
+        chosen.append(i)
+    return chosen
+
+
+def _mmr(c: Candidates, k: int, caps: dict[str, int], lam: float) -> list[int]:
+    vocab = np.unique(np.concatenate([_EMPTY, *c.interests]))
+    tags = np.zeros((len(c.scores), len(vocab)), np.float32)  # [N, V] multi-hot interests
+    for i, t in enumerate(c.interests):
+        tags[i, np.searchsorted(vocab, t)] = 1
+    sizes = tags.sum(axis=1)  # [N]
+    max_sim = np.zeros(len(c.scores))  # [N] similarity to the closest pin taken so far
+    open_ = np.ones(len(c.scores), bool)
+    per_source: Counter[str] = Counter()
+    chosen: list[int] = []
+    while len(chosen) < k:
+        full = [s for s in set(c.sources[open_]) if per_source[s] >= caps.get(s, k)]
+        eligible = open_ & ~np.isin(c.sources, full)
+        if not eligible.any():
+            break
+        j = int(np.argmax(np.where(eligible, lam * c.scores - (1 - lam) * max_sim, -np.inf)))
+        chosen.append(j)
+        open_[j] = False
+        per_source[c.sources[j]] += 1
+        shared = tags @ tags[j]  # [N]
+        union = sizes + sizes[j] - shared
+        sim = np.where(union > 0, shared / np.maximum(union, 1), 0.0)
+        sim = np.where((c.boards == c.boards[j]) & (c.boards >= 0), 1.0, sim)
+        max_sim = np.maximum(max_sim, sim)
+    return chosen

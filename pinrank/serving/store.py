@@ -1,0 +1,293 @@
+"""Rows for serving: the user store interface and its embedded default, the check that turns a
+stored user row into typed graph inputs, and the item catalogue of a package.
+
+A :class:`UserStore` answers ``get(user_ids)`` with one row per id asked, in the order asked; an
+unknown id gives a row that is null in every column, its id column included, so one call says
+both what the user looks like and whether the user exists (:func:`found`). :class:`TableStore`
+is the embedded default (a Parquet file or folder, or an Arrow table, looked up with NumPy; no
+server); other stores (e.g. Redis) implement the same two methods.
+
+Stores hold whatever the upstream systems wrote, so :func:`conform` types one row for a graph's
+input columns and never raises on bad data: a missing or null value stays null and a value of the
+wrong type (``age="abc"``, a string inside an id list) becomes null, so the graph applies the
+feature spec's default exactly as it does for any missing value; each replacement is reported.
+
+:class:`Catalogue` holds a package's items in memory: their graph inputs packed once (a feed
+slices them by row), boards, interests and popularity, for candidates and fallback feeds.
+
+Example::
+
+    >>> store = TableStore(pa.table({"user_id": [7, 3], "age": [20, 30]}))
+    >>> rows = store.get(np.array([3, 5, 7]))
+    >>> rows.to_pylist(), found(rows).tolist()
+    ([{'user_id': 3, 'age': 30}, {'user_id': None, 'age': None}, {'user_id': 7, 'age': 20}], \
+[True, False, True])
+    >>> cols = [ColumnSpec("user", "age", "int"), ColumnSpec("user", "interests", "int_list")]
+    >>> table, problems = conform({"age": "abc", "interests": [4, "x"]}, cols)
+    >>> table.to_pylist(), problems
+    ([{'age': None, 'interests': [4, None]}], {'age': 'malformed', 'interests': 'malformed'})
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pinrank.features.columns import ColumnSpec, pack
+from pinrank.serving.package import Package
+
+ID_COLUMN, ITEM_ID, BOARD, INTEREST_COLUMN = "user_id", "item_id", "board_id", "interests"
+MISSING, MALFORMED = "missing", "malformed"
+ARROW_TYPES = {
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "string": pa.string(),
+    "int_list": pa.list_(pa.int64()),
+    "vector": pa.list_(pa.float64()),
+}
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class UserStore(abc.ABC):
+    """Where serving reads user rows from. Implementations must be safe to call concurrently."""
+
+    id_column: str = ID_COLUMN
+
+    @abc.abstractmethod
+    def get(self, user_ids: np.ndarray) -> pa.Table:
+        """One row per id of ``user_ids`` ``[N]`` int64, in that order; the row of an unknown id
+        is null in every column, :attr:`id_column` included (see :func:`found`)."""
+
+    def known(self, user_ids: np.ndarray) -> np.ndarray:
+        """``[N]`` bool: which ids the store has (stores may answer this more cheaply)."""
+        return found(self.get(user_ids), self.id_column)
+
+
+def found(rows: pa.Table, id_column: str = ID_COLUMN) -> np.ndarray:
+    """``[N]`` bool: which rows of a :meth:`UserStore.get` answer are known users."""
+    return np.asarray(pc.is_valid(rows.column(id_column)).to_numpy(zero_copy_only=False), bool)
+
+
+class TableStore(UserStore):
+    """Users held in memory as one Arrow table, found by a sorted id array (O(log n) per id).
+
+    Args:
+        table: one row per user; rows whose id is null are dropped; duplicate ids are refused.
+        id_column: the integer id column.
+    """
+
+    def __init__(self, table: pa.Table, id_column: str = ID_COLUMN) -> None:
+        if id_column not in table.column_names:
+            raise ValueError(f"user table has no {id_column!r} column (has {table.column_names})")
+        if not pa.types.is_integer(table.schema.field(id_column).type):
+            raise ValueError(f"{id_column!r} must be integers, got {table.schema.field(id_column)}")
+        table = table.filter(pc.is_valid(table.column(id_column)))
+        # unknown ids come back as null rows, so every field must admit nulls
+        self.table = table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+        self.id_column = id_column
+        ids = self.table.column(id_column).to_numpy().astype(np.int64)
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+        dup = self._sorted[1:][self._sorted[1:] == self._sorted[:-1]]
+        if dup.size:
+            raise ValueError(f"duplicate {id_column} values in the user table: {dup[:5].tolist()}")
+
+    @classmethod
+    def from_parquet(
+        cls, path: str | Path, id_column: str = ID_COLUMN, columns: Sequence[str] | None = None
+    ) -> TableStore:
+        """Users from a Parquet file or a folder of Parquet files (``columns``: only these)."""
+        return cls(pq.read_table(path, columns=list(columns) if columns else None), id_column)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def rows(self, user_ids: np.ndarray) -> np.ndarray:
+        """``[N]`` int64 row of each id in :attr:`table`, ``-1`` where unknown."""
+        return _lookup(self._sorted, self._order, _ids(user_ids))
+
+    def get(self, user_ids: np.ndarray) -> pa.Table:
+        rows = self.rows(user_ids)
+        return self.table.take(pa.array(rows, mask=rows < 0))  # null index -> null row
+
+    def known(self, user_ids: np.ndarray) -> np.ndarray:
+        return self.rows(user_ids) >= 0
+
+
+class Catalogue:
+    """Every item a package can serve: graph inputs packed once (sliced per feed), boards,
+    interests and popularity (engaged train events).
+
+    Args:
+        items: the catalogue rows (``item_id``; ``board_id`` and ``interests`` where present).
+        popular: ``item_id``, ``engaged`` (a pin it lacks counts 0).
+        columns: the item graphs' input columns.
+    """
+
+    def __init__(self, items: pa.Table, popular: pa.Table, columns: list[ColumnSpec]) -> None:
+        self.ids = items.column(ITEM_ID).to_numpy().astype(np.int64)  # [M]
+        self.arrays = pack(items, columns)
+        self._order = np.argsort(self.ids, kind="stable")
+        self._sorted = self.ids[self._order]
+        self.boards = _ints(items, BOARD)  # [M], -1 where none
+        col = items.column(INTEREST_COLUMN) if INTEREST_COLUMN in items.column_names else None
+        col = (
+            col.combine_chunks()
+            if col is not None
+            else pa.array([[]] * len(self.ids), pa.list_(pa.int64()))
+        )
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])  # [M + 1]
+        self.interest_values = pc.fill_null(pc.list_flatten(col), -1).to_numpy().astype(np.int64)
+        self.interest_rows = np.repeat(np.arange(len(self.ids)), lengths)
+        self.engaged = np.zeros(len(self.ids), np.int64)  # [M]
+        rows = self.rows(_ints(popular, ITEM_ID))
+        self.engaged[rows[rows >= 0]] = np.maximum(_ints(popular, "engaged"), 0)[rows >= 0]
+        self.by_popularity = np.lexsort((self.ids, -self.engaged))  # [M] rows, most engaged first
+
+    @classmethod
+    def from_package(cls, package: Package) -> Catalogue:
+        items = pq.read_table(package.path(package.manifest["catalogue"]["path"]))
+        popular = pq.read_table(package.path(package.manifest["fallback"]["path"]))
+        return cls(items, popular, package.columns("item"))
+
+    def rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """``[N]`` catalogue row of each id, ``-1`` where the catalogue lacks it."""
+        return _lookup(self._sorted, self._order, np.asarray(item_ids, np.int64))
+
+    def interests(self, row: int) -> np.ndarray:
+        values = self.interest_values[self.offsets[row] : self.offsets[row + 1]]
+        return np.unique(values[values >= 0])
+
+    def inputs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: a[rows] for name, a in self.arrays.items()}
+
+    def popular(
+        self, limit: int, exclude: np.ndarray, interests: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``[<= limit]`` rows by engaged train events (ties: lower id), not in ``exclude`` (ids),
+        restricted to pins with any of ``interests`` when given."""
+        order = self.by_popularity
+        if interests is not None:
+            has = np.zeros(len(self.ids), bool)
+            has[self.interest_rows[np.isin(self.interest_values, interests)]] = True
+            order = order[has[order]]
+        return order[~np.isin(self.ids[order], exclude)][: max(limit, 0)]
+
+
+def _lookup(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``[N]`` row of each of ``ids`` given ``sorted_ids = all_ids[order]``; ``-1`` if absent."""
+    if not len(sorted_ids):
+        return np.full(len(ids), -1, np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, order[pos], -1).astype(np.int64)
+
+
+def _ints(table: pa.Table, column: str) -> np.ndarray:
+    """``[R]`` int64 values of a column, ``-1`` where null or where the column is absent."""
+    if column not in table.column_names:
+        return np.full(table.num_rows, -1, np.int64)
+    return pc.fill_null(table.column(column).cast(pa.int64()), -1).to_numpy().astype(np.int64)
+
+
+def _ids(user_ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(user_ids)
+    if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        raise ValueError(f"user_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64)
+
+
+def conform(
+    row: Mapping[str, Any], columns: Sequence[ColumnSpec], optional: Collection[str] = ()
+) -> tuple[pa.Table, dict[str, str]]:
+    """One raw row as a one-row table typed for ``columns`` (by :data:`ARROW_TYPES`), and the
+    problems found, ``{column: "missing" | "malformed"}``.
+
+    A column absent from ``row`` or null is ``missing`` (not reported for ``optional`` columns,
+    whose null is a normal state); a value of the wrong type is ``malformed`` and becomes null. In
+    an ``int_list`` only the bad elements become null (the graphs read a null element as
+    missing); a NaN is missing, an infinite float malformed. Columns are keyed by
+    :attr:`ColumnSpec.column`; repeated columns are typed once.
+    """
+    values: dict[str, pa.Array] = {}
+    problems: dict[str, str] = {}
+    for c in columns:
+        if c.column in values:
+            continue
+        value, problem = _typed(row.get(c.column), c)
+        if problem is not None and not (problem == MISSING and c.column in optional):
+            problems[c.column] = problem
+        values[c.column] = pa.array([value], ARROW_TYPES[c.kind])
+    return pa.table(values), problems
+
+
+def _typed(value: Any, column: ColumnSpec) -> tuple[Any, str | None]:
+    """``(value as the column's Python type or None, problem or None)``."""
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
+        return None, MISSING
+    try:
+        if column.kind == "int_list":
+            return _int_list(value)
+        if column.kind == "vector":
+            floats = [_float(v) for v in _sequence(value)]
+            if len(floats) != column.dim or any(math.isnan(v) for v in floats):
+                raise ValueError(f"{column.name}: need {column.dim} finite floats")
+            return floats, None
+        if column.kind == "float":
+            return _float(value), None
+        return (_int(value) if column.kind == "int" else _string(value)), None
+    except (TypeError, ValueError, OverflowError):
+        return None, MALFORMED
+
+
+def _int_list(value: Any) -> tuple[list[int | None], str | None]:
+    out: list[int | None] = []
+    bad = False
+    for v in _sequence(value):
+        try:
+            out.append(None if v is None else _int(v))
+        except (TypeError, ValueError, OverflowError):
+            out.append(None)
+            bad = True
+    return out, MALFORMED if bad else None
+
+
+def _sequence(value: Any) -> Sequence[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool | np.bool_):
+        raise TypeError("a bool is not an id or a count")
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        value = int(value)
+    if not isinstance(value, int | np.integer):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    if not _INT64[0] < int(value) <= _INT64[1]:  # INT_NULL itself is the missing marker
+        raise OverflowError(f"{value} is outside int64")
+    return int(value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    number = float(value)
+    if math.isinf(number):
+        raise ValueError("infinite")
+    return number
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
