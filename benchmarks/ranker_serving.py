@@ -69,15 +69,16 @@ def feed_latency(package: Any, prepared: Prepared, feeds: int, threads: int) -> 
         OnnxBackend(package, threads=threads),
         FeedConfig(candidates=500),
     )
-    users = np.unique(held_out_rows(prepared, "test", 20000).get("user").column("user_id"))
-    users = users.to_numpy()[:feeds]
-    scorer.feed(int(users[0]), k=50)  # warm-up
-    seconds, paths = [], []
+    test_users = held_out_rows(prepared, "test", 20000)["user"].column("user_id").to_numpy()
+    users = np.unique(test_users)[:feeds]
+    scorer.feed(int(users[0]), k=50)  # warm-up: sessions are created on first use
+    seconds, paths, ranked = [], [], []
     for u in users:
         t0 = time.perf_counter()
         feed = scorer.feed(int(u), k=50)
         seconds.append(time.perf_counter() - t0)
         paths.append(feed.path)
+        ranked.append(sum(v for n, v in feed.counts.items() if n.startswith("candidates.")))
     ms = np.asarray(seconds) * 1e3
     return {
         "feeds": len(users),
@@ -86,6 +87,7 @@ def feed_latency(package: Any, prepared: Prepared, feeds: int, threads: int) -> 
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()),
+        "ranked_per_feed": float(np.mean(ranked)),
         "paths": {p: paths.count(p) for p in sorted(set(paths))},
     }
 
@@ -145,7 +147,8 @@ def main() -> None:
     package, prepared = load_package(args.package), Prepared.load(args.data)
     feed = feed_latency(package, prepared, args.feeds, args.threads)
     print(f"  feed(user, k=50), 500 candidates: p50 {feed['p50_ms']:.1f} ms, "
-          f"p99 {feed['p99_ms']:.1f} ms over {feed['feeds']} feeds {feed['paths']}")  # fmt: skip
+          f"p99 {feed['p99_ms']:.1f} ms over {feed['feeds']} feeds {feed['paths']}, "
+          f"{feed['ranked_per_feed']:.0f} pins ranked per feed")  # fmt: skip
     tables = held_out_rows(prepared, "test", 4096)
     throughput = ranker_throughput(package, tables, args.batches, args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)

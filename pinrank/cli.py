@@ -131,8 +131,12 @@ def cmd_feed(args: argparse.Namespace) -> None:
     package = load_package(args.package)
     data = args.data or package.manifest["provenance"]["data"]["prepared"]
     users = Prepared.load(data).users()
-    scorer = FeedScorer(package, TableStore(users), config=FeedConfig(candidates=args.candidates))
-    ids = [int(u) for u in args.user] or users.column("user_id").to_numpy()[: args.users].tolist()
+    backend = _backend(args.backend, package, args.device)
+    config = FeedConfig(candidates=args.candidates)
+    scorer = FeedScorer(package, TableStore(users), backend, config)
+    print(f"[feed] backend {backend.name} {getattr(backend, 'providers', '')}".rstrip())
+    first = args.users if args.users is not None else (0 if args.user else 2)
+    ids = users.column("user_id").to_numpy()[:first].tolist() + [int(u) for u in args.user]
     for uid in ids:
         t0 = time.perf_counter()
         feed = scorer.feed(uid, args.k, args.interests or None)
@@ -222,10 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("package")
     f.add_argument("--data", help="prepared data set whose users table is the feature store")
     f.add_argument("--user", action="append", default=[], help="a user id (repeatable)")
-    f.add_argument("--users", type=int, default=2, help="without --user: the first N users")
+    f.add_argument("--users", type=int, help="the first N users (default 2 without --user)")
     f.add_argument("--interests", type=int, nargs="*", help="stated interests (unknown users)")
     f.add_argument("--k", type=int, default=10)
     f.add_argument("--candidates", type=int, default=500, help="candidates from the index")
+    f.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    f.add_argument("--device", help="torch device, or an ONNX Runtime provider (cuda, tensorrt)")
     f.set_defaults(func=cmd_feed)
     return parser
 

@@ -260,3 +260,29 @@ def test_export_command_writes_a_verified_package(
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_feed_command_serves_known_and_unknown_users(package_dir: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    data = str(_prepared(package_dir).root)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pinrank.cli",
+        "feed",
+        str(package_dir),
+        "--data",
+        data,
+        "--k",
+        "5",
+    ]
+    proc = subprocess.run(
+        [*cmd, "--users", "1", "--user", "999999999", "--interests", "1", "2"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "[feed] backend onnxruntime" in lines[0]
+    assert any("path personalized" in line for line in lines)
+    assert any("user 999999999: 5 pins, path unknown_user_interests" in line for line in lines)
+    assert sum(" score " in line for line in lines) == 10  # two feeds of 5
