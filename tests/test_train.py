@@ -108,6 +108,14 @@ def test_tiny_training_run_writes_metrics(tmp_path: Path) -> None:
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["train/epochs"] == 2
     assert metrics["test/recall@20"] > metrics["baseline/random/test/recall@20"]
+    # the popularity prior's beta is the grid value with the best val recall@20
+    grid = {
+        float(k.split("/")[2]): v for k, v in metrics.items() if k.startswith("tuning/popularity")
+    }
+    assert set(grid) == {0.0, 0.25, 0.5, 1.0, 1.5, 2.0}
+    best = max(grid.values())
+    assert metrics["retrieval/popularity_bias"] == min(b for b, v in grid.items() if v == best)
+    assert metrics["val/recall@20"] == pytest.approx(best, abs=0.005)
 
 
 def test_ddp_two_processes_train(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from pinrank.export.graphs import _Graph, graphs_for
 from pinrank.export.onnx import export_graph
 from pinrank.export.run import TrainedRun
 from pinrank.features.columns import ColumnSpec, columns_for, pack
+from pinrank.retrieval.bias import impression_counts, item_vectors
 from pinrank.retrieval.topk import FaissTopK
 from pinrank.serving.package import (
     FORMAT,
@@ -47,6 +48,7 @@ from pinrank.serving.runtime import OnnxBackend
 
 VERSIONED = ("pinrank", "torch", "torchrec", "onnx", "onnxruntime", "faiss-cpu", "numpy", "pyarrow")
 TRACE_ROWS = 256
+BIAS_KEY = "retrieval/popularity_bias"  # chosen on val by the retrieval report
 
 
 def build_package(
@@ -234,6 +236,12 @@ def _write_index(
     ]
     emb = np.concatenate(chunks).astype(np.float32)
     ids = items.column("item_id").to_numpy().astype(np.int64)
+    entry: dict[str, Any] = {"popularity_bias": float(run.metrics.get(BIAS_KEY, 0.0))}
+    if entry["popularity_bias"]:  # the prior chosen on val: searched on augmented vectors
+        train = read_table(run.prepared.split("train"), "events", ["item_id"])
+        emb = item_vectors(emb, impression_counts(train.column("item_id").to_numpy(), ids))
+        temperature: float = getattr(run.net, "temperature")  # noqa: B009 (nn.Module attribute)
+        entry |= {"temperature": temperature, "prior": "log1p(train impressions)"}
     topk = FaissTopK(factory, params.get("nprobe"), params.get("ef_search"), use_gpu=False)
     topk.index(emb, ids)
     topk.save(str(_mkdir(root / "index") / "items.faiss"))
@@ -244,6 +252,7 @@ def _write_index(
         "metric": "inner_product",
         "dim": int(emb.shape[1]),
         "items": len(ids),
+        **entry,
     }
 
 

@@ -4,6 +4,7 @@ Pipeline of a known user's feed (:meth:`FeedScorer.feed`)::
 
     user row (UserStore) -> conform to the graphs' user columns
       -> user_tower -> FAISS top-max(candidates, k), excluding the user's ``seen`` pins
+         (with the popularity prior chosen on val when the package has one)
       + ``interest_candidates`` unseen pins of the user's followed interests, by popularity
       -> ranker_user once + ranker_feed over every candidate (context = context_defaults)
       -> blending: at most floor(quota * k) pins per source, best score first
@@ -48,6 +49,7 @@ import pyarrow as pa
 
 from pinrank.data.examples import EVENT_DERIVED_USER_COLUMNS
 from pinrank.features.columns import ColumnSpec, pack
+from pinrank.retrieval.bias import query_vectors
 from pinrank.retrieval.topk import FaissTopK
 from pinrank.serving.blend import Candidates, select
 from pinrank.serving.package import Package, PackageError
@@ -183,6 +185,9 @@ class FeedScorer:
         self.catalogue = Catalogue.from_package(package)
         spec = package.manifest["index"]
         params = spec.get("params") or {}
+        # the popularity prior chosen on val: queries [u / T, beta] (pinrank.retrieval.bias)
+        self.bias = float(spec.get("popularity_bias", 0.0))
+        self.temperature = float(spec.get("temperature", 1.0))
         # CPU: a feed is one query (latency-bound), and GPU k-selection caps k + len(seen)
         self.index = FaissTopK.load(
             str(package.path(spec["path"])),
@@ -284,8 +289,11 @@ class FeedScorer:
         retrieved = _EMPTY
         if self.config.candidates:
             emb = self.backend.run("user_tower", user.arrays)["embedding"]  # [1, D]
+            query = np.asarray(emb, np.float32)
+            if self.bias:
+                query = query_vectors(query, self.temperature, self.bias)  # [1, D + 1]
             depth = max(self.config.candidates, k)
-            _, ids = self.index.search(np.asarray(emb, np.float32), depth, exclude=[exclude])
+            _, ids = self.index.search(query, depth, exclude=[exclude])
             retrieved = self.catalogue.rows(ids[0][ids[0] != -1])
             retrieved = retrieved[retrieved >= 0]
         followed = np.union1d(user.interests, wanted)

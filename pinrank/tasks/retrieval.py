@@ -27,6 +27,7 @@ from pinrank.evaluation.retrieval import (
 from pinrank.features.featurizer import FeatureBatch
 from pinrank.models.towers import TwoTower
 from pinrank.retrieval import build_topk, recall_vs_exact
+from pinrank.retrieval.bias import impression_counts, item_vectors, query_vectors
 from pinrank.tasks.losses import StreamingFrequency, sampled_softmax_loss
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -47,6 +48,9 @@ class RetrievalModule(pl.LightningModule):
         monitor_k: K of the ``val/recall@K`` computed at each validation epoch.
         index: top-K implementation for evaluation (``exact`` or a FAISS factory string).
         index_params: its search parameters (``nprobe``, ``ef_search``, ``train_size``).
+        popularity_bias: the grid of ``beta`` for the popularity prior added back at retrieval
+            (:mod:`pinrank.retrieval.bias`); the report picks the value with the best val
+            recall@``monitor_k`` and applies it to test. ``(0.0,)``: the towers alone.
     """
 
     def __init__(
@@ -61,12 +65,16 @@ class RetrievalModule(pl.LightningModule):
         monitor_k: int = 20,
         index: str = "exact",
         index_params: dict[str, Any] | None = None,
+        popularity_bias: Sequence[float] = (0.0,),
     ) -> None:
         super().__init__()
         self.net, self.optimizer_factory = net, optimizer
         self.logq, self.remove_accidental_hits = logq, remove_accidental_hits
         self.mixed_negatives, self.monitor_k, self.index = mixed_negatives, monitor_k, index
         self.index_params = dict(index_params or {})
+        self.popularity_bias = tuple(float(b) for b in popularity_bias) or (0.0,)
+        if any(b < 0 for b in self.popularity_bias):
+            raise ValueError(f"popularity_bias values must be >= 0, got {self.popularity_bias}")
         self.frequency = StreamingFrequency(freq_buckets, freq_alpha)
         self._tasks: dict[str, RetrievalTask] = {}
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -175,16 +183,20 @@ class RetrievalModule(pl.LightningModule):
     ) -> dict[str, float]:
         """Everything for ``metrics.json``: model on val and test, baselines on the same tasks,
         the configured index against exact search on test, and the oracle where the data has
-        one. (``out_dir``: part of the report contract; this report writes no artefacts.)"""
+        one. The popularity prior's ``beta`` is chosen on val (``retrieval/popularity_bias``;
+        each candidate's val recall under ``tuning/``). (``out_dir``: part of the report
+        contract; this report writes no artefacts.)"""
         metrics: dict[str, float] = {}
         train = read_table(dm.prepared.split("train"), "events", EVENT_COLUMNS)
         k = max(ks)
+        counts = train.column("item_id").to_numpy()  # impressions, counted per catalogue later
+        beta = self._choose_bias(dm, self.task(dm, "val"), counts, metrics)
         for split in ("val", "test"):
             task = self.task(dm, split)
             # one embedding pass per split: exact top-k for the metrics and, on test, the
             # configured index's top-k to compare with it
             indexes: list[str | None] = ["exact", None] if split == "test" else ["exact"]
-            found = self._search(dm, task, k, indexes)
+            found = self._search(dm, task, k, indexes, beta, counts)
             for key, value in retrieval_metrics(found[0], task.truth, ks).items():
                 metrics[f"{split}/{key}"] = value
             if split == "test":
@@ -198,18 +210,60 @@ class RetrievalModule(pl.LightningModule):
                     metrics[f"oracle/{split}/{key}"] = value
         return metrics
 
+    def _choose_bias(
+        self, dm: PinrankDataModule, task: RetrievalTask, counts: np.ndarray, out: dict
+    ) -> float:
+        """The grid's ``beta`` with the best val recall@``monitor_k`` (the smaller on ties)."""
+        if self.popularity_bias == (0.0,):
+            out["retrieval/popularity_bias"] = 0.0
+            return 0.0
+        items, users = self._embedded(dm, task)
+        k, best = self.monitor_k, (-1.0, 0.0)
+        for beta in sorted(set(self.popularity_bias)):
+            ids = self._top(items, users, task, k, "exact", beta, counts)
+            recall = retrieval_metrics(ids, task.truth, (k,))[f"recall@{k}"]
+            out[f"tuning/popularity_bias/{beta:g}/val/recall@{k}"] = recall
+            best = max(best, (recall, -beta))
+        out["retrieval/popularity_bias"] = -best[1]
+        return -best[1]
+
+    def _embedded(self, dm: PinrankDataModule, task: RetrievalTask) -> tuple[np.ndarray, ...]:
+        """``[N, D]`` catalogue and ``[Q, D]`` user embeddings of a task."""
+        return self.embed(dm, "item", task.catalogue), self.embed(dm, "user", task.users)
+
+    def _top(
+        self,
+        items: np.ndarray,
+        users: np.ndarray,
+        task: RetrievalTask,
+        k: int,
+        index: str | None,
+        beta: float = 0.0,
+        counts: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``[Q, k]`` ids: top-k of ``<u, v> / T + beta * log(1 + n)`` (``beta = 0``: the
+        towers' inner product alone; ``counts``: the train impressions' item ids), the user's
+        train items excluded."""
+        if beta:
+            assert counts is not None
+            items = item_vectors(items, impression_counts(counts, task.catalogue))
+            users = query_vectors(users, self.net.temperature, beta)
+        topk = self._topk(index).index(items, task.catalogue)
+        return topk.search(users, k, exclude=task.exclude)[1]
+
     def _search(
-        self, dm: PinrankDataModule, task: RetrievalTask, k: int, indexes: Sequence[str | None]
+        self,
+        dm: PinrankDataModule,
+        task: RetrievalTask,
+        k: int,
+        indexes: Sequence[str | None],
+        beta: float = 0.0,
+        counts: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         """Top-k ids of the task's users with each of ``indexes`` (``None``: the configured
         one), embedding the users and the catalogue once."""
-        items = self.embed(dm, "item", task.catalogue)
-        users = self.embed(dm, "user", task.users)
-        out = []
-        for index in indexes:
-            topk = self._topk(index).index(items, task.catalogue)
-            out.append(topk.search(users, k, exclude=task.exclude)[1])
-        return out
+        items, users = self._embedded(dm, task)
+        return [self._top(items, users, task, k, i, beta, counts) for i in indexes]
 
     def _topk(self, index: str | None = None) -> Any:
         """The configured top-K implementation (or ``index`` with default parameters)."""

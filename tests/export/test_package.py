@@ -286,3 +286,41 @@ def test_feed_command_serves_known_and_unknown_users(package_dir: Path) -> None:
     assert any("path personalized" in line for line in lines)
     assert any("user 999999999: 5 pins, path unknown_user_interests" in line for line in lines)
     assert sum(" score " in line for line in lines) == 10  # two feeds of 5
+
+
+def test_a_package_with_the_popularity_prior_retrieves_by_the_biased_score(
+    trained_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from pinrank.data.io import read_table
+    from pinrank.export.package import build_package
+    from pinrank.export.run import TrainedRun
+    from pinrank.retrieval.bias import impression_counts
+    from pinrank.serving.scorer import FeedConfig, FeedScorer
+    from pinrank.serving.store import TableStore
+
+    retrieval = TrainedRun.load(trained_runs["retrieval"])
+    retrieval.metrics["retrieval/popularity_bias"] = 0.5  # as if chosen on val
+    runs = [retrieval, TrainedRun.load(trained_runs["ranking"])]
+    package = build_package(runs, tmp_path / "pkg")
+    index = package.manifest["index"]
+    temperature = retrieval.net.temperature
+    assert index["popularity_bias"] == 0.5 and index["temperature"] == temperature
+    be = OnnxBackend(package)
+    items = pq.read_table(package.path("catalogue/items.parquet"))
+    item_emb = be.run("item_tower", pack(items, package.columns("item")))["embedding"]
+    assert index["dim"] == item_emb.shape[1] + 1
+    users = retrieval.prepared.users()
+    user = users.slice(5, 1)
+    uid = int(user.column("user_id")[0].as_py())
+    u = be.run("user_tower", pack(user, package.columns("user")))["embedding"]
+    train = read_table(retrieval.prepared.split("train"), "events", ["item_id"])
+    ids = items.column("item_id").to_numpy()
+    counts = impression_counts(train.column("item_id").to_numpy(), ids)
+    reference = (u @ item_emb.T)[0] / temperature + 0.5 * np.log1p(counts)  # [N]
+    seen = np.asarray(user.column("seen")[0].as_py() or [], np.int64)
+    reference[np.isin(ids, seen)] = -np.inf
+    expected = ids[np.argsort(-reference, kind="stable")[:40]]
+    config = FeedConfig(candidates=40, interest_candidates=0)
+    cands = FeedScorer(package, TableStore(users), config=config).candidates(uid, k=10)
+    retrieved = cands.item_ids[cands.sources == "retrieval"]
+    assert len(retrieved) == 40 and np.isin(retrieved, expected).mean() >= 0.95
