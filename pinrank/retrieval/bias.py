@@ -7,12 +7,19 @@ depends on popularity, so retrieval scores
     s(u, i) = <u, v_i> / temperature + beta * log(1 + n_i)
 
 with ``n_i`` the item's train impressions and ``beta`` chosen on validation (``beta = 0`` is the
-towers alone). An inner-product index finds the top of ``s`` exactly on augmented vectors:
-items ``[v_i, log(1 + n_i)]`` and queries ``[u / temperature, beta]``. NumPy only (serving uses it).
+towers alone). An inner-product index finds the top of ``s`` on augmented vectors: items
+``[v_i, log(1 + n_i), sqrt(M^2 - |v_i|^2 - log(1 + n_i)^2)]`` and queries
+``[u / temperature, beta, 0]``. The last column gives every item the same norm ``M`` without
+changing any inner product: graph and cluster indexes (HNSW, IVF) are built for vectors of one
+norm, and on the unequal norms of ``[v_i, log(1 + n_i)]`` HNSW's recall of the exact top-100
+fell to 0.54 on MovieLens (the MIPS-to-nearest-neighbour reduction of Bachrach et al., 2014).
+NumPy only (serving uses it).
 
 Example::
 
     >>> items = item_vectors(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 99]))
+    >>> np.linalg.norm(items, axis=1).astype(float).round(4).tolist()  # one norm for all
+    [4.7125, 4.7125]
     >>> query = query_vectors(np.array([[0.6, 0.8]]), temperature=0.5, beta=0.5)
     >>> (query @ items.T).astype(float).round(3).tolist()  # [1.2 + 0, 1.6 + 0.5 * log(100)]
     [[1.2, 3.903]]
@@ -40,12 +47,17 @@ def impression_counts(item_ids: np.ndarray, catalogue: np.ndarray) -> np.ndarray
 
 
 def item_vectors(embeddings: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``[N, D + 1]`` float32: item embeddings ``[N, D]`` with ``log(1 + count)`` appended."""
+    """``[N, D + 2]`` float32: item embeddings ``[N, D]``, ``log(1 + count)``, and the column
+    that brings every row to the largest norm."""
     prior = np.log1p(np.asarray(counts, np.float64))[:, None]
-    return np.concatenate([np.asarray(embeddings, np.float64), prior], 1).astype(np.float32)
+    x = np.concatenate([np.asarray(embeddings, np.float64), prior], 1)  # (N, D + 1)
+    sq = (x**2).sum(axis=1, keepdims=True)
+    pad = np.sqrt(np.maximum(sq.max(initial=0.0) - sq, 0.0))
+    return np.concatenate([x, pad], 1).astype(np.float32)
 
 
 def query_vectors(embeddings: np.ndarray, temperature: float, beta: float) -> np.ndarray:
-    """``[Q, D + 1]`` float32: user embeddings ``[Q, D]`` over the temperature, then ``beta``."""
+    """``[Q, D + 2]`` float32: user embeddings ``[Q, D]`` over the temperature, ``beta``, 0."""
     u = np.asarray(embeddings, np.float64) / temperature
-    return np.concatenate([u, np.full((len(u), 1), beta)], 1).astype(np.float32)
+    tail = np.tile([beta, 0.0], (len(u), 1))
+    return np.concatenate([u, tail], 1).astype(np.float32)

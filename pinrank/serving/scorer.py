@@ -291,7 +291,7 @@ class FeedScorer:
             emb = self.backend.run("user_tower", user.arrays)["embedding"]  # [1, D]
             query = np.asarray(emb, np.float32)
             if self.bias:
-                query = query_vectors(query, self.temperature, self.bias)  # [1, D + 1]
+                query = query_vectors(query, self.temperature, self.bias)  # [1, D + 2]
             depth = max(self.config.candidates, k)
             _, ids = self.index.search(query, depth, exclude=[exclude])
             retrieved = self.catalogue.rows(ids[0][ids[0] != -1])

@@ -308,7 +308,7 @@ def test_a_package_with_the_popularity_prior_retrieves_by_the_biased_score(
     be = OnnxBackend(package)
     items = pq.read_table(package.path("catalogue/items.parquet"))
     item_emb = be.run("item_tower", pack(items, package.columns("item")))["embedding"]
-    assert index["dim"] == item_emb.shape[1] + 1
+    assert index["dim"] == item_emb.shape[1] + 2
     users = retrieval.prepared.users()
     user = users.slice(5, 1)
     uid = int(user.column("user_id")[0].as_py())

@@ -30,9 +30,15 @@ def test_augmented_search_ranks_by_the_biased_score() -> None:
         reference[q, ex - 1000] = -np.inf
     expected = ids[np.argsort(-reference, axis=1, kind="stable")[:, :k]]
     aug_items, aug_users = item_vectors(items, counts), query_vectors(users, temperature, beta)
-    assert aug_items.shape == (300, 9) and aug_users.shape == (20, 9)
+    assert aug_items.shape == (300, 10) and aug_users.shape == (20, 10)
+    norms = np.linalg.norm(aug_items, axis=1)
+    assert np.allclose(norms, norms[0], rtol=1e-5)  # one norm: graph indexes work
     for topk in (BruteForce(), FaissTopK("Flat", use_gpu=False)):
         _, found = topk.index(aug_items, ids).search(aug_users, k, exclude=exclude)
         assert (found == expected).mean() > 0.99  # float32 ties aside
+    hnsw = FaissTopK("HNSW16", ef_search=64, use_gpu=False).index(aug_items, ids)
+    _, found = hnsw.search(aug_users, k, exclude=exclude)
+    recall = np.mean([np.isin(f, e).mean() for f, e in zip(found, expected, strict=True)])
+    assert recall >= 0.95  # equal norms: a graph index finds the biased top-k
     unbiased = ids[np.argsort(-(users @ items.T), axis=1)[:, :k]]
     assert (expected != unbiased).any()  # the prior changes the ranking here
