@@ -29,7 +29,8 @@ A pin found by both sources counts as ``retrieval``. Candidates the catalogue do
 ``error_popular``           the store, a graph or the index failed: logged, popular pins served
 ==========================  ======================================================================
 
-``FeedItem.source`` is ``retrieval``, ``interests`` or ``popular``. ``FeedItem.score`` is the
+``FeedItem.source`` is ``retrieval``, ``interests`` or ``popular`` (on personalized paths: the
+popular unseen pins that top up a candidate set shorter than ``k``). ``FeedItem.score`` is the
 calibrated probability on the personalized paths and the pin's engaged train events on the
 others. Popular pins never include the user's ``seen`` pins (with ``exclude_seen``), so a feed
 is shorter than ``k`` only when the catalogue has fewer unseen pins (``counts["short"]``).
@@ -300,8 +301,18 @@ class FeedScorer:
         limit = self.config.interest_candidates if followed.size else 0
         taken = np.union1d(exclude, self.catalogue.ids[retrieved])
         by_interest = self.catalogue.popular(limit, taken, followed)
-        rows = np.concatenate([retrieved, by_interest]).astype(np.int64)
-        sources = np.array([RETRIEVAL] * len(retrieved) + [INTERESTS] * len(by_interest), object)
+        # an approximate index cannot enumerate the last unseen pins of a user who has seen
+        # nearly everything: a short (not empty) candidate set is topped up with popular pins
+        short = k - len(retrieved) - len(by_interest)
+        top_up = _EMPTY
+        if short > 0 and len(retrieved) + len(by_interest):
+            taken = np.union1d(taken, self.catalogue.ids[by_interest])
+            top_up = self.catalogue.popular(short, taken)
+        rows = np.concatenate([retrieved, by_interest, top_up]).astype(np.int64)
+        sources = np.array(
+            [RETRIEVAL] * len(retrieved) + [INTERESTS] * len(by_interest) + [POPULAR] * len(top_up),
+            object,
+        )
         scores = self._rank(user.arrays, rows) if rows.size else np.empty(0, np.float32)
         interests = [self.catalogue.interests(r) for r in rows]
         ids, boards = self.catalogue.ids[rows], self.catalogue.boards[rows]
