@@ -35,7 +35,7 @@ def train(args: list[str], log_dir: Path) -> Path:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     found = sorted(log_dir.rglob("metrics.json"))

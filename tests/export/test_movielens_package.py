@@ -32,7 +32,8 @@ def test_movielens_package_matches_the_training_path(ml100k: Path, tmp_path: Pat
     runs = [
         train([*_short(tmp_path, "ml100k_two_tower", ml100k), "model.module.index=HNSW16"],
               tmp_path / "logs" / "ml100k_two_tower"),
-        train(_short(tmp_path, "ml100k_wide_deep", ml100k), tmp_path / "logs" / "ml100k_wide_deep"),
+        train([*_short(tmp_path, "ml100k_wide_deep", ml100k), "model.module.logreg_grid=[1e-4]"],
+              tmp_path / "logs" / "ml100k_wide_deep"),
     ]  # fmt: skip
     package = build_package([TrainedRun.load(r) for r in runs], tmp_path / "pkg")
     assert package.manifest["context_defaults"] == {}  # MovieLens has no context features
