@@ -4,14 +4,12 @@ two-process DDP run (gloo, CPU) train and write metrics.json."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from package_fixtures import train
 
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
@@ -38,15 +36,10 @@ def _tiny(tmp: Path) -> list[str]:
 
 
 def _run(args: list[str], tmp: Path) -> dict:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = train(args, tmp / "logs")
     found = list((tmp / "logs").rglob("metrics.json"))
     assert len(found) == 1, found
-    return json.loads(found[0].read_text())
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def _compose(overrides: list[str]):

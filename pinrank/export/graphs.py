@@ -4,7 +4,7 @@ Each graph shares the trained network's parameters and layers (no copy of the ma
 sparse archs' tables are pooled from :class:`~pinrank.export.features.RawFeatures`' padded
 indices instead of KeyedJaggedTensors, and the MLPs, projections and biases are the network's own
 modules. Graphs take their inputs positionally in the order of ``input_names`` (the exporter
-needs plain tensors) and are built by :func:`tower_graph` and :func:`ranker_graphs`.
+needs plain tensors) and are built by :func:`graphs_for`.
 
 - tower: raw columns of one side -> ``embedding`` float32 [B, D] (L2-normalised).
 - ranker (per pair): raw user, item and context columns, one row per pair -> ``probability``

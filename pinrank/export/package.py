@@ -31,9 +31,11 @@ from safetensors.torch import save_model
 
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
+from pinrank.evaluation.retrieval import popularity_scores
 from pinrank.export.graphs import _Graph, graphs_for
 from pinrank.export.onnx import export_graph
 from pinrank.export.run import TrainedRun
+from pinrank.export.verify import held_out_rows
 from pinrank.features.columns import ColumnSpec, columns_for, pack
 from pinrank.retrieval.bias import impression_counts, item_vectors
 from pinrank.retrieval.topk import FaissTopK
@@ -72,7 +74,7 @@ def build_package(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     spec, state = prepared.spec(), prepared.state()
-    tables = _sample_rows(prepared)
+    tables = held_out_rows(prepared, "test", TRACE_ROWS)  # what the graphs are traced on
     columns = [c for side, t in tables.items() for c in columns_for(spec, side, t.schema)]
     arrays: dict[str, np.ndarray] = {}
     for side, t in tables.items():
@@ -137,14 +139,6 @@ def _common_data(runs: list[TrainedRun]) -> Prepared:
     return runs[0].prepared
 
 
-def _sample_rows(prepared: Prepared) -> dict[str, pa.Table]:
-    """A few held-out events with their user and item rows: what the graphs are traced on."""
-    events = read_table(prepared.split("test"), "events").slice(0, TRACE_ROWS)
-    users, items = prepared.indexes()
-    ids = events.column("user_id").to_numpy(), events.column("item_id").to_numpy()
-    return {"user": users.take(ids[0]), "item": items.take(ids[1]), "context": events}
-
-
 def _user_parts(
     graphs: dict[str, Any], root: Path, arrays: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -189,12 +183,8 @@ def _model_entry(run: TrainedRun) -> dict[str, Any]:
 def _popularity(prepared: Prepared) -> pa.Table:
     """Engaged train events per item (every catalogue item, 0 where none): fallback feeds."""
     train = read_table(prepared.split("train"), "events", ["item_id", "engaged"])
-    engaged = train.filter(pc.equal(train.column("engaged"), True))
-    counts = engaged.group_by("item_id").aggregate([("engaged", "count")])
-    table = prepared.items().select(["item_id"])
-    joined = table.join(counts, "item_id", join_type="left outer")
-    n = pc.fill_null(joined.column("engaged_count"), 0).cast(pa.int64())
-    return pa.table({"item_id": joined.column("item_id"), "engaged": n}).sort_by("item_id")
+    ids = np.sort(prepared.items().column("item_id").to_numpy())
+    return pa.table({"item_id": ids, "engaged": popularity_scores(train, ids).astype(np.int64)})
 
 
 def _context_defaults(prepared: Prepared, spec: Any, given: dict[str, Any]) -> dict[str, Any]:

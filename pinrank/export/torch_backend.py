@@ -14,40 +14,38 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from safetensors.torch import load_model
 
 from pinrank.calibration import Calibration
 from pinrank.export.graphs import _Graph, graphs_for
 from pinrank.export.run import build_net
+from pinrank.features.transforms import MISSING, OOV, VocabLookup
 from pinrank.serving.package import Package
 
 
-def label_encode(values: np.ndarray, vocab: list[Any], is_string: bool) -> np.ndarray:
-    """What the graphs' LabelEncoder computes: ``2 + rank`` for a known value, 1 (out of
-    vocabulary) otherwise, and 0 for the empty string (a missing string) when it is not a
-    vocabulary value. Any shape.
+def label_encode(values: np.ndarray, lookup: VocabLookup, vocab: list[Any]) -> np.ndarray:
+    """What the graphs' LabelEncoder computes, with the featurizer's own lookup: ``2 + rank``
+    for a known value, 1 (out of vocabulary) otherwise, and 0 for the empty string (a missing
+    string) when it is not a vocabulary value. Any shape.
 
     Example::
 
-        >>> label_encode(np.array(["b", "", "z"], object), ["a", "b"], True).tolist()
-        [3, 0, 1]
-        >>> label_encode(np.array([[7, 5], [9, 9]]), [5, 7], False).tolist()
+        >>> label_encode(np.array(["b", "", "z"], object), VocabLookup(["a", "b"]), ["a", "b"])
+        array([3, 0, 1])
+        >>> label_encode(np.array([[7, 5], [9, 9]]), VocabLookup([5, 7]), [5, 7]).tolist()
         [[3, 2], [1, 1]]
     """
-    table = {v: i + 2 for i, v in enumerate(vocab)}
-    if is_string and "" not in table:
-        table[""] = 0
     flat = values.reshape(-1)
-    if not is_string:
-        keys = np.asarray(vocab, np.int64)
-        order = np.argsort(keys, kind="stable")
-        pos = np.minimum(np.searchsorted(keys[order], flat), max(len(keys) - 1, 0))
-        found = keys[order][pos] == flat if len(keys) else np.zeros(flat.shape, bool)
-        out = np.where(found, order[pos] + 2, 1)
+    is_string = flat.dtype == object
+    if not vocab:
+        out = np.full(flat.shape, OOV, np.int64)
     else:
-        out = np.fromiter((table.get(v, 1) for v in flat), np.int64, flat.size)
-    return out.astype(np.int64).reshape(values.shape)
+        out = lookup(pa.array(flat, pa.string() if is_string else pa.int64()))
+    if is_string and "" not in vocab:
+        out[flat == ""] = MISSING
+    return out.reshape(values.shape)
 
 
 class TorchBackend:
@@ -75,8 +73,9 @@ class TorchBackend:
         for i in g.torch_inputs:
             if i.name in g.vocab:
                 f, col = g.vocab[i.name]
-                st = self.state.features[f.shares or f.name]
-                arr = label_encode(np.asarray(inputs[col.name]), st["vocab"], col.kind == "string")
+                owner = f.shares or f.name
+                vocab, lookup = self.state.features[owner]["vocab"], self.state.lookups()[owner]
+                arr = label_encode(np.asarray(inputs[col.name]), lookup, vocab)
             else:
                 arr = np.asarray(inputs[i.name])
             args.append(torch.from_numpy(np.ascontiguousarray(arr)).to(self.device))

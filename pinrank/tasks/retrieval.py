@@ -189,7 +189,8 @@ class RetrievalModule(pl.LightningModule):
         metrics: dict[str, float] = {}
         train = read_table(dm.prepared.split("train"), "events", EVENT_COLUMNS)
         k = max(ks)
-        counts = train.column("item_id").to_numpy()  # impressions, counted per catalogue later
+        # train impressions per catalogue item (every task ranks dm.catalogue()): the prior
+        counts = impression_counts(train.column("item_id").to_numpy(), dm.catalogue())
         beta = self._choose_bias(dm, self.task(dm, "val"), counts, metrics)
         for split in ("val", "test"):
             task = self.task(dm, split)
@@ -218,9 +219,10 @@ class RetrievalModule(pl.LightningModule):
             out["retrieval/popularity_bias"] = 0.0
             return 0.0
         items, users = self._embedded(dm, task)
+        biased = item_vectors(items, counts)  # the same for every beta
         k, best = self.monitor_k, (-1.0, 0.0)
         for beta in sorted(set(self.popularity_bias)):
-            ids = self._top(items, users, task, k, "exact", beta, counts)
+            ids = self._top(biased if beta else items, users, task, k, "exact", beta)
             recall = retrieval_metrics(ids, task.truth, (k,))[f"recall@{k}"]
             out[f"tuning/popularity_bias/{beta:g}/val/recall@{k}"] = recall
             best = max(best, (recall, -beta))
@@ -239,14 +241,11 @@ class RetrievalModule(pl.LightningModule):
         k: int,
         index: str | None,
         beta: float = 0.0,
-        counts: np.ndarray | None = None,
     ) -> np.ndarray:
         """``[Q, k]`` ids: top-k of ``<u, v> / T + beta * log(1 + n)`` (``beta = 0``: the
-        towers' inner product alone; ``counts``: the train impressions' item ids), the user's
+        towers' inner product alone; otherwise ``items`` are :func:`item_vectors`), the user's
         train items excluded."""
         if beta:
-            assert counts is not None
-            items = item_vectors(items, impression_counts(counts, task.catalogue))
             users = query_vectors(users, self.net.temperature, beta)
         topk = self._topk(index).index(items, task.catalogue)
         return topk.search(users, k, exclude=task.exclude)[1]
@@ -263,7 +262,10 @@ class RetrievalModule(pl.LightningModule):
         """Top-k ids of the task's users with each of ``indexes`` (``None``: the configured
         one), embedding the users and the catalogue once."""
         items, users = self._embedded(dm, task)
-        return [self._top(items, users, task, k, i, beta, counts) for i in indexes]
+        if beta:
+            assert counts is not None
+            items = item_vectors(items, counts)
+        return [self._top(items, users, task, k, i, beta) for i in indexes]
 
     def _topk(self, index: str | None = None) -> Any:
         """The configured top-K implementation (or ``index`` with default parameters)."""
