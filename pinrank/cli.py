@@ -1,5 +1,5 @@
 """``pinrank``: the command line of the data stages (generate, import, prepare, report, demo)
-and of model packages (verify, feed).
+and of model packages (verify, feed, users, feeds).
 
 Examples::
 
@@ -11,6 +11,8 @@ Examples::
     pinrank demo --out data/demo
     pinrank verify outputs/packages/demo --rows 1000 --backend both
     pinrank feed outputs/packages/demo --user 7 --user 123456789 --interests 3 5 --k 10
+    pinrank users --data data/demo/prepared --out data/demo/users
+    pinrank feeds outputs/packages/demo --users data/demo/users --out outputs/feeds/demo
 """
 
 from __future__ import annotations
@@ -146,6 +148,79 @@ def cmd_feed(args: argparse.Namespace) -> None:
             print(f"  {pos:>3}  pin {item.item_id:>8}  score {item.score:.4f}  {item.source}")
 
 
+def cmd_users(args: argparse.Namespace) -> None:
+    """Snapshot the users of a prepared data set (with their train-derived columns) as Parquet:
+    the input of ``pinrank feeds`` and of the serving user store."""
+    import pyarrow.parquet as pq
+
+    if args.row_group_users < 1:
+        raise SystemExit(f"--row-group-users must be >= 1, got {args.row_group_users}")
+    users = Prepared.load(args.data).users()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "users.parquet"
+    tmp = out / ".users.parquet.tmp"
+    pq.write_table(users, tmp, row_group_size=args.row_group_users, compression="zstd")
+    tmp.replace(path)
+    groups = pq.ParquetFile(path).metadata.num_row_groups
+    print(f"[users] {users.num_rows:,} users -> {path} ({groups} row groups)")
+
+
+def cmd_feeds(args: argparse.Namespace) -> None:
+    import logging
+
+    from pinrank.batch.feeds import FeedsJobError, JobConfig, run_feeds
+    from pinrank.serving.scorer import FeedConfig
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        feed = FeedConfig(
+            candidates=args.candidates,
+            interest_candidates=args.interest_candidates,
+            diversity=args.diversity,
+        )
+        config = JobConfig(
+            k=args.k,
+            batch_users=args.batch_users,
+            max_rows=args.max_rows,
+            backend=args.backend,
+            device=args.device,
+            threads=args.threads,
+            gpu_index=args.gpu_index,
+            feed=feed,
+        )
+        ray = {
+            "actors": args.actors,
+            "cpus_per_actor": args.cpus_per_actor,
+            "gpus_per_actor": args.gpus_per_actor,
+            "address": args.ray_address,
+        }
+        result = run_feeds(
+            args.package,
+            args.users,
+            args.out,
+            config,
+            engine=args.engine,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            ray_options=ray if args.engine == "ray" else None,
+        )
+    except (FeedsJobError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"pinrank feeds: {err}") from err
+    s = result.summary
+    print(
+        f"[feeds] {s['users']:,} users, {s['rows']:,} rows in {result.out} "
+        f"({s['units']} shards, {s['units_resumed']} resumed); {s['seconds']:.1f}s, "
+        f"{s['users_scored_per_s']:,.0f} users/s, peak RSS {s['peak_rss_mb']:.0f} MB "
+        f"({s['engine']}, {s['config']['backend']} on {s['config']['device']})"
+    )
+    paths = {k.split(".", 1)[1]: v for k, v in s["counts"].items() if k.startswith("path.")}
+    print(
+        f"[feeds] paths {paths}; other counts "
+        f"{ {k: v for k, v in s['counts'].items() if not k.startswith('path.')} }"
+    )
+
+
 def _backend(name: str, package: Any, device: str | None) -> Any:
     if name == "torch":
         from pinrank.export.torch_backend import TorchBackend
@@ -233,6 +308,39 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
     f.add_argument("--device", help="torch device, or an ONNX Runtime provider (cuda, tensorrt)")
     f.set_defaults(func=cmd_feed)
+
+    u = sub.add_parser("users", help="snapshot a prepared data set's users as Parquet")
+    u.add_argument("--data", required=True, help="prepared data set")
+    u.add_argument("--out", required=True, help="folder for users.parquet")
+    u.add_argument("--row-group-users", type=int, default=10000, help="users per row group")
+    u.set_defaults(func=cmd_users)
+
+    b = sub.add_parser("feeds", help="batch feeds for every user of a users Parquet dataset")
+    b.add_argument("package", help="a model package folder")
+    b.add_argument(
+        "--users", required=True, help="users Parquet file or folder (one shard per row group)"
+    )
+    b.add_argument(
+        "--out", required=True, help="output folder (resumed when it holds the same job)"
+    )
+    b.add_argument("--k", type=int, default=50)
+    b.add_argument("--candidates", type=int, default=500, help="candidates from the index")
+    b.add_argument("--interest-candidates", type=int, default=100)
+    b.add_argument("--diversity", default="cap", choices=["cap", "mmr", "none"])
+    b.add_argument("--batch-users", type=int, default=1024)
+    b.add_argument("--max-rows", type=int, default=65536, help="candidates per ranker run")
+    b.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    b.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    b.add_argument("--gpu-index", action="store_true", help="FAISS search on GPU")
+    b.add_argument("--engine", default="local", choices=["local", "ray"])
+    b.add_argument("--actors", type=int, default=2, help="ray: actors")
+    b.add_argument("--cpus-per-actor", type=float, default=1.0)
+    b.add_argument("--gpus-per-actor", type=float, default=0.0)
+    b.add_argument("--ray-address", help="ray: an existing cluster (default: start a local one)")
+    b.add_argument("--overwrite", action="store_true", help="discard another job's output")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=cmd_feeds)
     return parser
 
 

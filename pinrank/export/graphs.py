@@ -13,6 +13,10 @@ needs plain tensors) and are built by :func:`graphs_for`.
   part once ([U] rows); ``ranker_feed`` takes those parts, ``user_index`` int64 [N] and the raw
   candidate columns -> ``probability`` and ``logit`` [N]. The per-pair graph is these two with
   ``user_index = arange(B)``, so all three compute the same function.
+- ranker_items + ranker_pairs (the catalogue factorisation, for scoring many feeds):
+  ``ranker_items`` computes each candidate's part once ([M] catalogue rows with a context);
+  ``ranker_pairs`` takes user parts, item parts, ``user_index`` and ``item_index`` [N] and does
+  only the per-pair work (crosses, the MLP above the first layer, the projection product).
 """
 
 from __future__ import annotations
@@ -183,15 +187,27 @@ def candidate_part(
     return net.cand_first(h), net.cand_proj(h), wide, items | ctx
 
 
+def _gather(part: Part, index: torch.Tensor | None) -> Part:
+    """A part's rows ``index`` (all rows, unchanged, when ``None``)."""
+    if index is None:
+        return part
+    first, proj, wide, sparse = part
+    taken = {k: (i[index], m[index]) for k, (i, m) in sparse.items()}
+    return first[index], proj[index], wide[index], taken
+
+
 def combine(
-    net: WideDeep, features: RawFeatures, user: Part, cand: Part, user_index: torch.Tensor | None
+    net: WideDeep,
+    features: RawFeatures,
+    user: Part,
+    cand: Part,
+    user_index: torch.Tensor | None,
+    item_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``WideDeep.combine``: [N] logits, user parts gathered by ``user_index`` when shared."""
-    u_first, u_proj, u_wide, u_sparse = user
-    if user_index is not None:
-        u_first, u_proj, u_wide = u_first[user_index], u_proj[user_index], u_wide[user_index]
-        u_sparse = {k: (i[user_index], m[user_index]) for k, (i, m) in u_sparse.items()}
-    c_first, c_proj, c_wide, c_sparse = cand
+    """``WideDeep.combine``: [N] logits; user parts gathered by ``user_index`` when users are
+    shared, candidate parts by ``item_index`` when candidates are (the catalogue's parts)."""
+    u_first, u_proj, u_wide, u_sparse = _gather(user, user_index)
+    c_first, c_proj, c_wide, c_sparse = _gather(cand, item_index)
     logit = u_wide + c_wide
     if net.cross.arch.tables:
         crosses = features.crosses(u_sparse | c_sparse, list(features.spec.crosses))
@@ -203,12 +219,14 @@ def combine(
     return logit
 
 
-def cross_user_features(net: WideDeep, features: RawFeatures) -> list[str]:
-    """User features that the wide crosses read (the user graph hands them to the feed graph)."""
+def cross_features(net: WideDeep, features: RawFeatures, user: bool = True) -> list[str]:
+    """Features of the user side (or, ``user=False``, of the candidate side) that the wide
+    crosses read: a part graph hands them on to the graph that pairs users with candidates."""
     if not net.cross.arch.tables:
         return []
     users = {f.name for f in features.spec.side("user", sparse=True)}
-    return [n for c in features.spec.crosses for n in c.features if n in users]
+    names = [n for c in features.spec.crosses for n in c.features if (n in users) == user]
+    return list(dict.fromkeys(names))
 
 
 class RankerGraph(_Graph):
@@ -243,7 +261,7 @@ class RankerUserGraph(_Graph):
         cols = [c for c in features.columns.values() if c.side == "user"]
         super().__init__(column_inputs(cols, "users"), features)
         self.net = net
-        self.cross_features = list(dict.fromkeys(cross_user_features(net, features)))
+        self.cross_features = cross_features(net, features)
         crossed = [n for f in self.cross_features for n in (f"user.{f}.indices", f"user.{f}.kept")]
         self.output_names = ("user.first", "user.proj", "user.wide", *crossed)
 
@@ -264,17 +282,7 @@ class RankerFeedGraph(_Graph):
     def __init__(
         self, features: RawFeatures, net: WideDeep, calibration: Calibration, user: RankerUserGraph
     ) -> None:
-        hidden, k = net.user_first.out_features, net.user_proj.out_features
-        parts = [
-            GraphInput("user.first", "float32", ("users", hidden)),
-            GraphInput("user.proj", "float32", ("users", k)),
-            GraphInput("user.wide", "float32", ("users",)),
-        ]
-        for f in user.cross_features:
-            parts += [
-                GraphInput(f"user.{f}.indices", "int64", ("users", f"user.{f}.width")),
-                GraphInput(f"user.{f}.kept", "bool", ("users", f"user.{f}.width")),
-            ]
+        parts = _part_inputs("user", "users", net, user.cross_features)
         parts.append(GraphInput("user_index", "int64", ("candidates",)))
         cols = [c for c in features.columns.values() if c.side != "user"]
         super().__init__(parts + column_inputs(cols, "candidates"), features)
@@ -287,6 +295,81 @@ class RankerFeedGraph(_Graph):
         user = (x["user.first"], x["user.proj"], x["user.wide"], sparse)
         cand = candidate_part(self.net, self.features, x, x["user_index"])
         logit = combine(self.net, self.features, user, cand, x["user_index"])
+        return calibrate(logit, self.calibration), logit
+
+
+def _part_inputs(prefix: str, rows: str, net: WideDeep, crossed: list[str]) -> list[GraphInput]:
+    """Inputs carrying a part (``{prefix}.first``, ``.proj``, ``.wide`` and crossed features)."""
+    hidden, k = net.user_first.out_features, net.user_proj.out_features
+    out = [
+        GraphInput(f"{prefix}.first", "float32", (rows, hidden)),
+        GraphInput(f"{prefix}.proj", "float32", (rows, k)),
+        GraphInput(f"{prefix}.wide", "float32", (rows,)),
+    ]
+    for f in crossed:
+        out += [
+            GraphInput(f"{prefix}.{f}.indices", "int64", (rows, f"{prefix}.{f}.width")),
+            GraphInput(f"{prefix}.{f}.kept", "bool", (rows, f"{prefix}.{f}.width")),
+        ]
+    return out
+
+
+class RankerItemsGraph(_Graph):
+    """Raw item and context columns [M] -> each candidate's part, computed once per catalogue
+    (and context): ``item.first`` [M, H] (with the layer's bias), ``item.proj`` [M, K],
+    ``item.wide`` [M] (with the global bias), and per candidate feature a cross reads
+    ``item.{f}.indices`` int64 [M, L] and ``item.{f}.kept`` bool [M, L]."""
+
+    def __init__(self, features: RawFeatures, net: WideDeep) -> None:
+        cols = [c for c in features.columns.values() if c.side != "user"]
+        super().__init__(column_inputs(cols, "items"), features)
+        self.net = net
+        self.cross_features = cross_features(net, features, user=False)
+        crossed = [n for f in self.cross_features for n in (f"item.{f}.indices", f"item.{f}.kept")]
+        self.output_names = ("item.first", "item.proj", "item.wide", *crossed)
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.named(args)
+        first, proj, wide, sparse = candidate_part(
+            self.net, self.features, x, x[self.torch_inputs[0].name]
+        )
+        return (first, proj, wide, *[t for f in self.cross_features for t in sparse[f]])
+
+
+class RankerPairsGraph(_Graph):
+    """Users' parts (:class:`RankerUserGraph`) and candidates' parts (:class:`RankerItemsGraph`)
+    with ``user_index`` and ``item_index`` int64 [N] -> calibrated ``probability`` and ``logit``
+    [N]: per pair only the crosses, the MLP above the first layer and the projection product."""
+
+    output_names = ("probability", "logit")
+
+    def __init__(
+        self,
+        features: RawFeatures,
+        net: WideDeep,
+        calibration: Calibration,
+        user: RankerUserGraph,
+        items: RankerItemsGraph,
+    ) -> None:
+        inputs = _part_inputs("user", "users", net, user.cross_features)
+        inputs += _part_inputs("item", "items", net, items.cross_features)
+        inputs += [
+            GraphInput("user_index", "int64", ("pairs",)),
+            GraphInput("item_index", "int64", ("pairs",)),
+        ]
+        super().__init__(inputs, features)
+        self.net, self.calibration = net, calibration
+        self.user_crossed, self.item_crossed = user.cross_features, items.cross_features
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.named(args)
+        parts = []
+        for prefix, crossed in (("user", self.user_crossed), ("item", self.item_crossed)):
+            sparse = {f: (x[f"{prefix}.{f}.indices"], x[f"{prefix}.{f}.kept"]) for f in crossed}
+            parts.append((x[f"{prefix}.first"], x[f"{prefix}.proj"], x[f"{prefix}.wide"], sparse))
+        logit = combine(
+            self.net, self.features, parts[0], parts[1], x["user_index"], x["item_index"]
+        )
         return calibrate(logit, self.calibration), logit
 
 
@@ -311,10 +394,16 @@ def graphs_for(
     if calibration is None:
         raise ValueError("a ranker is exported with its calibration")
     user = RankerUserGraph(RawFeatures(spec, state, cols["user"]), net)
-    return {
+    candidates = cols["item"] + cols["context"]
+    items = RankerItemsGraph(RawFeatures(spec, state, candidates), net)
+    return {  # in export order: a part graph before the graphs that take its outputs
         "ranker": RankerGraph(RawFeatures(spec, state, columns), net, calibration),
         "ranker_user": user,
         "ranker_feed": RankerFeedGraph(
-            RawFeatures(spec, state, cols["item"] + cols["context"]), net, calibration, user
+            RawFeatures(spec, state, candidates), net, calibration, user
+        ),
+        "ranker_items": items,
+        "ranker_pairs": RankerPairsGraph(
+            RawFeatures(spec, state, []), net, calibration, user, items
         ),
     }

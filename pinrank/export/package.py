@@ -1,7 +1,8 @@
 """From finished training runs to one model package (layout: :mod:`pinrank.serving.package`).
 
 :func:`build_package` exports the graphs of a retrieval run (user and item towers) and/or a
-ranking run (the ranker per pair, and its per-feed pair ``ranker_user`` + ``ranker_feed``),
+ranking run (the ranker per pair, its per-feed pair ``ranker_user`` + ``ranker_feed`` and its
+catalogue pair ``ranker_items`` + ``ranker_pairs``),
 embeds the whole catalogue through the exported item tower into the run's FAISS index, and
 writes the catalogue, the fallback popularity table, the feature state, the weights as
 safetensors and the manifest with provenance and checksums. It writes into a temporary folder
@@ -88,7 +89,7 @@ def build_package(
     for run in runs:
         built = graphs_for(run.net, spec, state, columns, run.calibration)
         for name, graph in built.items():
-            feed_arrays = arrays | _user_parts(graphs, tmp, arrays)
+            feed_arrays = arrays | _parts(graphs, tmp, arrays)
             path = export_graph(graph, feed_arrays, tmp / "graphs" / f"{name}.onnx")
             graphs[name] = _graph_entry(path, graph)
         save_model(run.net, str(_mkdir(tmp / "weights") / f"{run.kind}.safetensors"))
@@ -139,16 +140,18 @@ def _common_data(runs: list[TrainedRun]) -> Prepared:
     return runs[0].prepared
 
 
-def _user_parts(
+def _parts(
     graphs: dict[str, Any], root: Path, arrays: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """Example inputs of ``ranker_feed``: the exported user graph's outputs on the sample."""
-    if "ranker_user" not in graphs:
-        return {}
+    """Example inputs of the graphs that take parts (``ranker_feed``, ``ranker_pairs``): the
+    exported part graphs' outputs on the sample, with identity indices."""
     backend = OnnxBackend(Package(root, {"graphs": graphs}))
-    parts = backend.run("ranker_user", arrays)
     rows = len(next(iter(arrays.values())))
-    return parts | {"user_index": np.arange(rows, dtype=np.int64)}
+    out: dict[str, np.ndarray] = {}
+    for graph, index in (("ranker_user", "user_index"), ("ranker_items", "item_index")):
+        if graph in graphs:
+            out |= backend.run(graph, arrays) | {index: np.arange(rows, dtype=np.int64)}
+    return out
 
 
 def _graph_entry(path: Path, graph: _Graph) -> dict[str, Any]:

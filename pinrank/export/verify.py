@@ -4,8 +4,9 @@ Held-out rows are scored twice: through the training path (the NumPy featurizer,
 KeyedJaggedTensors and the torch networks rebuilt from the package's weights, calibration in
 NumPy) and through a backend from raw columns (ONNX Runtime by default, or the torch backend).
 Every output of every graph is compared; the ranker is also scored the per-feed way
-(``ranker_user`` once per distinct user, ``ranker_feed`` per candidate). The package passes when
-the largest absolute difference is at most ``tol`` (1e-5 in fp32).
+(``ranker_user`` once per distinct user, ``ranker_feed`` per candidate) and the per-catalogue
+way (``ranker_items`` per candidate, ``ranker_pairs`` per pair). The package passes when the
+largest absolute difference is at most ``tol`` (1e-5 in fp32).
 """
 
 from __future__ import annotations
@@ -88,7 +89,15 @@ def verify(
             else:
                 cal = Calibration.from_dict(entry["calibration"])
                 _ranker(
-                    report, net, cal, featurizer, tables, arrays, backend, package.columns("user")
+                    report,
+                    net,
+                    cal,
+                    featurizer,
+                    tables,
+                    arrays,
+                    backend,
+                    package.columns("user"),
+                    package.has("ranker_pairs"),
                 )
     return report
 
@@ -120,6 +129,7 @@ def _ranker(
     arrays: Any,
     be: Backend,
     user_columns: list[ColumnSpec],
+    pairs: bool,
 ) -> None:
     logit = net(fz(tables)).double().numpy()
     prob = cal(logit)
@@ -134,3 +144,11 @@ def _ranker(
     feed = be.run("ranker_feed", arrays | parts | {"user_index": user_index.astype(np.int64)})
     report.diffs["ranker_feed/probability"] = _diff(feed["probability"], prob)
     report.diffs["ranker_feed/logit"] = _diff(feed["logit"], logit)
+    if not pairs:  # a package from before the catalogue factorisation
+        return
+    # per catalogue: each candidate's part once too (here each row's pin and context)
+    items = be.run("ranker_items", arrays)
+    index = {"user_index": user_index.astype(np.int64), "item_index": np.arange(len(logit))}
+    out = be.run("ranker_pairs", parts | items | index)
+    report.diffs["ranker_pairs/probability"] = _diff(out["probability"], prob)
+    report.diffs["ranker_pairs/logit"] = _diff(out["logit"], logit)

@@ -7,10 +7,13 @@ per-source quotas and the diversity rule of a ``FeedConfig``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from pinrank.serving.store import RowInterests
 
 if TYPE_CHECKING:
     from pinrank.serving.scorer import FeedConfig
@@ -21,14 +24,15 @@ _EMPTY = np.empty(0, np.int64)
 @dataclass
 class Candidates:
     """A user's scored candidates, each ``[N]``: catalogue ``rows``, ``item_ids``, ``sources``,
-    calibrated ``scores``, ``boards`` (-1: none) and ``interests`` (an id array each)."""
+    calibrated ``scores``, ``boards`` (-1: none) and ``interests`` (an id array each, e.g. a
+    lazy view of the catalogue's)."""
 
     rows: np.ndarray
     item_ids: np.ndarray
     sources: np.ndarray
     scores: np.ndarray
     boards: np.ndarray
-    interests: list[np.ndarray]
+    interests: Sequence[np.ndarray]
 
 
 def select(c: Candidates, k: int, config: FeedConfig) -> tuple[np.ndarray, int]:
@@ -48,33 +52,43 @@ def select(c: Candidates, k: int, config: FeedConfig) -> tuple[np.ndarray, int]:
         chosen = _mmr(c, k, caps, config.mmr_lambda)
     else:
         chosen = _greedy(c, order, k, caps, config)
-    taken = set(chosen)
-    extra = [int(i) for i in order if i not in taken][: k - len(chosen)]
-    picked = np.array(chosen + extra, np.int64)
+    extra = order[~np.isin(order, chosen)][: k - len(chosen)]
+    picked = np.concatenate([np.array(chosen, np.int64), extra])
     return picked[np.argsort(-c.scores[picked], kind="stable")], len(extra)
 
 
 def _greedy(
     c: Candidates, order: np.ndarray, k: int, caps: dict[str, int], config: FeedConfig
 ) -> list[int]:
-    per_source: Counter[str] = Counter()
-    per_board: Counter[int] = Counter()
-    per_interest: Counter[int] = Counter()
+    sources, boards = c.sources.tolist(), c.boards.tolist()
+    interests = c.interests
+    tags_of = (
+        interests.tags if isinstance(interests, RowInterests) else lambda i: interests[i].tolist()
+    )
+    capped = config.diversity == "cap"
+    max_board, max_interest = config.max_per_board, config.max_per_interest
+    per_source = dict.fromkeys(caps, 0)
+    per_board: dict[int, int] = {}
+    per_interest: dict[int, int] = {}
     chosen: list[int] = []
     for i in order.tolist():
         if len(chosen) == k:
             break
-        if per_source[c.sources[i]] >= caps.get(c.sources[i], k):
+        source = sources[i]
+        if source in caps and per_source[source] >= caps[source]:
             continue
-        if config.diversity == "cap":
-            board, tags = int(c.boards[i]), c.interests[i].tolist()
-            if board >= 0 and per_board[board] >= config.max_per_board:
+        if capped:
+            board, tags = boards[i], tags_of(i)
+            if board >= 0 and per_board.get(board, 0) >= max_board:
                 continue
-            if any(per_interest[t] >= config.max_per_interest for t in tags):
+            if any(per_interest.get(t, 0) >= max_interest for t in tags):
                 continue
-            per_board[board] += board >= 0
-            per_interest.update(tags)
-        per_source[c.sources[i]] += 1
+            if board >= 0:
+                per_board[board] = per_board.get(board, 0) + 1
+            for t in tags:
+                per_interest[t] = per_interest.get(t, 0) + 1
+        if source in caps:
+            per_source[source] += 1
         chosen.append(i)
     return chosen
 

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pinrank.data.examples import EVENT_DERIVED_USER_COLUMNS
 from pinrank.features.columns import ColumnSpec, pack
@@ -55,7 +56,7 @@ from pinrank.retrieval.topk import FaissTopK
 from pinrank.serving.blend import Candidates, select
 from pinrank.serving.package import Package, PackageError
 from pinrank.serving.runtime import Backend, OnnxBackend
-from pinrank.serving.store import Catalogue, UserStore, conform, found
+from pinrank.serving.store import ID_COLUMN, Catalogue, UserStore, conform, conform_batch, found
 
 PERSONALIZED, PERSONALIZED_DEFAULTS = "personalized", "personalized_defaults"
 UNKNOWN_INTERESTS, UNKNOWN_POPULAR = "unknown_user_interests", "unknown_user_popular"
@@ -149,12 +150,19 @@ class Feed:
 
 
 @dataclass
-class _User:
-    user_id: int
-    arrays: dict[str, np.ndarray]  # the user graphs' inputs, [1] each
-    replaced: dict[str, str]
-    seen: np.ndarray  # [S] int64
-    interests: np.ndarray  # [I] int64
+class UserBatch:
+    """Users conformed for the graphs, each field ``[B]``: ids, graph ``arrays``, the columns
+    replaced by null (``replaced``, as in :attr:`Feed.replaced`), ``seen`` pins and followed
+    ``interests`` (sorted distinct ids)."""
+
+    ids: np.ndarray
+    arrays: dict[str, np.ndarray]
+    replaced: list[dict[str, str]]
+    seen: list[np.ndarray]
+    interests: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class FeedScorer:
@@ -163,23 +171,33 @@ class FeedScorer:
     Args:
         package: a loaded package with ``user_tower``, ``ranker_user``, ``ranker_feed`` and an
             index.
-        users: where user rows come from.
+        users: where :meth:`feed` and :meth:`score` read user rows (``None``: only the batch
+            path, :meth:`feeds` over :meth:`user_batch` rows).
         backend: runs the graphs (default: :class:`OnnxBackend` on the best installed provider).
         config: how feeds are assembled.
+        max_rows: most candidates per ``ranker_feed`` run (bounds memory in :meth:`feeds`).
+        gpu_index: search the index on GPU (batch jobs; a served feed is one query, which a
+            CPU index answers faster, and GPU k-selection caps ``k + len(seen)``).
     """
 
     def __init__(
         self,
         package: Package,
-        users: UserStore,
+        users: UserStore | None,
         backend: Backend | None = None,
         config: FeedConfig | None = None,
+        max_rows: int = 65536,
+        gpu_index: bool = False,
     ) -> None:
+        if not _is_int(max_rows) or max_rows < 1:
+            raise ValueError(f"max_rows must be an integer >= 1, got {max_rows!r}")
+        self.max_rows = int(max_rows)
         lacking = [g for g in GRAPHS if not package.has(g)]
         lacking += ["index"] * ("index" not in package.manifest)
         if lacking:
             raise PackageError(f"{package.root}: cannot serve feeds without {lacking}")
         self.package, self.users = package, users
+        self.id_column = users.id_column if users is not None else ID_COLUMN
         self.backend: Backend = backend if backend is not None else OnnxBackend(package)
         self.config = config if config is not None else FeedConfig()
         self.user_columns = package.columns("user")
@@ -189,18 +207,22 @@ class FeedScorer:
         # the popularity prior chosen on val: queries [u / T, beta] (pinrank.retrieval.bias)
         self.bias = float(spec.get("popularity_bias", 0.0))
         self.temperature = float(spec.get("temperature", 1.0))
-        # CPU: a feed is one query (latency-bound), and GPU k-selection caps k + len(seen)
         self.index = FaissTopK.load(
             str(package.path(spec["path"])),
             spec["factory"],
             nprobe=params.get("nprobe"),
             ef_search=params.get("ef_search"),
-            use_gpu=False,
+            use_gpu=gpu_index,
         )
         context, _ = conform(
             package.manifest.get("context_defaults", {}), package.columns("context")
         )
         self.context = pack(context, package.columns("context"))  # [1] per context input
+        # the catalogue factorisation: every candidate's part of the ranker computed once here,
+        # so that ranking does only the per-pair work (packages from before it: ranker_feed)
+        self.item_parts: dict[str, np.ndarray] | None = None
+        if package.has("ranker_items") and package.has("ranker_pairs"):
+            self.item_parts = self._item_parts()
 
     def feed(self, user_id: int, k: int = 50, interests: Sequence[int] | None = None) -> Feed:
         """The user's top-``k`` pins, best first, without duplicates (paths: module docstring).
@@ -209,19 +231,48 @@ class FeedScorer:
         unknown user, and add to a known user's followed interests for interest candidates.
         """
         uid, k, wanted = _check_user_id(user_id), _check_k(k), _check_interests(interests)
-        user: _User | None = None
+        self._store()
+        user: UserBatch | None = None
         try:
             user = self._user(uid)
             if user is None:
                 path = UNKNOWN_INTERESTS if wanted.size else UNKNOWN_POPULAR
                 return self._popular_feed(uid, k, path, _EMPTY, wanted if wanted.size else None)
-            return self._personalized(user, k, wanted)
+            return self._personalized(user, k, [wanted])[0]
         except Exception as err:  # degrade, never raise to the caller
             log.exception("feed for user %d failed; serving popular pins", uid)
-            seen = user.seen if user is not None else _EMPTY
+            seen = user.seen[0] if user is not None else _EMPTY
             feed = self._popular_feed(uid, k, ERROR, seen)
             feed.error = f"{type(err).__name__}: {err}"
             return feed
+
+    def feeds(self, users: UserBatch, k: int = 50) -> list[Feed]:
+        """Feeds of many known users at once (the batch path): each graph runs once per batch
+        (the ranker in chunks of at most ``max_rows`` candidates) and each feed is what
+        :meth:`feed` gives that user. Unlike :meth:`feed`, failures raise: a batch job stops
+        and resumes rather than write fallback feeds for every user."""
+        k = _check_k(k)
+        return self._personalized(users, k, [_EMPTY] * len(users))
+
+    def user_batch(self, rows: pa.Table) -> UserBatch:
+        """Stored user rows (typed, e.g. from Parquet) conformed for the graphs, vectorised
+        (:func:`~pinrank.serving.store.conform_batch`); rows with a null id are refused."""
+        if self.id_column not in rows.column_names:
+            raise KeyError(f"user rows have no {self.id_column!r} column")
+        ids = rows.column(self.id_column)
+        if ids.null_count:
+            raise ValueError(f"{ids.null_count} user rows have a null {self.id_column}")
+        extra = [ColumnSpec("user", c, "int_list") for c in (SEEN, INTEREST_COLUMN)]
+        table, replaced = conform_batch(
+            rows, [*self.user_columns, *extra], EVENT_DERIVED_USER_COLUMNS
+        )
+        return UserBatch(
+            ids.to_numpy().astype(np.int64),
+            pack(table, self.user_columns),
+            replaced,
+            _valid_id_lists(table.column(SEEN)),
+            _valid_id_lists(table.column(INTEREST_COLUMN)),
+        )
 
     def score(self, user_id: int, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """``[N]`` float32 calibrated probabilities of (user, item) pairs, in the order given.
@@ -241,8 +292,8 @@ class FeedScorer:
             raise ValueError(f"items not in the catalogue: {ids[rows < 0][:10].tolist()}")
         if not ids.size:
             return np.empty(0, np.float32)
-        user = self._user(uid) or self._conform(uid, {self.users.id_column: uid})
-        return self._rank(user.arrays, rows)
+        user = self._user(uid) or self._conform(uid, {self.id_column: uid})
+        return self._rank(user.arrays, [rows])[0]
 
     def candidates(
         self, user_id: int, k: int = 50, interests: Sequence[int] | None = None
@@ -252,83 +303,162 @@ class FeedScorer:
         user = self._user(uid)
         if user is None:
             raise KeyError(f"unknown user {uid}")
-        return self._candidates(user, k, wanted)
+        return self._candidates(user, k, [wanted])[0]
 
-    def _user(self, uid: int) -> _User | None:
+    def _store(self) -> UserStore:
+        if self.users is None:
+            raise ValueError("this scorer has no user store: it scores user rows (feeds)")
+        return self.users
+
+    def _user(self, uid: int) -> UserBatch | None:
         """The stored user, conformed to the graphs; None when the store does not know it."""
-        rows = self.users.get(np.array([uid], np.int64))
-        if not found(rows, self.users.id_column)[0]:
+        rows = self._store().get(np.array([uid], np.int64))
+        if not found(rows, self.id_column)[0]:
             return None
         return self._conform(uid, rows.slice(0, 1).to_pylist()[0])
 
-    def _conform(self, uid: int, row: dict[str, Any]) -> _User:
+    def _conform(self, uid: int, row: dict[str, Any]) -> UserBatch:
         extra = [ColumnSpec("user", c, "int_list") for c in (SEEN, INTEREST_COLUMN)]
         table, replaced = conform(row, [*self.user_columns, *extra], EVENT_DERIVED_USER_COLUMNS)
-        seen, followed = _valid_ids(table, SEEN), _valid_ids(table, INTEREST_COLUMN)
-        return _User(uid, pack(table, self.user_columns), replaced, seen, followed)
+        return UserBatch(
+            np.array([uid], np.int64),
+            pack(table, self.user_columns),
+            [replaced],
+            _valid_id_lists(table.column(SEEN)),
+            _valid_id_lists(table.column(INTEREST_COLUMN)),
+        )
 
-    def _personalized(self, user: _User, k: int, wanted: np.ndarray) -> Feed:
-        cands = self._candidates(user, k, wanted)
-        counts = {
-            f"candidates.{s}": int((cands.sources == s).sum()) for s in (RETRIEVAL, INTERESTS)
-        }
-        if not cands.rows.size:
-            feed = self._popular_feed(user.user_id, k, NO_CANDIDATES, user.seen)
-            feed.replaced, feed.counts = user.replaced, counts | feed.counts
-            return feed
-        chosen, backfilled = select(cands, k, self.config)
-        items = [
-            FeedItem(int(cands.item_ids[i]), float(cands.scores[i]), str(cands.sources[i]))
-            for i in chosen
-        ]
-        counts |= {"backfilled": backfilled, "short": k - len(items)}
-        path = PERSONALIZED_DEFAULTS if user.replaced else PERSONALIZED
-        return Feed(user.user_id, items, path, dict(user.replaced), counts)
+    def _personalized(self, users: UserBatch, k: int, wanted: list[np.ndarray]) -> list[Feed]:
+        feeds = []
+        for b, cands in enumerate(self._candidates(users, k, wanted)):
+            uid, replaced = int(users.ids[b]), users.replaced[b]
+            counts = {
+                f"candidates.{s}": int((cands.sources == s).sum()) for s in (RETRIEVAL, INTERESTS)
+            }
+            if not cands.rows.size:
+                feed = self._popular_feed(uid, k, NO_CANDIDATES, users.seen[b])
+                feed.replaced, feed.counts = dict(replaced), counts | feed.counts
+                feeds.append(feed)
+                continue
+            chosen, backfilled = select(cands, k, self.config)
+            items = [
+                FeedItem(int(cands.item_ids[i]), float(cands.scores[i]), str(cands.sources[i]))
+                for i in chosen
+            ]
+            counts |= {"backfilled": backfilled, "short": k - len(items)}
+            path = PERSONALIZED_DEFAULTS if replaced else PERSONALIZED
+            feeds.append(Feed(uid, items, path, dict(replaced), counts))
+        return feeds
 
-    def _candidates(self, user: _User, k: int, wanted: np.ndarray) -> Candidates:
-        exclude = user.seen if self.config.exclude_seen else _EMPTY
-        retrieved = _EMPTY
+    def _candidates(self, users: UserBatch, k: int, wanted: list[np.ndarray]) -> list[Candidates]:
+        """Each user's candidates: one user-tower run and one index search for the batch, the
+        interest and top-up candidates per user, then the ranker over all of them."""
+        excludes = users.seen if self.config.exclude_seen else [_EMPTY] * len(users)
+        found_ids = np.full((len(users), 0), -1, np.int64)
         if self.config.candidates:
-            emb = self.backend.run("user_tower", user.arrays)["embedding"]  # [1, D]
+            emb = self.backend.run("user_tower", users.arrays)["embedding"]  # [B, D]
             query = np.asarray(emb, np.float32)
             if self.bias:
-                query = query_vectors(query, self.temperature, self.bias)  # [1, D + 2]
+                query = query_vectors(query, self.temperature, self.bias)  # [B, D + 2]
             depth = max(self.config.candidates, k)
-            _, ids = self.index.search(query, depth, exclude=[exclude])
-            retrieved = self.catalogue.rows(ids[0][ids[0] != -1])
+            _, found_ids = self.index.search(query, depth, exclude=list(excludes))
+        all_rows, all_sources = [], []
+        for b in range(len(users)):
+            exclude, ids = excludes[b], found_ids[b]
+            retrieved = self.catalogue.rows(ids[ids != -1])
             retrieved = retrieved[retrieved >= 0]
-        followed = np.union1d(user.interests, wanted)
-        limit = self.config.interest_candidates if followed.size else 0
-        taken = np.union1d(exclude, self.catalogue.ids[retrieved])
-        by_interest = self.catalogue.popular(limit, taken, followed)
-        # an approximate index cannot enumerate the last unseen pins of a user who has seen
-        # nearly everything: a short (not empty) candidate set is topped up with popular pins
-        short = k - len(retrieved) - len(by_interest)
-        top_up = _EMPTY
-        if short > 0 and len(retrieved) + len(by_interest):
-            taken = np.union1d(taken, self.catalogue.ids[by_interest])
-            top_up = self.catalogue.popular(short, taken)
-        rows = np.concatenate([retrieved, by_interest, top_up]).astype(np.int64)
-        sources = np.array(
-            [RETRIEVAL] * len(retrieved) + [INTERESTS] * len(by_interest) + [POPULAR] * len(top_up),
-            object,
-        )
-        scores = self._rank(user.arrays, rows) if rows.size else np.empty(0, np.float32)
-        interests = [self.catalogue.interests(r) for r in rows]
-        ids, boards = self.catalogue.ids[rows], self.catalogue.boards[rows]
-        return Candidates(rows, ids, sources, scores, boards, interests)
+            followed = np.union1d(users.interests[b], wanted[b])
+            limit = self.config.interest_candidates if followed.size else 0
+            taken = np.union1d(exclude, self.catalogue.ids[retrieved])
+            by_interest = self.catalogue.popular(limit, taken, followed)
+            # an approximate index cannot enumerate the last unseen pins of a user who has
+            # seen nearly everything: a short (not empty) candidate set is topped up with
+            # popular pins
+            short = k - len(retrieved) - len(by_interest)
+            top_up = _EMPTY
+            if short > 0 and len(retrieved) + len(by_interest):
+                taken = np.union1d(taken, self.catalogue.ids[by_interest])
+                top_up = self.catalogue.popular(short, taken)
+            all_rows.append(np.concatenate([retrieved, by_interest, top_up]).astype(np.int64))
+            all_sources.append(
+                np.array(
+                    [RETRIEVAL] * len(retrieved)
+                    + [INTERESTS] * len(by_interest)
+                    + [POPULAR] * len(top_up),
+                    object,
+                )
+            )
+        scores = self._rank(users.arrays, all_rows)
+        return [
+            Candidates(
+                rows,
+                self.catalogue.ids[rows],
+                sources,
+                score,
+                self.catalogue.boards[rows],
+                self.catalogue.row_interests(rows),
+            )
+            for rows, sources, score in zip(all_rows, all_sources, scores, strict=True)
+        ]
 
-    def _rank(self, user_arrays: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
-        """``[N]`` calibrated probabilities of one user with catalogue ``rows``: the user part
-        of the ranker once, then the per-candidate part."""
+    def _rank(self, user_arrays: dict[str, np.ndarray], rows: list[np.ndarray]) -> list[np.ndarray]:
+        """``[N_b]`` calibrated probabilities of each user ``b`` with its catalogue ``rows[b]``:
+        the user part of the ranker once per user, then the per-candidate part, in runs of at
+        most :attr:`max_rows` candidates (whole users; a user with more is one run)."""
+        sizes = np.array([len(r) for r in rows], np.int64)
+        out = [np.empty(0, np.float32)] * len(rows)
+        if not sizes.sum():
+            return out
         parts = self.backend.run("ranker_user", user_arrays)
+        start = 0
+        while start < len(rows):
+            stop = start + 1
+            total = sizes[start]
+            while stop < len(rows) and total + sizes[stop] <= self.max_rows:
+                total += sizes[stop]
+                stop += 1
+            if total:
+                chunk = np.concatenate(rows[start:stop])
+                index = np.repeat(np.arange(stop - start), sizes[start:stop])
+                inputs = {name: a[start:stop] for name, a in parts.items()}
+                inputs["user_index"] = index
+                if self.item_parts is not None:
+                    graph = "ranker_pairs"
+                    inputs |= {**self.item_parts, "item_index": chunk}
+                else:
+                    graph = "ranker_feed"
+                    inputs |= self._candidate_inputs(chunk)
+                prob = np.asarray(self.backend.run(graph, inputs)["probability"], np.float32)
+                if prob.shape != (total,) or not np.isfinite(prob).all():
+                    raise RuntimeError(
+                        f"{graph} gave {prob.shape} probabilities, not {total} finite ones"
+                    )
+                bounds = np.cumsum(sizes[start:stop])[:-1]
+                out[start:stop] = np.split(prob, bounds)
+            start = stop
+        return out
+
+    def _candidate_inputs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw inputs of catalogue ``rows`` as candidates: their item columns and the context."""
         n = len(rows)
-        inputs = {**parts, "user_index": np.zeros(n, np.int64), **self.catalogue.inputs(rows)}
-        inputs |= {name: np.repeat(a, n, axis=0) for name, a in self.context.items()}
-        prob = np.asarray(self.backend.run("ranker_feed", inputs)["probability"], np.float32)
-        if prob.shape != (n,) or not np.isfinite(prob).all():
-            raise RuntimeError(f"ranker_feed gave {prob.shape} probabilities, not {n} finite ones")
-        return prob
+        context = {name: np.repeat(a, n, axis=0) for name, a in self.context.items()}
+        return self.catalogue.inputs(rows) | context
+
+    def _item_parts(self) -> dict[str, np.ndarray]:
+        """``ranker_items`` over the whole catalogue, in runs of at most ``max_rows`` rows; the
+        padded cross features are widened to one width."""
+        runs = [
+            self.backend.run("ranker_items", self._candidate_inputs(np.arange(a, b)))
+            for a, b in _spans(len(self.catalogue.ids), self.max_rows)
+        ]
+        out = {}
+        for name in runs[0]:
+            arrays = [r[name] for r in runs]
+            width = max(a.shape[1] if a.ndim == 2 else 0 for a in arrays)
+            if name.endswith((".indices", ".kept")):
+                arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
+            out[name] = np.concatenate(arrays)
+        return out
 
     def _popular_feed(
         self, uid: int, k: int, path: str, exclude: np.ndarray, interests: np.ndarray | None = None
@@ -349,10 +479,19 @@ class FeedScorer:
         return Feed(uid, items, path, counts={"short": k - len(items)})
 
 
-def _valid_ids(table: pa.Table, column: str) -> np.ndarray:
-    """``[n]`` the non-negative ids of a one-row table's list column."""
-    values = table.column(column).to_pylist()[0] or []
-    return np.unique(np.array([v for v in values if v is not None and v >= 0], np.int64))
+def _spans(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` covering ``range(n)`` in pieces of at most ``size`` (one if n = 0)."""
+    return [(a, min(a + size, n)) for a in range(0, max(n, 1), size)]
+
+
+def _valid_id_lists(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """Per row of a list column, its distinct non-negative ids, sorted."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
+    values = pc.fill_null(pc.list_flatten(col).cast(pa.int64()), -1).to_numpy()
+    if not lengths.size:
+        return []
+    return [np.unique(v[v >= 0]) for v in np.split(values, np.cumsum(lengths)[:-1])]
 
 
 def _is_int(value: Any) -> bool:

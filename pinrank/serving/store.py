@@ -31,10 +31,11 @@ Example::
 from __future__ import annotations
 
 import abc
+import itertools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +55,7 @@ ARROW_TYPES = {
     "vector": pa.list_(pa.float64()),
 }
 _INT64 = (-(2**63), 2**63 - 1)
+_EMPTY = np.empty(0, np.int64)
 
 
 class UserStore(abc.ABC):
@@ -145,13 +147,27 @@ class Catalogue:
             else pa.array([[]] * len(self.ids), pa.list_(pa.int64()))
         )
         lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)])  # [M + 1]
-        self.interest_values = pc.fill_null(pc.list_flatten(col), -1).to_numpy().astype(np.int64)
-        self.interest_rows = np.repeat(np.arange(len(self.ids)), lengths)
+        values = pc.fill_null(pc.list_flatten(col), -1).to_numpy().astype(np.int64)
+        rows = np.repeat(np.arange(len(self.ids)), lengths)
+        # each pin's distinct valid interests, sorted: a CSR of (offsets, interest_values)
+        keep = values >= 0
+        pairs = np.unique(np.stack([rows[keep], values[keep]], axis=1), axis=0).reshape(-1, 2)
+        self.interest_rows, self.interest_values = pairs[:, 0], pairs[:, 1]
+        counts = np.bincount(self.interest_rows, minlength=len(self.ids))
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # [M + 1]
         self.engaged = np.zeros(len(self.ids), np.int64)  # [M]
         rows = self.rows(_ints(popular, ITEM_ID))
         self.engaged[rows[rows >= 0]] = np.maximum(_ints(popular, "engaged"), 0)[rows >= 0]
         self.by_popularity = np.lexsort((self.ids, -self.engaged))  # [M] rows, most engaged first
+        self.rank = np.empty(len(self.ids), np.int64)  # [M] position of each row in that order
+        self.rank[self.by_popularity] = np.arange(len(self.ids))
+        # per interest, its pins most popular first: a CSR over the interest ids
+        by_tag = np.lexsort((self.rank[self.interest_rows], self.interest_values))
+        self._tag_rows = self.interest_rows[by_tag]
+        tags = self.interest_values[by_tag]
+        self._tags, starts = np.unique(tags, return_index=True)
+        self._tag_offsets = np.append(starts, len(tags)).astype(np.int64)
+        self._tuples: list[tuple[int, ...]] | None = None
 
     @classmethod
     def from_package(cls, package: Package) -> Catalogue:
@@ -164,8 +180,20 @@ class Catalogue:
         return _lookup(self._sorted, self._order, np.asarray(item_ids, np.int64))
 
     def interests(self, row: int) -> np.ndarray:
-        values = self.interest_values[self.offsets[row] : self.offsets[row + 1]]
-        return np.unique(values[values >= 0])
+        """The distinct interests of a catalogue row, sorted (a view)."""
+        return self.interest_values[self.offsets[row] : self.offsets[row + 1]]
+
+    def interest_tuples(self) -> list[tuple[int, ...]]:
+        """Every row's interests as a tuple of ints, built on first use."""
+        if self._tuples is None:
+            values = self.interest_values.tolist()
+            bounds = self.offsets.tolist()
+            self._tuples = [tuple(values[a:b]) for a, b in itertools.pairwise(bounds)]
+        return self._tuples
+
+    def row_interests(self, rows: np.ndarray) -> RowInterests:
+        """The interests of each of ``rows``, looked up when read."""
+        return RowInterests(self, rows)
 
     def inputs(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {name: a[rows] for name, a in self.arrays.items()}
@@ -174,13 +202,53 @@ class Catalogue:
         self, limit: int, exclude: np.ndarray, interests: np.ndarray | None = None
     ) -> np.ndarray:
         """``[<= limit]`` rows by engaged train events (ties: lower id), not in ``exclude`` (ids),
-        restricted to pins with any of ``interests`` when given."""
-        order = self.by_popularity
-        if interests is not None:
-            has = np.zeros(len(self.ids), bool)
-            has[self.interest_rows[np.isin(self.interest_values, interests)]] = True
-            order = order[has[order]]
-        return order[~np.isin(self.ids[order], exclude)][: max(limit, 0)]
+        restricted to pins with any of ``interests`` when given.
+
+        Only the first ``limit + len(exclude)`` pins of each list (the catalogue's, or each
+        interest's) can be in the answer, so the cost does not grow with the catalogue.
+        """
+        limit = max(limit, 0)
+        depth = limit + len(exclude)
+        if interests is None:
+            head = self.by_popularity[:depth]
+        else:
+            at = np.searchsorted(self._tags, interests)
+            at = at[
+                (at < len(self._tags))
+                & (self._tags[np.minimum(at, len(self._tags) - 1)] == interests)
+            ]
+            starts = self._tag_offsets[at]
+            ends = np.minimum(self._tag_offsets[at + 1], starts + depth)
+            head = np.unique(
+                np.concatenate([_EMPTY, *map(self._tag_rows.__getitem__, map(slice, starts, ends))])
+            )
+            head = head[np.argsort(self.rank[head], kind="stable")]
+        return head[~np.isin(self.ids[head], exclude)][:limit]
+
+
+class RowInterests(Sequence[np.ndarray]):
+    """``[N]`` interest arrays of catalogue rows, as a sequence read on access (no copy)."""
+
+    def __init__(self, catalogue: Catalogue, rows: np.ndarray) -> None:
+        self.catalogue, self.rows = catalogue, np.asarray(rows, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def tags(self, i: int) -> tuple[int, ...]:
+        """The interests of candidate ``i`` as a tuple of ints (the blending loop's fast path)."""
+        return self.catalogue.interest_tuples()[self.rows[i]]
+
+    @overload
+    def __getitem__(self, i: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, i: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(i, slice):
+            return [self.catalogue.interests(int(r)) for r in self.rows[i]]
+        return self.catalogue.interests(int(self.rows[i]))
 
 
 def _lookup(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -227,6 +295,92 @@ def conform(
             problems[c.column] = problem
         values[c.column] = pa.array([value], ARROW_TYPES[c.kind])
     return pa.table(values), problems
+
+
+def conform_batch(
+    table: pa.Table, columns: Sequence[ColumnSpec], optional: Collection[str] = ()
+) -> tuple[pa.Table, list[dict[str, str]]]:
+    """:func:`conform` for many rows at once, vectorised: the typed table and each row's problems.
+
+    For typed sources (Parquet): a column's Arrow type must be readable as its kind without loss
+    (any integer type as ``int``; integers or floats as ``float``; strings as ``string``; lists
+    of integers as ``int_list``; lists of numbers as ``vector``), else TypeError names the column;
+    a column the rows lack is a KeyError. Values are then checked as :func:`conform` checks them,
+    row by row the same outcome: null or NaN is ``missing``; an infinite float, a wrong-length
+    or non-finite vector, or the int64 minimum (the missing marker) is ``malformed`` and becomes
+    null (in an ``int_list``, only that element).
+    """
+    n = table.num_rows
+    problems: list[dict[str, str]] = [{} for _ in range(n)]
+    out: dict[str, pa.Array] = {}
+    for c in columns:
+        if c.column in out:
+            continue
+        if c.column not in table.column_names:
+            raise KeyError(f"user rows have no column {c.column!r} (have {table.column_names})")
+        col = table.column(c.column).combine_chunks()
+        if not _readable(col.type, c):
+            raise TypeError(
+                f"column {c.column!r} is {col.type}, which cannot be read as {c.kind} "
+                f"({ARROW_TYPES[c.kind]})"
+            )
+        col = col.cast(ARROW_TYPES[c.kind])
+        missing = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+        malformed = np.zeros(n, bool)
+        if c.kind == "float":
+            values = pc.fill_null(col, 0.0).to_numpy()
+            missing |= np.isnan(values)
+            malformed = np.isinf(values)
+            col = pa.array(values, pa.float64(), mask=missing | malformed)
+        elif c.kind == "int":
+            malformed = pc.fill_null(pc.equal(col, _INT64[0]), False).to_numpy(zero_copy_only=False)
+            col = pa.array(pc.fill_null(col, 0).to_numpy(), pa.int64(), mask=missing | malformed)
+        elif c.kind == "int_list":
+            flat = pc.list_flatten(col)
+            bad = pc.fill_null(pc.equal(flat, _INT64[0]), False).to_numpy(zero_copy_only=False)
+            if bad.any():
+                parents = pc.list_parent_indices(col).to_numpy()
+                malformed[np.unique(parents[bad])] = True
+                clean = pa.array(
+                    pc.fill_null(flat, 0).to_numpy(),
+                    pa.int64(),
+                    mask=bad | np.asarray(flat.is_null().to_numpy(zero_copy_only=False), bool),
+                )
+                offsets = pc.list_value_length(col).fill_null(0).to_numpy().cumsum()
+                col = pa.ListArray.from_arrays(
+                    pa.array(np.r_[0, offsets].astype(np.int32)), clean, mask=col.is_null()
+                )
+        elif c.kind == "vector":
+            lengths = pc.fill_null(pc.list_value_length(col), c.dim).to_numpy()
+            parents = pc.list_parent_indices(col).to_numpy()
+            flat = pc.fill_null(pc.list_flatten(col), np.nan).to_numpy()
+            finite = np.ones(n, bool)
+            finite[np.unique(parents[~np.isfinite(flat)])] = False
+            malformed = ~missing & ((lengths != c.dim) | ~finite)
+            if malformed.any():
+                col = pc.if_else(pa.array(malformed), pa.nulls(n, col.type), col)
+        for kind, mask in ((MISSING, missing & (c.column not in optional)), (MALFORMED, malformed)):
+            for row in np.flatnonzero(mask):
+                problems[row][c.column] = kind
+        out[c.column] = col
+    return pa.table(out), problems
+
+
+def _readable(arrow_type: pa.DataType, column: ColumnSpec) -> bool:
+    """Whether a column of ``arrow_type`` holds ``column.kind`` values (casts without loss)."""
+    t = pa.types
+    if column.kind in ("int_list", "vector"):
+        if not (t.is_list(arrow_type) or t.is_large_list(arrow_type)):
+            return t.is_null(arrow_type)
+        inner = arrow_type.value_type
+        return t.is_integer(inner) or (column.kind == "vector" and t.is_floating(inner))
+    if t.is_null(arrow_type):
+        return True
+    if column.kind == "int":
+        return t.is_integer(arrow_type)
+    if column.kind == "float":
+        return t.is_integer(arrow_type) or t.is_floating(arrow_type)
+    return t.is_string(arrow_type) or t.is_large_string(arrow_type)
 
 
 def _typed(value: Any, column: ColumnSpec) -> tuple[Any, str | None]:

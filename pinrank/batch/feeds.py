@@ -1,0 +1,469 @@
+"""Batch feeds: a fresh feed for every user of a users Parquet dataset, from a model package.
+
+    pinrank feeds outputs/packages/demo --users data/demo/users_snapshot --out outputs/feeds/demo
+
+Each row group of the input is one *unit* of work. A unit streams its users in batches of
+``batch_users`` through :meth:`FeedScorer.feeds` (user tower -> FAISS -> ranker with the per-feed
+factorisation -> blending and diversity -> top-k, the same code and the same feeds as the
+online scorer) and writes ``part-{unit:06d}.parquet`` with the columns of :data:`FEED_SCHEMA`.
+
+Exactly once, whatever kills the job:
+
+- a unit's Parquet file is written under ``.tmp/`` and renamed into place (atomic), then its
+  record ``part-{unit:06d}.json`` (users, rows, bytes, sha256, counts) the same way; a unit is
+  done when its record exists and its file has the recorded size, and a rerun skips it;
+- ``_job.json``, written first, names the package (its manifest digest), the input files (size,
+  row groups) and the config; a rerun with a different one of these is refused (``overwrite``
+  starts over), so two jobs' shards never mix;
+- ``.lock`` (``flock``) refuses a second job on the same folder while one runs;
+- ``_SUCCESS.json`` holds the totals once every unit is done.
+
+Units are deterministic (fixed batches, no sampling), so a rerun writes the same bytes a single
+run would have. Memory is bounded by one row group plus one batch's candidates, whatever the
+number of users; write inputs with row groups of 10k-100k users.
+
+Engines: ``local`` (this process, units in order) and ``ray`` (a Ray Data actor pool maps the
+same unit function over the units, one package load per actor; see :func:`run_feeds`).
+Bad input: a missing or mistyped column stops the job before any unit starts, naming it; null
+ids are skipped and counted; null or malformed values get the spec's defaults (the feed's
+``path`` says ``personalized_defaults``) and are counted per column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pinrank.serving.package import MANIFEST_DIGEST, Package, load_package, sha256
+from pinrank.serving.scorer import SEEN, Feed, FeedConfig, FeedScorer
+from pinrank.serving.store import INTEREST_COLUMN
+
+FORMAT, FORMAT_VERSION = "pinrank-feeds", 1
+JOB, SUCCESS, LOCK, TMP = "_job.json", "_SUCCESS.json", ".lock", ".tmp"
+FEED_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("position", pa.int32()),
+        ("item_id", pa.int64()),
+        ("score", pa.float32()),
+        ("source", pa.string()),
+        ("path", pa.string()),
+    ]
+)
+BACKENDS, DEVICES, ENGINES = ("onnx", "torch"), ("cpu", "cuda", "tensorrt"), ("local", "ray")
+log = logging.getLogger(__name__)
+
+
+class FeedsJobError(RuntimeError):
+    """The job cannot run as asked (bad input, another job's output, a held lock)."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How feeds are made.
+
+    Args:
+        k: pins per feed.
+        batch_users: users per scorer call (graphs run once per batch).
+        max_rows: most candidates per ranker run (bounds the ranker's memory).
+        backend: ``onnx`` (ONNX Runtime) or ``torch`` (the same networks in torch).
+        device: ``cpu``, ``cuda`` or ``tensorrt`` (ONNX Runtime's providers; torch: cpu/cuda).
+        threads: intra-op threads per ONNX Runtime session (``None``: its default).
+        gpu_index: search FAISS on GPU (faiss-gpu and a GPU required).
+        feed: how each feed is assembled (candidates, quotas, diversity).
+    """
+
+    k: int = 50
+    batch_users: int = 1024
+    max_rows: int = 65536
+    backend: str = "onnx"
+    device: str = "cpu"
+    threads: int | None = None
+    gpu_index: bool = False
+    feed: FeedConfig = field(default_factory=FeedConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("k", "batch_users", "max_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.device not in DEVICES or (self.backend == "torch" and self.device == "tensorrt"):
+            raise ValueError(f"device {self.device!r} is not one of {DEVICES} for {self.backend}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        feed = {f.name: getattr(self.feed, f.name) for f in fields(self.feed)}
+        return out | {"feed": feed | {"quotas": dict(self.feed.quotas)}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobConfig:
+        return cls(**{**d, "feed": FeedConfig(**d.get("feed", {}))})
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one input file: the job's unit of work and of output."""
+
+    index: int
+    path: str
+    row_group: int
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:06d}"
+
+
+def input_files(users: str | Path) -> list[Path]:
+    """The Parquet file, or every ``*.parquet`` under the folder, in path order."""
+    root = Path(users)
+    if root.is_file():
+        return [root]
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith((".", "_")))
+    if not root.is_dir() or not files:
+        raise FeedsJobError(f"no users Parquet at {root} (a .parquet file or a folder of them)")
+    return files
+
+
+def plan(users: str | Path, required: Sequence[str]) -> list[Unit]:
+    """Every row group of the input as a :class:`Unit`; each file must hold ``required``."""
+    units: list[Unit] = []
+    for path in input_files(users):
+        try:
+            meta = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise FeedsJobError(f"{path}: not a readable Parquet file ({err})") from err
+        missing = [c for c in required if c not in meta.schema_arrow.names]
+        if missing:
+            raise FeedsJobError(
+                f"{path}: users have no column(s) {missing} that the package's graphs read "
+                f"(have {meta.schema_arrow.names})"
+            )
+        for rg in range(meta.metadata.num_row_groups):
+            rows = meta.metadata.row_group(rg).num_rows
+            units.append(Unit(len(units), str(path), rg, rows))
+    return units
+
+
+def make_scorer(package: Package, config: JobConfig) -> FeedScorer:
+    """A store-less :class:`FeedScorer` on the configured backend and device."""
+    backend: Any
+    if config.backend == "torch":
+        from pinrank.export.torch_backend import TorchBackend
+
+        backend = TorchBackend(package, config.device)
+    else:
+        from pinrank.serving.runtime import OnnxBackend
+
+        providers = {"cpu": ["cpu"], "cuda": ["cuda"], "tensorrt": ["tensorrt", "cuda"]}
+        backend = OnnxBackend(package, providers[config.device], config.threads)
+    return FeedScorer(
+        package, None, backend, config.feed, max_rows=config.max_rows, gpu_index=config.gpu_index
+    )
+
+
+def required_columns(scorer: FeedScorer) -> list[str]:
+    """The user columns a feed needs: the graphs' and the ones candidates read."""
+    cols = [scorer.id_column, *(c.column for c in scorer.user_columns), SEEN, INTEREST_COLUMN]
+    return list(dict.fromkeys(cols))
+
+
+def feeds_table(feeds: Sequence[Feed]) -> pa.Table:
+    """Feeds as rows of :data:`FEED_SCHEMA`, best first within each user."""
+    sizes = np.array([len(f.items) for f in feeds], np.int64)
+    items = [i for f in feeds for i in f.items]
+    return pa.table(
+        {
+            "user_id": np.repeat(np.array([f.user_id for f in feeds], np.int64), sizes),
+            "position": (
+                np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            ).astype(np.int32),
+            "item_id": np.array([i.item_id for i in items], np.int64),
+            "score": np.array([i.score for i in items], np.float32),
+            "source": pa.array([i.source for i in items], pa.string()),
+            "path": pa.array(np.repeat(np.array([f.path for f in feeds], object), sizes)),
+        },
+        schema=FEED_SCHEMA,
+    )
+
+
+def score_unit(
+    scorer: FeedScorer,
+    unit: Unit,
+    out: Path,
+    config: JobConfig,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write one unit's feeds and commit them (file, then record); returns the record."""
+    t0 = time.perf_counter()
+    tmp = out / TMP / f"{unit.name}.parquet.{os.getpid()}"
+    counts: Counter[str] = Counter()
+    users = rows = 0
+    source = pq.ParquetFile(unit.path)
+    with pq.ParquetWriter(tmp, FEED_SCHEMA, compression="zstd") as writer:
+        for batch in source.iter_batches(
+            batch_size=config.batch_users,
+            row_groups=[unit.row_group],
+            columns=required_columns(scorer),
+        ):
+            table = pa.Table.from_batches([batch])
+            valid = pc.is_valid(table.column(scorer.id_column))
+            skipped = table.num_rows - pc.sum(valid.cast(pa.int64())).as_py()
+            if skipped:
+                counts["skipped.null_id"] += skipped
+                table = table.filter(valid)
+            if table.num_rows:
+                feeds = scorer.feeds(scorer.user_batch(table), config.k)
+                part = feeds_table(feeds)
+                writer.write_table(part)
+                users, rows = users + len(feeds), rows + part.num_rows
+                for f in feeds:
+                    counts[f"path.{f.path}"] += 1
+                    counts["short_feeds"] += f.counts.get("short", 0) > 0
+                    counts.update(f"replaced.{c}.{why}" for c, why in f.replaced.items())
+            if on_batch is not None:
+                on_batch(batch.num_rows)
+    _fsync(tmp)
+    final = out / f"{unit.name}.parquet"
+    os.replace(tmp, final)
+    record = {
+        "unit": asdict(unit),
+        "file": final.name,
+        "users": users,
+        "rows": rows,
+        "bytes": final.stat().st_size,
+        "sha256": sha256(final),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "counts": dict(sorted(counts.items())),
+    }
+    _write_json(out / f"{unit.name}.json", record)
+    return record
+
+
+def done(out: Path, unit: Unit) -> dict[str, Any] | None:
+    """The unit's record when the unit is committed (record present, file of that size)."""
+    record_path, part = out / f"{unit.name}.json", out / f"{unit.name}.parquet"
+    try:
+        record = json.loads(record_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if record.get("unit") != asdict(unit) or not part.exists():
+        return None
+    return record if part.stat().st_size == record.get("bytes") else None
+
+
+@dataclass
+class JobResult:
+    """What :func:`run_feeds` did: the summary also written to ``_SUCCESS.json``."""
+
+    out: Path
+    summary: dict[str, Any]
+
+
+def run_feeds(
+    package_dir: str | Path,
+    users: str | Path,
+    out: str | Path,
+    config: JobConfig | None = None,
+    engine: str = "local",
+    overwrite: bool = False,
+    progress: bool = True,
+    ray_options: dict[str, Any] | None = None,
+) -> JobResult:
+    """Feeds for every user of ``users`` into ``out``, resuming whatever an earlier run of the
+    same job committed (module docstring).
+
+    ``ray_options`` (engine ``ray``): ``actors`` (default 2), ``cpus_per_actor`` (1),
+    ``gpus_per_actor`` (0), ``address`` (``None``: a local Ray instance).
+    """
+    config = config or JobConfig()
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    t0 = time.perf_counter()
+    package = load_package(package_dir)
+    scorer = make_scorer(package, config)
+    units = plan(users, required_columns(scorer))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        identity = _identity(package, units, config)
+        _claim(out, identity, overwrite)
+        shutil.rmtree(out / TMP, ignore_errors=True)
+        (out / TMP).mkdir()
+        (out / SUCCESS).unlink(missing_ok=True)
+        records = {u.index: r for u in units if (r := done(out, u)) is not None}
+        todo = [u for u in units if u.index not in records]
+        log.info("%d units, %d already done, %d to do", len(units), len(records), len(todo))
+        bar = _progress(
+            sum(u.rows for u in units), sum(u.rows for u in units if u.index in records), progress
+        )
+        with bar:
+            if engine == "local":
+                for unit in todo:
+                    records[unit.index] = score_unit(scorer, unit, out, config, bar.update)
+            else:
+                from pinrank.batch.ray_engine import run_units
+
+                for record in run_units(package_dir, todo, out, config, ray_options or {}):
+                    records[record["unit"]["index"]] = record
+                    bar.update(record["unit"]["rows"])
+        missing = [u.index for u in units if u.index not in records]
+        if missing:  # an engine returned without every unit: never claim success
+            raise FeedsJobError(f"units {missing[:10]} were not written")
+        shutil.rmtree(out / TMP, ignore_errors=True)
+        seconds = time.perf_counter() - t0
+        summary = _summary(units, records, config, engine, seconds, [u.index for u in todo])
+        _write_json(out / SUCCESS, summary)
+    return JobResult(out, summary)
+
+
+def read_feeds(out: str | Path) -> pa.Table:
+    """Every committed shard of a finished job, in unit order (``_SUCCESS.json`` required)."""
+    out = Path(out)
+    if not (out / SUCCESS).exists():
+        raise FeedsJobError(f"{out}: the job has not finished (no {SUCCESS})")
+    parts = sorted(out.glob("part-*.parquet"))
+    return (
+        pa.concat_tables([pq.read_table(p) for p in parts]) if parts else FEED_SCHEMA.empty_table()
+    )
+
+
+def _summary(
+    units: list[Unit],
+    records: dict[int, dict[str, Any]],
+    config: JobConfig,
+    engine: str,
+    seconds: float,
+    written: list[int],
+) -> dict[str, Any]:
+    """Totals over every unit; the rate counts only the users this run scored."""
+    counts: Counter[str] = Counter()
+    for r in records.values():
+        counts.update(r["counts"])
+    scored = sum(records[i]["users"] for i in written)
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "engine": engine,
+        "units": len(units),
+        "units_resumed": len(units) - len(written),
+        "units_written": len(written),
+        "users": sum(r["users"] for r in records.values()),
+        "rows": sum(r["rows"] for r in records.values()),
+        "counts": dict(sorted(counts.items())),
+        "seconds": round(seconds, 3),
+        "users_scored_per_s": round(scored / seconds, 1) if seconds else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "config": config.to_dict(),
+    }
+
+
+def _identity(package: Package, units: list[Unit], config: JobConfig) -> dict[str, Any]:
+    files: dict[str, dict[str, int]] = {}
+    for u in units:
+        f = files.setdefault(u.path, {"bytes": Path(u.path).stat().st_size, "row_groups": 0})
+        f["row_groups"] += 1
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "package": {
+            "path": str(package.root),
+            "digest": (package.root / MANIFEST_DIGEST).read_text().strip(),
+        },
+        "users": [{"path": p, **v} for p, v in files.items()],
+        "config": config.to_dict(),
+    }
+
+
+def _claim(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Own ``out`` for this job: new, the same job's, or cleared when ``overwrite``."""
+    job = out / JOB
+    if job.exists() and not overwrite:
+        previous = json.loads(job.read_text())
+        if previous == identity:
+            return
+        differ = [k for k in ("package", "users", "config") if previous.get(k) != identity.get(k)]
+        raise FeedsJobError(
+            f"{out} holds feeds of another job (its {', '.join(differ) or 'format'} differ); "
+            "pass overwrite to start over, or choose another output folder"
+        )
+    if not job.exists() and any(out.glob("part-*")) and not overwrite:
+        raise FeedsJobError(f"{out} holds part files but no {JOB}; refusing to mix them")
+    for stale in [*out.glob("part-*"), out / SUCCESS]:
+        stale.unlink(missing_ok=True)
+    _write_json(job, identity)
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    with open(out / LOCK, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise FeedsJobError(f"another feeds job is writing to {out}") from err
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Quiet:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    """A progress bar of users (rate and ETA) on stderr, or a silent stand-in."""
+    if not enabled:
+        return _Quiet()
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, unit="user", unit_scale=True, file=sys.stderr, smoothing=0.1
+    )

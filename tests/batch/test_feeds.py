@@ -1,0 +1,244 @@
+"""Batch feeds (``pinrank feeds``): the same feeds as the online scorer, bad input named and
+counted, exactly-once output across kills (a real SIGKILL) and restarts, refusal to mix jobs,
+and the Ray engine's output equal to the local engine's."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pinrank.batch.feeds import (
+    FEED_SCHEMA,
+    JOB,
+    LOCK,
+    SUCCESS,
+    FeedsJobError,
+    JobConfig,
+    read_feeds,
+    run_feeds,
+)
+from pinrank.export.run import TrainedRun
+from pinrank.serving.package import load_package
+from pinrank.serving.runtime import OnnxBackend
+from pinrank.serving.scorer import PERSONALIZED_DEFAULTS, FeedConfig, FeedScorer
+from pinrank.serving.store import TableStore
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = JobConfig(k=20, batch_users=64, feed=FeedConfig(candidates=60, interest_candidates=20))
+
+
+@pytest.fixture(scope="module")
+def users(trained_runs: dict[str, Path]) -> pa.Table:
+    return TrainedRun.load(trained_runs["ranking"]).prepared.users()
+
+
+def write_users(table: pa.Table, path: Path, row_group: int = 50) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group)
+    return path
+
+
+@pytest.fixture(scope="module")
+def users_dir(users: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The users in two files of 50-user row groups (2 files x 3 units)."""
+    root = tmp_path_factory.mktemp("users")
+    write_users(users.slice(0, 150), root / "a.parquet")
+    write_users(users.slice(150, 150), root / "b.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(package_dir: Path, users_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted local run: what every other run must reproduce."""
+    out = tmp_path_factory.mktemp("feeds") / "reference"
+    run_feeds(package_dir, users_dir, out, CONFIG, progress=False)
+    return out
+
+
+def same_shards(a: Path, b: Path) -> None:
+    """Equal part files, byte for byte, and equal records (but for timings)."""
+    parts_a, parts_b = sorted(a.glob("part-*.parquet")), sorted(b.glob("part-*.parquet"))
+    assert [p.name for p in parts_a] == [p.name for p in parts_b]
+    for pa_, pb in zip(parts_a, parts_b, strict=True):
+        assert pa_.read_bytes() == pb.read_bytes(), pa_.name
+        ra, rb = (json.loads(p.with_suffix(".json").read_text()) for p in (pa_, pb))
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+
+
+def test_batch_feeds_equal_the_online_scorer(
+    reference: Path, package_dir: Path, users: pa.Table
+) -> None:
+    feeds = read_feeds(reference)
+    assert feeds.schema == FEED_SCHEMA
+    summary = json.loads((reference / SUCCESS).read_text())
+    assert summary["users"] == users.num_rows == 300 and summary["units"] == 6
+    assert feeds.num_rows == summary["rows"] == 300 * CONFIG.k
+    package = load_package(package_dir)
+    online = FeedScorer(package, TableStore(users), OnnxBackend(package), CONFIG.feed)
+    by_user = feeds.group_by("user_id").aggregate([])  # every user once
+    assert by_user.num_rows == 300
+    rng = np.random.default_rng(0)
+    for uid in rng.choice(users.column("user_id").to_numpy(), 40, replace=False).tolist():
+        rows = feeds.filter(pc.equal(feeds["user_id"], uid))
+        feed = online.feed(uid, CONFIG.k)
+        assert rows["item_id"].to_pylist() == feed.item_ids.tolist(), uid
+        assert rows["position"].to_pylist() == list(range(len(feed.items)))
+        assert rows["source"].to_pylist() == [i.source for i in feed.items]
+        assert set(rows["path"].to_pylist()) == {feed.path}
+        np.testing.assert_allclose(
+            rows["score"].to_numpy(), [i.score for i in feed.items], atol=1e-5
+        )
+
+
+def test_dirty_rows_get_defaults_and_counts(
+    package_dir: Path, users: pa.Table, tmp_path: Path
+) -> None:
+    t = users.slice(0, 40)
+    age = pa.array([None if i % 4 == 0 else 30 for i in range(40)], t.schema.field("age").type)
+    t = t.set_column(t.column_names.index("age"), "age", age)
+    ids = pa.array([None if i == 5 else v for i, v in enumerate(t["user_id"].to_pylist())])
+    t = t.set_column(t.column_names.index("user_id"), "user_id", ids.cast(pa.int64()))
+    out = tmp_path / "out"
+    summary = run_feeds(
+        package_dir, write_users(t, tmp_path / "u.parquet"), out, CONFIG, progress=False
+    ).summary
+    assert summary["users"] == 39 and summary["counts"]["skipped.null_id"] == 1
+    assert summary["counts"]["replaced.age.missing"] == 10
+    feeds = read_feeds(out)
+    defaults = feeds.filter(pc.equal(feeds["path"], PERSONALIZED_DEFAULTS))
+    assert (
+        len(set(defaults["user_id"].to_pylist()))
+        == summary["counts"][f"path.{PERSONALIZED_DEFAULTS}"]
+        >= 10
+    )
+    assert not np.isnan(feeds["score"].to_numpy()).any()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.drop_columns(["seen"]), "no column.*'seen'"),
+        (
+            lambda t: t.set_column(
+                t.column_names.index("age"), "age", pa.array(["x"] * t.num_rows)
+            ),
+            "column 'age' is string",
+        ),
+    ],
+)
+def test_bad_input_is_named_before_any_unit_runs(
+    package_dir: Path, users: pa.Table, tmp_path: Path, change: object, message: str
+) -> None:
+    path = write_users(change(users.slice(0, 60)), tmp_path / "u.parquet")  # type: ignore[operator]
+    with pytest.raises((FeedsJobError, TypeError), match=message):
+        run_feeds(package_dir, path, tmp_path / "out", CONFIG, progress=False)
+    assert not list((tmp_path / "out").glob("part-*.parquet"))
+
+
+def test_resume_redoes_only_what_was_not_committed(
+    reference: Path, package_dir: Path, users_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    run_feeds(package_dir, users_dir, out, CONFIG, progress=False)
+    (out / "part-000002.json").unlink()  # killed after the file, before its record
+    (out / "part-000004.parquet").write_bytes(b"torn")  # a torn file under a record
+    (out / SUCCESS).unlink()
+    summary = run_feeds(package_dir, users_dir, out, CONFIG, progress=False).summary
+    assert summary["units_written"] == 2 and summary["units_resumed"] == 4
+    same_shards(out, reference)
+    again = run_feeds(package_dir, users_dir, out, CONFIG, progress=False).summary
+    assert again["units_written"] == 0 and again["users"] == 300
+
+
+def test_another_jobs_output_is_refused(
+    package_dir: Path, users_dir: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    run_feeds(package_dir, users_dir, out, CONFIG, progress=False)
+    other = JobConfig(k=10, batch_users=64, feed=CONFIG.feed)
+    with pytest.raises(FeedsJobError, match=r"another job.*config"):
+        run_feeds(package_dir, users_dir, out, other, progress=False)
+    summary = run_feeds(package_dir, users_dir, out, other, overwrite=True, progress=False).summary
+    assert summary["rows"] == 300 * 10 and read_feeds(out).num_rows == 300 * 10
+    with open(out / LOCK, "w") as fh:  # a job holding the folder
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FeedsJobError, match="another feeds job"):
+            run_feeds(package_dir, users_dir, out, other, progress=False)
+
+
+def feeds_command(package_dir: Path, users: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "pinrank.cli", "feeds", str(package_dir), "--users", str(users),
+        "--out", str(out), "--k", str(CONFIG.k), "--batch-users", str(CONFIG.batch_users),
+        "--candidates", str(CONFIG.feed.candidates),
+        "--interest-candidates", str(CONFIG.feed.interest_candidates), "--no-progress",
+    ]  # fmt: skip
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(
+    package_dir: Path, users: pa.Table, tmp_path: Path
+) -> None:
+    """Kill the job for real (SIGKILL) once some units are committed, at a different moment
+    each time, then finish it: the output equals one uninterrupted run's, byte for byte."""
+    users_path = write_users(users, tmp_path / "users.parquet", row_group=20)  # 15 units
+    reference = tmp_path / "reference"
+    run_feeds(package_dir, users_path, reference, CONFIG, progress=False)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    kills = 0
+    for committed in (2, 6):
+        proc = subprocess.Popen(feeds_command(package_dir, users_path, out), cwd=ROOT, env=env)
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("part-*.json"))) < committed and proc.poll() is None:
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        assert not (out / SUCCESS).exists() or proc.returncode == 0
+    assert kills >= 1, "the job finished before it could be killed"
+    done = subprocess.run(feeds_command(package_dir, users_path, out), cwd=ROOT, env=env)
+    assert done.returncode == 0
+    same_shards(out, reference)
+    feeds = read_feeds(out)
+    assert feeds.num_rows == 300 * CONFIG.k
+    pairs = feeds.group_by(["user_id", "position"]).aggregate([])
+    assert pairs.num_rows == feeds.num_rows  # no duplicated feed rows
+    assert not list((out / ".tmp").glob("*")) if (out / ".tmp").exists() else True
+    assert json.loads((out / JOB).read_text())["config"]["k"] == CONFIG.k
+
+
+def test_ray_engine_equals_the_local_engine(
+    package_dir: Path, users_dir: Path, reference: Path, tmp_path: Path
+) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "ray"
+        summary = run_feeds(
+            package_dir,
+            users_dir,
+            out,
+            CONFIG,
+            engine="ray",
+            progress=False,
+            ray_options={"actors": 2, "cpus_per_actor": 1},
+        ).summary
+    finally:
+        ray.shutdown()
+    assert summary["engine"] == "ray" and summary["units_written"] == 6
+    same_shards(out, reference)

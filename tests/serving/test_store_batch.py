@@ -1,0 +1,108 @@
+"""The vectorised paths of the store against their one-row references: ``conform_batch`` against
+``conform`` row by row on dirty rows, and ``Catalogue.popular`` (which reads only the head of
+each popularity list) against a brute-force scan of the whole catalogue."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pinrank.features.columns import INT_NULL, ColumnSpec, pack
+from pinrank.serving.store import Catalogue, conform, conform_batch
+
+COLUMNS = [
+    ColumnSpec("user", "user_id", "int"),
+    ColumnSpec("user", "age", "float"),
+    ColumnSpec("user", "country", "string"),
+    ColumnSpec("user", "history", "int_list"),
+    ColumnSpec("user", "taste", "vector", 3),
+]
+
+
+def dirty_rows() -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array([1, 2, None, INT_NULL, 5, 6], pa.int64()),
+            "age": [20.0, float("nan"), None, float("inf"), -1.5, 30.0],
+            "country": ["US", None, "", "FR", "DE", "US"],
+            "history": pa.array(
+                [[1, 2], None, [], [3, None, INT_NULL], [INT_NULL], [7]], pa.list_(pa.int64())
+            ),
+            "taste": pa.array(
+                [[1, 2, 3], [1, 2], None, [1, float("nan"), 3], [0, 0, float("inf")], [4, 5, 6]],
+                pa.list_(pa.float32()),
+            ),
+        }
+    )
+
+
+def test_conform_batch_matches_conform_row_by_row() -> None:
+    table = dirty_rows()
+    typed, problems = conform_batch(table, COLUMNS, optional=["history"])
+    batch = pack(typed, COLUMNS)
+    for r, row in enumerate(table.to_pylist()):
+        one, expected = conform(row, COLUMNS, optional=["history"])
+        assert problems[r] == expected, (r, row)
+        for name, ref in pack(one, COLUMNS).items():
+            got = batch[name][r]
+            if name == "user.history":  # padded to the batch's width: compare the row's values
+                n = int(pack(one, COLUMNS)["user.history.lengths"][0])
+                assert got[:n].tolist() == ref[0][:n].tolist(), (r, name)
+            elif ref.dtype.kind == "f":
+                np.testing.assert_array_equal(got, ref[0], err_msg=f"row {r} {name}")
+            else:
+                assert np.asarray(got).tolist() == np.asarray(ref[0]).tolist(), (r, name)
+    assert problems[2] == {"user_id": "missing", "age": "missing", "taste": "missing"}
+    assert problems[3]["age"] == "malformed" and problems[3]["history"] == "malformed"
+    assert math.isnan(batch["user.age"][3])
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "arrow_type"),
+    [
+        ("age", ["x", "y"], pa.string()),
+        ("user_id", [1.5, 2.0], pa.float64()),
+        ("country", [1, 2], pa.int64()),
+        ("history", [["a"], ["b"]], pa.list_(pa.string())),
+    ],
+)
+def test_conform_batch_refuses_a_mistyped_column(
+    column: str, values: list[object], arrow_type: pa.DataType
+) -> None:
+    table = dirty_rows().slice(0, 2)
+    table = table.set_column(table.column_names.index(column), column, pa.array(values, arrow_type))
+    with pytest.raises(TypeError, match=f"column '{column}'"):
+        conform_batch(table, COLUMNS)
+
+
+def test_conform_batch_names_a_missing_column() -> None:
+    with pytest.raises(KeyError, match="taste"):
+        conform_batch(dirty_rows().drop_columns(["taste"]), COLUMNS)
+
+
+def test_popular_matches_a_scan_of_the_whole_catalogue() -> None:
+    rng = np.random.default_rng(0)
+    m = 500
+    ids = rng.permutation(10 * m)[:m].astype(np.int64)
+    tags = [rng.choice(30, rng.integers(0, 4), replace=False).tolist() for _ in range(m)]
+    tags[3] = [5, 5, -1]  # repeats and an invalid id
+    items = pa.table({"item_id": ids, "interests": pa.array(tags, pa.list_(pa.int64()))})
+    engaged = rng.integers(0, 20, m)  # many ties: broken by the lower id
+    popular = pa.table({"item_id": ids, "engaged": engaged})
+    cat = Catalogue(items, popular, [ColumnSpec("item", "item_id", "int")])
+    order = np.lexsort((ids, -engaged))
+    for trial in range(200):
+        limit = int(rng.integers(0, 60))
+        exclude = rng.choice(ids, int(rng.integers(0, 80)), replace=False)
+        wanted = None if trial % 3 == 0 else rng.choice(32, int(rng.integers(0, 4)))
+        ok = ~np.isin(ids[order], exclude)
+        if wanted is not None:
+            ok &= np.array([bool(set(tags[r]) & set(wanted.tolist())) for r in order])
+        expected = order[ok][:limit]
+        got = cat.popular(limit, exclude, wanted)
+        assert got.tolist() == expected.tolist(), (trial, limit, wanted)
+    assert cat.interests(3).tolist() == [5]
+    assert cat.row_interests(np.array([3, 3])).tags(1) == (5,)
