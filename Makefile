@@ -9,13 +9,15 @@ latest = $$(ls -td outputs/$(1)/runs/*/ | head -1)
 setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-smi finds a GPU)
 	bash scripts/setup.sh
 
-demo:  ## end to end on the embedded default: data -> two-tower -> ranker -> package (verified) -> feeds
+demo:  ## end to end on the embedded default: data -> two-tower -> ranker -> package (verified) -> feeds -> batch feeds for every user
 	$(PY) -m pinrank.cli demo --out $(DATA)
 	$(PY) train.py task_name=demo data.source.root=$(DATA) trainer.enable_progress_bar=false
 	$(PY) train.py task_name=demo_ranker model=wide_deep data.source.root=$(DATA) trainer.enable_progress_bar=false
 	$(PY) export.py "run_dir=[$(call latest,demo),$(call latest,demo_ranker)]" out=$(PACKAGE) overwrite=true
 	$(PY) -m pinrank.cli feed $(PACKAGE) --data $(DATA)/prepared --users 2 --k 10
 	$(PY) -m pinrank.cli feed $(PACKAGE) --data $(DATA)/prepared --user 999999999 --interests 3 7 --k 5
+	$(PY) -m pinrank.cli users --data $(DATA)/prepared --out $(DATA)/users
+	$(PY) -m pinrank.cli feeds $(PACKAGE) --users $(DATA)/users --out outputs/feeds/demo --overwrite
 
 test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"
@@ -36,6 +38,7 @@ bench:  ## benchmarks print and save their numbers (JSON, PNG) under benchmarks/
 	$(PY) benchmarks/generate_scale.py --users 10000000 --events 50000000 --items 1000000
 	$(PY) benchmarks/retrieval_ann.py
 	$(PY) benchmarks/ranker_serving.py --package $(PACKAGE) --data $(DATA)/prepared
+	$(PY) benchmarks/batch_feeds.py --package $(PACKAGE)
 
 clean:
 	rm -rf data/demo outputs .pytest_cache

@@ -6,10 +6,13 @@
 1. ``feed(user, k=50)`` with 500 retrieved candidates per feed (user tower -> FAISS -> the ranker
    factorised per feed -> blending -> diversification), for ``--feeds`` distinct known users one
    after another: p50 / p99 / mean latency.
-2. The ranker per pair (``ranker``: raw columns in, calibrated probability out) at batch 1, 64
-   and 4096: candidates/s through ONNX Runtime and through torch eager running the same graph
-   module (the torch backend), and the per-feed pair (``ranker_user`` once, ``ranker_feed`` over
-   the batch) through ONNX Runtime.
+2. The ranker per pair (``ranker``: raw columns in, calibrated probability out) at batch 1 to
+   16384: candidates/s through ONNX Runtime and through torch eager running the same graph
+   module (the torch backend), the per-feed pair (``ranker_user`` once, ``ranker_feed`` over
+   the batch) and the per-catalogue pair (``ranker_pairs`` over the batch, the catalogue's
+   ``ranker_items`` parts computed once beforehand, as ``pinrank feeds`` does) through ONNX
+   Runtime; with the achieved GFLOP/s of the graph's weight matmuls next to a measured float32
+   matmul peak of the same machine.
 
 Both run on ``--threads`` intra-op threads (2 = this machine's cores). Writes
 benchmarks/results/ranker_serving.json and ranker_serving.png.
@@ -92,11 +95,40 @@ def feed_latency(package: Any, prepared: Prepared, feeds: int, threads: int) -> 
     }
 
 
+def matmul_flops_per_row(path: Path) -> float:
+    """FLOPs per batch row of a graph's MatMul/Gemm nodes whose weight is an initializer
+    (``2 * K * N`` each); elementwise work, lookups and hashing are not counted."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    flops = 0.0
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in shapes:
+            dims = shapes[node.input[1]]
+            if len(dims) == 2:
+                flops += 2.0 * dims[0] * dims[1]
+    return flops
+
+
+def matmul_peak(threads: int, n: int = 2048) -> float:
+    """Measured float32 matmul GFLOP/s of this machine (torch, ``threads`` threads)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timed(lambda: a @ b) / 1e9
+
+
 def ranker_throughput(
     package: Any, tables: dict[str, pa.Table], batches: list[int], threads: int
 ) -> list[dict[str, Any]]:
+    from pinrank.serving.scorer import FeedScorer
+
     torch.set_num_threads(threads)
     onnx_be, torch_be = OnnxBackend(package, threads=threads), TorchBackend(package, "cpu")
+    flops = {g: matmul_flops_per_row(package.graph_path(g)) for g in package.manifest["graphs"]}
+    pairs = package.has("ranker_pairs") and package.has("ranker_items")
+    item_parts = FeedScorer(package, None, onnx_be).item_parts if pairs else None
+    catalogue = len(next(iter(item_parts.values()))) if item_parts else 0
     out = []
     for b in batches:
         rows = repeat_rows(tables, b)
@@ -105,19 +137,40 @@ def ranker_throughput(
             arrays |= pack(t, package.columns(side))
         user = pack(rows["user"].slice(0, 1), package.columns("user"))
         feed_inputs = arrays | {"user_index": np.zeros(b, np.int64)}
+        item_index = np.arange(b, dtype=np.int64) % max(catalogue, 1)
 
         def per_feed(user: dict = user, feed_inputs: dict = feed_inputs) -> None:
             parts = onnx_be.run("ranker_user", user)
             onnx_be.run("ranker_feed", feed_inputs | parts)
 
-        for name, fn in (
-            ("onnxruntime", lambda a=arrays: onnx_be.run("ranker", a)),
-            ("torch eager", lambda a=arrays: torch_be.run("ranker", a)),
-            ("onnxruntime per feed", per_feed),
-        ):
+        def per_catalogue(user: dict = user, index: np.ndarray = item_index) -> None:
+            parts = onnx_be.run("ranker_user", user)
+            ids = {"user_index": np.zeros(len(index), np.int64), "item_index": index}
+            onnx_be.run("ranker_pairs", parts | (item_parts or {}) | ids)
+
+        runs = [
+            ("onnxruntime", lambda a=arrays: onnx_be.run("ranker", a), flops["ranker"]),
+            ("torch eager", lambda a=arrays: torch_be.run("ranker", a), flops["ranker"]),
+            ("onnxruntime per feed", per_feed, flops["ranker_feed"] + flops["ranker_user"] / b),
+        ]
+        if pairs:
+            f = flops["ranker_pairs"] + flops["ranker_user"] / b
+            runs.append(("onnxruntime per catalogue", per_catalogue, f))
+        for name, fn, per_row in runs:
             s = timed(fn)
-            out.append({"backend": name, "batch": b, "seconds": s, "candidates_per_s": b / s})
-            print(f"  ranker {name:<22} batch {b:>5}: {b / s:>12,.0f} candidates/s")
+            gflops = b / s * per_row / 1e9
+            out.append(
+                {
+                    "backend": name,
+                    "batch": b,
+                    "seconds": s,
+                    "candidates_per_s": b / s,
+                    "matmul_flops_per_candidate": per_row,
+                    "gflop_per_s": gflops,
+                }
+            )
+            print(f"  ranker {name:<26} batch {b:>5}: {b / s:>12,.0f} candidates/s, "
+                  f"{gflops:6.2f} GFLOP/s")  # fmt: skip
     return out
 
 
@@ -140,7 +193,9 @@ def main() -> None:
     parser.add_argument("--data", default="data/demo/prepared")
     parser.add_argument("--feeds", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 4096])
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096, 16384]
+    )
     args = parser.parse_args()
     if not Path(args.package, "manifest.json").exists():
         raise SystemExit(f"no package at {args.package}: run `make demo` first")
@@ -150,11 +205,14 @@ def main() -> None:
           f"p99 {feed['p99_ms']:.1f} ms over {feed['feeds']} feeds {feed['paths']}, "
           f"{feed['ranked_per_feed']:.0f} pins ranked per feed")  # fmt: skip
     tables = held_out_rows(prepared, "test", 4096)
+    peak = matmul_peak(args.threads)
+    print(f"  float32 matmul peak (torch, 2048^3, {args.threads} threads): {peak:.1f} GFLOP/s")
     throughput = ranker_throughput(package, tables, args.batches, args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu"},
         "threads": args.threads,
+        "matmul_peak_gflop_per_s": peak,
         "package": str(args.package),
         "feed": feed,
         "ranker": throughput,

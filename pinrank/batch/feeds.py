@@ -318,6 +318,7 @@ def run_feeds(
         bar = _progress(
             sum(u.rows for u in units), sum(u.rows for u in units if u.index in records), progress
         )
+        t_score = time.perf_counter()
         with bar:
             if engine == "local":
                 for unit in todo:
@@ -328,12 +329,15 @@ def run_feeds(
                 for record in run_units(package_dir, todo, out, config, ray_options or {}):
                     records[record["unit"]["index"]] = record
                     bar.update(record["unit"]["rows"])
+        scoring = time.perf_counter() - t_score
         missing = [u.index for u in units if u.index not in records]
         if missing:  # an engine returned without every unit: never claim success
             raise FeedsJobError(f"units {missing[:10]} were not written")
         shutil.rmtree(out / TMP, ignore_errors=True)
         seconds = time.perf_counter() - t0
-        summary = _summary(units, records, config, engine, seconds, [u.index for u in todo])
+        summary = _summary(
+            units, records, config, engine, seconds, scoring, [u.index for u in todo]
+        )
         _write_json(out / SUCCESS, summary)
     return JobResult(out, summary)
 
@@ -355,9 +359,11 @@ def _summary(
     config: JobConfig,
     engine: str,
     seconds: float,
+    scoring: float,
     written: list[int],
 ) -> dict[str, Any]:
-    """Totals over every unit; the rate counts only the users this run scored."""
+    """Totals over every unit; the rate counts only the users this run scored, over the time
+    spent scoring (the package load and planning excluded; ``seconds`` has them)."""
     counts: Counter[str] = Counter()
     for r in records.values():
         counts.update(r["counts"])
@@ -373,7 +379,8 @@ def _summary(
         "rows": sum(r["rows"] for r in records.values()),
         "counts": dict(sorted(counts.items())),
         "seconds": round(seconds, 3),
-        "users_scored_per_s": round(scored / seconds, 1) if seconds else None,
+        "scoring_seconds": round(scoring, 3),
+        "users_scored_per_s": round(scored / scoring, 1) if scoring > 0 else None,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "config": config.to_dict(),
     }

@@ -32,6 +32,8 @@ GRAPH_OUTPUTS = {
     "ranker/logit",
     "ranker_feed/probability",
     "ranker_feed/logit",
+    "ranker_pairs/probability",
+    "ranker_pairs/logit",
 }
 
 
@@ -252,7 +254,13 @@ def test_export_command_writes_a_verified_package(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK: max abs diff" in proc.stdout
     package = load_package(out)
-    assert set(package.manifest["graphs"]) == {"ranker", "ranker_user", "ranker_feed"}
+    assert set(package.manifest["graphs"]) == {
+        "ranker",
+        "ranker_user",
+        "ranker_feed",
+        "ranker_items",
+        "ranker_pairs",
+    }
     assert package.manifest["context_defaults"]["position"] == 2
     again = subprocess.run(
         [sys.executable, str(ROOT / "export.py"), f"run_dir={trained_runs['ranking']}",
