@@ -417,7 +417,12 @@ class FailingBackend:
 
 @pytest.mark.parametrize(
     ("graph", "nan"),
-    [("ranker_pairs", False), ("ranker_user", False), ("user_tower", False), ("ranker_pairs", True)],
+    [
+        ("ranker_pairs", False),
+        ("ranker_user", False),
+        ("user_tower", False),
+        ("ranker_pairs", True),
+    ],
 )
 def test_graph_failure_degrades_to_popular(
     package: Package,
