@@ -48,9 +48,9 @@ def synthetic_users(base: pa.Table, n: int, path: Path, row_group: int, seed: in
         for start in range(0, n, row_group):
             size = min(row_group, n - start)
             rows = base.take(pa.array(rng.integers(0, base.num_rows, size)))
-            ids = pa.array(np.arange(first + start, first + start + size), base.schema.field(
-                "user_id").type)  # fmt: skip
-            writer.write_table(rows.set_column(rows.column_names.index("user_id"), "user_id", ids))
+            field = base.schema.field("user_id")  # keeps its nullability: the writer's schema
+            ids = pa.array(np.arange(first + start, first + start + size), field.type)
+            writer.write_table(rows.set_column(rows.column_names.index("user_id"), field, ids))
     return path
 
 
