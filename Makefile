@@ -4,10 +4,13 @@ DATA ?= data/demo
 PACKAGE ?= outputs/packages/demo
 latest = $$(ls -td outputs/$(1)/runs/*/ | head -1)
 
-.PHONY: setup demo test test-slow lint format bench clean
+.PHONY: setup system demo serve test test-slow lint format bench clean
 
 setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-smi finds a GPU)
 	bash scripts/setup.sh
+
+system:  ## system packages: redis-server (Redis store tests) and wrk (service load test)
+	bash scripts/system-packages.sh
 
 demo:  ## end to end on the embedded default: data -> two-tower -> ranker -> package (verified) -> feeds -> batch feeds for every user
 	$(PY) -m pinrank.cli demo --out $(DATA)
@@ -18,6 +21,9 @@ demo:  ## end to end on the embedded default: data -> two-tower -> ranker -> pac
 	$(PY) -m pinrank.cli feed $(PACKAGE) --data $(DATA)/prepared --user 999999999 --interests 3 7 --k 5
 	$(PY) -m pinrank.cli users --data $(DATA)/prepared --out $(DATA)/users
 	$(PY) -m pinrank.cli feeds $(PACKAGE) --users $(DATA)/users --out outputs/feeds/demo --overwrite
+
+serve:  ## the feed service on the demo package and users (http://127.0.0.1:8000/docs)
+	$(PY) -m pinrank.serve run $(PACKAGE) --users $(DATA)/users
 
 test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"
@@ -39,6 +45,7 @@ bench:  ## benchmarks print and save their numbers (JSON, PNG) under benchmarks/
 	$(PY) benchmarks/retrieval_ann.py
 	$(PY) benchmarks/ranker_serving.py --package $(PACKAGE) --data $(DATA)/prepared
 	$(PY) benchmarks/batch_feeds.py --package $(PACKAGE)
+	$(PY) benchmarks/serve_load.py --package $(PACKAGE) --users $(DATA)/users
 
 clean:
 	rm -rf data/demo outputs .pytest_cache

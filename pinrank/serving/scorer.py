@@ -56,7 +56,14 @@ from pinrank.retrieval.topk import FaissTopK
 from pinrank.serving.blend import Candidates, select
 from pinrank.serving.package import Package, PackageError
 from pinrank.serving.runtime import Backend, OnnxBackend
-from pinrank.serving.store import ID_COLUMN, Catalogue, UserStore, conform, conform_batch, found
+from pinrank.serving.store import (
+    ID_COLUMN,
+    Catalogue,
+    StoreError,
+    UserStore,
+    conform,
+    conform_batch,
+)
 
 PERSONALIZED, PERSONALIZED_DEFAULTS = "personalized", "personalized_defaults"
 UNKNOWN_INTERESTS, UNKNOWN_POPULAR = "unknown_user_interests", "unknown_user_popular"
@@ -133,7 +140,7 @@ class Feed:
     ``replaced``: user columns replaced by null, ``{column: "missing" | "malformed"}``.
     ``counts``: ``candidates.{source}`` (personalized paths), ``backfilled`` (pins added past
     the quotas and caps) and ``short`` (``k`` minus the pins served). ``error``: the failure
-    behind ``error_popular``.
+    behind ``error_popular``; ``reason``: what failed (:attr:`fallback`).
     """
 
     user_id: int
@@ -142,6 +149,16 @@ class Feed:
     replaced: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    reason: str | None = None
+
+    @property
+    def fallback(self) -> str | None:
+        """Why this feed is not personalized (``None`` when it is): the path, or for
+        ``error_popular`` what failed (``store_timeout``, ``store_unavailable``,
+        ``store_corrupt``, ``store_error`` or ``model_error``)."""
+        if self.path in (PERSONALIZED, PERSONALIZED_DEFAULTS):
+            return None
+        return self.reason or self.path
 
     @property
     def item_ids(self) -> np.ndarray:
@@ -244,6 +261,7 @@ class FeedScorer:
             seen = user.seen[0] if user is not None else _EMPTY
             feed = self._popular_feed(uid, k, ERROR, seen)
             feed.error = f"{type(err).__name__}: {err}"
+            feed.reason = f"store_{err.reason}" if isinstance(err, StoreError) else "model_error"
             return feed
 
     def feeds(self, users: UserBatch, k: int = 50) -> list[Feed]:
@@ -253,6 +271,23 @@ class FeedScorer:
         and resumes rather than write fallback feeds for every user."""
         k = _check_k(k)
         return self._personalized(users, k, [_EMPTY] * len(users))
+
+    def probe(self, user_id: int = 2**62, k: int = 10) -> Feed:
+        """Run every graph once on a new user (an id and nothing else, so every feature takes
+        its spec default) through the batch path, which raises on any failure, and check the feed
+        is personalized, ``k`` long and scored with probabilities in ``[0, 1]``. A service runs it
+        before serving a package; PackageError says what is wrong."""
+        uid, k = _check_user_id(user_id), _check_k(k)
+        feed = self.feeds(self._conform(uid, {self.id_column: uid}), k)[0]
+        scores = np.array([i.score for i in feed.items], np.float64)
+        if feed.path not in (PERSONALIZED, PERSONALIZED_DEFAULTS) or len(feed.items) != k:
+            raise PackageError(
+                f"{self.package.root}: a new user's probe feed is {feed.path!r} with "
+                f"{len(feed.items)} pins, not {k} personalized ones"
+            )
+        if not (np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()):
+            raise PackageError(f"{self.package.root}: probe scores outside [0, 1]: {scores}")
+        return feed
 
     def user_batch(self, rows: pa.Table) -> UserBatch:
         """Stored user rows (typed, e.g. from Parquet) conformed for the graphs, vectorised
@@ -312,10 +347,13 @@ class FeedScorer:
 
     def _user(self, uid: int) -> UserBatch | None:
         """The stored user, conformed to the graphs; None when the store does not know it."""
-        rows = self._store().get(np.array([uid], np.int64))
-        if not found(rows, self.id_column)[0]:
-            return None
-        return self._conform(uid, rows.slice(0, 1).to_pylist()[0])
+        try:
+            row = self._store().row(uid)
+        except StoreError:
+            raise
+        except Exception as err:  # a store without its own error type
+            raise StoreError("error", f"{type(err).__name__}: {err}") from err
+        return None if row is None else self._conform(uid, row)
 
     def _conform(self, uid: int, row: dict[str, Any]) -> UserBatch:
         extra = [ColumnSpec("user", c, "int_list") for c in (SEEN, INTEREST_COLUMN)]

@@ -58,8 +58,23 @@ _INT64 = (-(2**63), 2**63 - 1)
 _EMPTY = np.empty(0, np.int64)
 
 
+class StoreError(RuntimeError):
+    """The store could not answer: ``reason`` is ``timeout`` (no answer within the store's
+    deadline), ``unavailable`` (cannot connect), ``corrupt`` (a record that cannot be read) or
+    ``error`` (anything else). A feed then degrades to its fallback (``store_{reason}``)."""
+
+    REASONS = ("timeout", "unavailable", "corrupt", "error")
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"reason must be one of {self.REASONS}, got {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+
+
 class UserStore(abc.ABC):
-    """Where serving reads user rows from. Implementations must be safe to call concurrently."""
+    """Where serving reads user rows from. Implementations must be safe to call concurrently and
+    raise :class:`StoreError` when they cannot answer."""
 
     id_column: str = ID_COLUMN
 
@@ -71,6 +86,16 @@ class UserStore(abc.ABC):
     def known(self, user_ids: np.ndarray) -> np.ndarray:
         """``[N]`` bool: which ids the store has (stores may answer this more cheaply)."""
         return found(self.get(user_ids), self.id_column)
+
+    def row(self, user_id: int) -> dict[str, Any] | None:
+        """One user's row as stored (values untyped: :func:`conform` types them), ``None`` when
+        unknown. Stores of schemaless records override it to hand over the raw values, so a
+        malformed value is reported as ``malformed``, not lost in typing."""
+        rows = self.get(np.array([user_id], np.int64))
+        return rows.slice(0, 1).to_pylist()[0] if found(rows, self.id_column)[0] else None
+
+    def ping(self) -> None:  # noqa: B027 (an in-memory store is always up)
+        """Raise :class:`StoreError` when the store cannot answer now (readiness reports)."""
 
 
 def found(rows: pa.Table, id_column: str = ID_COLUMN) -> np.ndarray:

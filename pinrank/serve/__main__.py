@@ -1,0 +1,101 @@
+"""Start the feed service, or load a users snapshot into Redis.
+
+    python -m pinrank.serve run outputs/packages/demo --users data/demo/users
+    python -m pinrank.serve run outputs/packages/demo --redis redis://127.0.0.1:6379/0
+    python -m pinrank.serve load-redis --users data/demo/users --redis redis://127.0.0.1:6379/0
+
+The admin token (``POST /admin/reload``) is read from ``$PINRANK_ADMIN_TOKEN`` or
+``--admin-token-file``, never from the command line (other users can read it there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from pinrank.serving.scorer import FeedConfig
+from pinrank.serving.store import TableStore, UserStore
+
+TOKEN_ENV = "PINRANK_ADMIN_TOKEN"
+
+
+def admin_token(path: str | None) -> str | None:
+    if path:
+        token = Path(path).read_text().strip()
+        if not token:
+            raise SystemExit(f"--admin-token-file {path} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def user_store(args: argparse.Namespace) -> UserStore:
+    if args.redis:
+        from pinrank.serving.redis_store import RedisStore
+
+        return RedisStore.connect(args.redis, args.redis_prefix, args.store_timeout_ms / 1e3)
+    if not args.users:
+        raise SystemExit("give --users PARQUET (e.g. data/demo/users) or --redis URL")
+    return TableStore.from_parquet(args.users)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from pinrank.serve.app import Settings, create_app
+
+    settings = Settings(
+        package=Path(args.package),
+        admin_token=admin_token(args.admin_token_file),
+        feed=FeedConfig(candidates=args.candidates),
+        threads=args.threads,
+    )
+    app = create_app(settings, user_store(args))
+    model = app.state.service.model
+    print(f"[serve] {model.path} (version {model.version}) on http://{args.host}:{args.port}"
+          f"{'' if settings.admin_token else ' (admin endpoints disabled: no token)'}")  # fmt: skip
+    uvicorn.run(
+        app, host=args.host, port=args.port, access_log=args.access_log, log_level="warning"
+    )
+
+
+def cmd_load_redis(args: argparse.Namespace) -> None:
+    import pyarrow.parquet as pq
+
+    from pinrank.serving.redis_store import client, write_users
+
+    users = pq.read_table(args.users)
+    n = write_users(client(args.redis, timeout_s=10.0), users, args.redis_prefix)
+    print(f"[serve] wrote {n:,} users to {args.redis} under {args.redis_prefix!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m pinrank.serve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve feeds over HTTP")
+    run.add_argument("package")
+    run.add_argument("--users", help="users Parquet file or folder (pinrank users)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per graph")
+    run.add_argument("--candidates", type=int, default=500, help="retrieval depth per feed")
+    run.add_argument("--admin-token-file", help=f"default: ${TOKEN_ENV}")
+    run.add_argument("--access-log", action="store_true")
+    run.set_defaults(func=cmd_run)
+    load = sub.add_parser("load-redis", help="write a users snapshot into Redis")
+    load.add_argument("--users", required=True)
+    load.set_defaults(func=cmd_load_redis)
+    for p in (run, load):
+        p.add_argument("--redis", help="redis://host:port/db: read users from Redis")
+        p.add_argument("--redis-prefix", default="pinrank:user:")
+    run.add_argument("--store-timeout-ms", type=float, default=50.0)
+    args = parser.parse_args(argv)
+    if args.command == "load-redis" and not args.redis:
+        parser.error("load-redis needs --redis URL")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

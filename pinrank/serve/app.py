@@ -1,0 +1,452 @@
+"""The feed service: the embedded :class:`~pinrank.serving.scorer.FeedScorer` behind HTTP.
+
+Endpoints (OpenAPI schema at ``/openapi.json``, browsable at ``/docs``):
+
+=========================  ===================================================================
+``GET /v1/feed/{user_id}``  the user's feed (``k``, ``interests``); never fails for a valid
+                            request: an unknown user, a slow or failed store or a failed graph
+                            give a labelled fallback feed (``path``, ``fallback``)
+``POST /v1/score``          calibrated probabilities of explicit (user, items) pairs
+``GET /healthz``            the process answers
+``GET /readyz``             a model is loaded (503 before); reports the store's state, which
+                            does not gate readiness: a store outage degrades feeds, not the
+                            service
+``GET /metrics``            Prometheus: requests and latency by endpoint, feed paths, fallbacks
+                            by reason, reloads, the model version
+``POST /admin/reload``      bearer token: load a package (default: the current path again),
+                            verify it (digests, every graph on a probe user) and swap it in
+=========================  ===================================================================
+
+Model lifecycle: a request reads the current model once and uses it to the end, so a reload
+never changes the model under a request in flight; the swap is one reference assignment, made
+only after the new package loaded and passed its probe. A refused package leaves the old one
+serving (422, with the reason). Reloads run one at a time (409 while one runs).
+
+Bad input is a 4xx whose ``error.message`` says what is wrong: wrong types, unknown fields or
+query parameters, ``k`` or list lengths out of range, ids outside ``[0, 2**63)``, NaN, items not
+in the catalogue (404), bodies over ``max_body_bytes`` (413). The service never imports torch.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the routes' annotations at run time,
+# and they close over `settings`
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from pinrank.serving.package import MANIFEST_DIGEST, load_package
+from pinrank.serving.runtime import OnnxBackend
+from pinrank.serving.scorer import FeedConfig, FeedScorer
+from pinrank.serving.store import StoreError, UserStore
+
+INT64_MAX = 2**63 - 1
+log = logging.getLogger("pinrank.serve")
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the service runs.
+
+    Args:
+        package: the model package served at start.
+        admin_token: the bearer token of ``/admin/*`` (``None``: admin endpoints refuse all).
+        feed: how feeds are assembled.
+        threads: ONNX Runtime intra-op threads per graph (1 suits many concurrent requests).
+        max_k: the largest ``k`` a feed request may ask for.
+        max_items: the most items one ``/v1/score`` request may score.
+        max_interests: the most ``interests`` a feed request may pass.
+        max_body_bytes: larger request bodies get 413 before they are parsed.
+    """
+
+    package: Path
+    admin_token: str | None = None
+    feed: FeedConfig = field(default_factory=FeedConfig)
+    threads: int = 1
+    max_k: int = 500
+    max_items: int = 1000
+    max_interests: int = 100
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded, probed package: what one request uses from start to end."""
+
+    scorer: FeedScorer
+    version: str  # the first 16 hex digits of the manifest's sha256
+    path: str
+    created_at: str
+    loaded_at: float
+
+
+def load_model(path: str | Path, store: UserStore, settings: Settings) -> Model:
+    """Load and verify a package: every file against the manifest's digests, then every graph
+    run on a probe user (:meth:`FeedScorer.probe`). Raises on any failure."""
+    package = load_package(path)
+    backend = OnnxBackend(package, threads=settings.threads)
+    scorer = FeedScorer(package, store, backend, settings.feed)
+    scorer.probe()
+    digest = (package.root / MANIFEST_DIGEST).read_text().strip()
+    created = str(package.manifest.get("provenance", {}).get("created_at", ""))
+    return Model(scorer, digest[:16], str(package.root), created, time.time())
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "pinrank_requests", "HTTP requests", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "pinrank_request_seconds",
+            "request latency",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.paths = Counter("pinrank_feeds", "feeds served by path", ["path"], registry=r)
+        self.fallbacks = Counter(
+            "pinrank_fallbacks", "feeds not personalized, by reason", ["reason"], registry=r
+        )
+        self.reloads = Counter("pinrank_reloads", "reloads by outcome", ["outcome"], registry=r)
+        self.model = Gauge(
+            "pinrank_model_info", "the model being served", ["version", "path"], registry=r
+        )
+        self.loaded = Gauge(
+            "pinrank_model_loaded_timestamp_seconds", "when it was loaded", registry=r
+        )
+
+    def serving(self, model: Model) -> None:
+        self.model.clear()
+        self.model.labels(model.version, model.path).set(1)
+        self.loaded.set(model.loaded_at)
+
+
+class Service:
+    """The state behind the app: the store, the current model, the reload lock and metrics."""
+
+    def __init__(self, settings: Settings, store: UserStore) -> None:
+        self.settings, self.store, self.metrics = settings, store, Metrics()
+        self.model = load_model(settings.package, store, settings)
+        self.metrics.serving(self.model)
+        self._reloading = threading.Lock()
+
+    def reload(self, path: str | None) -> tuple[Model, Model]:
+        """Swap to the package at ``path`` (default: the current one's); returns (old, new).
+        Raises _Busy while another reload runs, and the load's error when it is refused."""
+        if not self._reloading.acquire(blocking=False):
+            raise _Busy
+        try:
+            old = self.model
+            try:
+                new = load_model(path or old.path, self.store, self.settings)
+            except Exception:
+                self.metrics.reloads.labels("refused").inc()
+                raise
+            self.model = new  # one assignment: requests that read `old` keep it
+            self.metrics.serving(new)
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reloaded %s (%s) -> %s (%s)", old.path, old.version, new.path, new.version)
+            return old, new
+        finally:
+            self._reloading.release()
+
+
+class _Busy(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- request and response bodies
+
+
+UserId = Annotated[int, Field(ge=0, le=INT64_MAX)]
+
+
+class FeedItemOut(BaseModel):
+    item_id: int
+    score: float
+    source: str
+
+
+class FeedOut(BaseModel):
+    user_id: int
+    k: int
+    path: str = Field(description="how the feed was made (pinrank.serving.scorer.PATHS)")
+    fallback: str | None = Field(description="why it is not personalized; null when it is")
+    replaced: dict[str, str] = Field(description="user columns replaced by their defaults")
+    model_version: str
+    items: list[FeedItemOut]
+
+
+class ScoreOut(BaseModel):
+    user_id: int
+    model_version: str
+    scores: list[float] = Field(description="calibrated probabilities, in the order asked")
+
+
+class ReloadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    package: str | None = Field(None, min_length=1, description="default: the current path")
+
+
+class ReloadOut(BaseModel):
+    previous: dict[str, str]
+    serving: dict[str, str]
+    seconds: float
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message, **extra}}, status)
+
+
+def _where(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in loc) or "request"
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """One line per problem: ``where: what (got value)``."""
+    lines = []
+    for e in errors:
+        got = e.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r:.60})"
+        lines.append(f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}{shown}")
+    return "; ".join(lines)
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(settings: Settings, store: UserStore) -> FastAPI:
+    """The ASGI app; loads and probes ``settings.package`` first (raises if it is refused)."""
+    service = Service(settings, store)
+    app = FastAPI(
+        title="pinrank feed service",
+        version="1",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    app.state.service = service
+
+    class ScoreIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        user_id: UserId
+        item_ids: list[UserId] = Field(min_length=1, max_length=settings.max_items)
+
+    def only(*allowed: str) -> Callable[[Request], None]:
+        def check(request: Request) -> None:
+            unknown = sorted(set(request.query_params) - set(allowed))
+            if unknown:
+                raise HTTPException(
+                    422, f"unknown query parameters {unknown} (allowed: {list(allowed)})"
+                )
+
+        return check
+
+    def admin(request: Request) -> None:
+        if settings.admin_token is None:
+            raise HTTPException(403, "admin endpoints are disabled: no admin token configured")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(
+                401, "admin endpoints need 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+            raise HTTPException(403, "wrong admin token")
+
+    feed_query = [Depends(only("k", "interests"))]
+    interests_query = Query(
+        max_length=settings.max_interests, description="repeat: ?interests=3&interests=7"
+    )
+
+    @app.get("/v1/feed/{user_id}", response_model=FeedOut, dependencies=feed_query)
+    def feed(
+        user_id: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
+        k: Annotated[int, Query(ge=1, le=settings.max_k)] = 50,
+        interests: Annotated[list[UserId] | None, interests_query] = None,
+    ) -> FeedOut:
+        model = service.model  # this request's model, whatever reloads happen meanwhile
+        f = model.scorer.feed(user_id, k, interests)
+        service.metrics.paths.labels(f.path).inc()
+        if f.fallback is not None:
+            service.metrics.fallbacks.labels(f.fallback).inc()
+        items = [FeedItemOut(item_id=i.item_id, score=i.score, source=i.source) for i in f.items]
+        return FeedOut(
+            user_id=user_id, k=k, path=f.path, fallback=f.fallback, replaced=f.replaced,
+            model_version=model.version, items=items,
+        )  # fmt: skip
+
+    @app.post("/v1/score", response_model=ScoreOut, dependencies=[Depends(only())])
+    def score(body: ScoreIn) -> ScoreOut | JSONResponse:
+        model = service.model
+        ids = np.array(body.item_ids, np.int64)
+        unknown = ids[model.scorer.catalogue.rows(ids) < 0]
+        if unknown.size:
+            return _error(404, f"items not in the catalogue: {unknown[:20].tolist()}")
+        try:
+            scores = model.scorer.score(body.user_id, ids)
+        except StoreError as err:
+            return _error(503, f"user store {err.reason}: {err}", reason=f"store_{err.reason}")
+        return ScoreOut(user_id=body.user_id, model_version=model.version, scores=scores.tolist())
+
+    @app.get("/healthz", dependencies=[Depends(only())])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", dependencies=[Depends(only())])
+    def readyz() -> JSONResponse:
+        model = service.model
+        try:
+            service.store.ping()
+            store = "ok"
+        except StoreError as err:
+            store = f"{err.reason}: {err}"
+        body = {"ready": True, "model_version": model.version, "package": model.path}
+        return JSONResponse(body | {"store": store}, 200)
+
+    @app.get("/metrics", dependencies=[Depends(only())])
+    def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadOut,
+        dependencies=[Depends(admin), Depends(only())],
+        responses={401: {}, 403: {}, 409: {}, 422: {}},
+    )
+    def reload(body: ReloadIn | None = None) -> ReloadOut | JSONResponse:
+        t0 = time.perf_counter()
+        try:
+            old, new = service.reload(body.package if body else None)
+        except _Busy:
+            return _error(409, "a reload is already running")
+        except Exception as err:
+            log.warning("reload refused: %s", err)
+            return _error(422, f"package refused, still serving the old one: {err}")
+        return ReloadOut(
+            previous={"version": old.version, "path": old.path},
+            serving={"version": new.version, "path": new.path, "created_at": new.created_at},
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = jsonable(exc.errors())
+        return _error(422, validation_message(errors), details=errors)
+
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's, and the router's 404 / 405
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:  # a bug, logged
+        log.exception("unhandled error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        t0 = time.perf_counter()
+        endpoint = _endpoint(app, request.scope)
+        try:
+            response: Response = await call_next(request)
+        except Exception:
+            service.metrics.requests.labels(endpoint, "500").inc()
+            raise
+        service.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic's error list made JSON-safe (NaN and exceptions as text)."""
+    out = []
+    for e in errors:
+        e = {k: v for k, v in e.items() if k in ("type", "loc", "msg", "input")}
+        e["loc"] = list(e.get("loc", ()))
+        if "input" in e:
+            try:
+                json.dumps(e["input"], allow_nan=False)
+            except (TypeError, ValueError):
+                e["input"] = repr(e["input"])
+        out.append(e)
+    return out
+
+
+def _endpoint(app: FastAPI, scope: Scope) -> str:
+    """The route template a request matches (bounded label values), else ``other``."""
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "other"
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed, before the app
+    parses them; the body read here is replayed to the app."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(413, f"request body over {self.max_bytes} bytes")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await too_large(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,336 @@
+"""The feed service over HTTP (FastAPI's TestClient, and a real uvicorn server for reload under
+load): answers equal the embedded scorer's, bad requests get a 4xx naming the problem, the admin
+endpoint needs its token, reloads are atomic and refuse bad packages, a failed store degrades
+feeds, and the service does not import torch."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from pinrank.serve.app import Settings, create_app
+from pinrank.serving.package import load_package
+from pinrank.serving.runtime import OnnxBackend
+from pinrank.serving.scorer import ERROR, PERSONALIZED, PERSONALIZED_DEFAULTS, FeedScorer
+from pinrank.serving.store import StoreError, TableStore
+
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def store(users_path: Path) -> TableStore:
+    return TableStore.from_parquet(users_path)
+
+
+@pytest.fixture(scope="module")
+def client(packages: dict[str, Path], store: TableStore) -> TestClient:
+    return TestClient(create_app(Settings(packages["a"], admin_token=TOKEN), store))
+
+
+@pytest.fixture(scope="module")
+def reference(packages: dict[str, Path], store: TableStore) -> FeedScorer:
+    """The embedded scorer on the same package, built outside the service."""
+    package = load_package(packages["a"])
+    return FeedScorer(package, store, OnnxBackend(package, threads=1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def user_ids(users: pa.Table, n: int) -> list[int]:
+    return [int(u) for u in users.column("user_id").to_numpy()[:n]]
+
+
+def test_feed_and_score_equal_the_embedded_scorer(
+    client: TestClient, reference: FeedScorer, users: pa.Table
+) -> None:
+    for uid in [*user_ids(users, 5), 10**12]:
+        got = client.get(f"/v1/feed/{uid}", params={"k": 12, "interests": [1, 2]})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        want = reference.feed(uid, 12, [1, 2])
+        assert body["path"] == want.path and body["user_id"] == uid and body["k"] == 12
+        assert [i["item_id"] for i in body["items"]] == want.item_ids.tolist()
+        assert [i["source"] for i in body["items"]] == [i.source for i in want.items]
+        np.testing.assert_allclose([i["score"] for i in body["items"]],
+                                   [i.score for i in want.items], atol=1e-6)  # fmt: skip
+        assert body["fallback"] == want.fallback
+    assert client.get(f"/v1/feed/{10**12}").json()["fallback"] == "unknown_user_popular"
+    uid = user_ids(users, 1)[0]
+    items = reference.catalogue.ids[:7].tolist()
+    got = client.post("/v1/score", json={"user_id": uid, "item_ids": items})
+    assert got.status_code == 200, got.text
+    np.testing.assert_allclose(got.json()["scores"], reference.score(uid, items), atol=1e-6)
+    assert got.json()["model_version"] == client.get("/readyz").json()["model_version"]
+
+
+def test_health_metrics_and_openapi(client: TestClient, users: pa.Table) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["store"] == "ok"
+    client.get(f"/v1/feed/{user_ids(users, 1)[0]}")
+    client.get("/v1/feed/abc")
+    text = client.get("/metrics").text
+    assert 'pinrank_requests_total{endpoint="/v1/feed/{user_id}",status="200"}' in text
+    assert 'pinrank_requests_total{endpoint="/v1/feed/{user_id}",status="422"}' in text
+    assert 'pinrank_request_seconds_bucket{endpoint="/v1/feed/{user_id}",le="0.5"}' in text
+    assert (
+        f'pinrank_model_info{{path="{ready["package"]}",version="{ready["model_version"]}"}} 1.0'
+        in text
+    )
+    paths = json.loads(json.dumps(client.get("/openapi.json").json()["paths"]))
+    assert {"/v1/feed/{user_id}", "/v1/score", "/admin/reload", "/readyz"} <= set(paths)
+
+
+BIG = 2**63
+BAD = [
+    # (method, url, json body or raw bytes, status, fragment of error.message)
+    ("GET", "/v1/feed/abc", None, 422, "path.user_id: Input should be a valid integer"),
+    ("GET", "/v1/feed/-1", None, 422, "path.user_id: Input should be greater than or equal to 0"),
+    ("GET", f"/v1/feed/{BIG}", None, 422, "path.user_id: Input should be less than or equal to"),
+    ("GET", "/v1/feed/1.5", None, 422, "path.user_id: Input should be a valid integer"),
+    ("GET", "/v1/feed/1?k=0", None, 422, "query.k: Input should be greater than or equal to 1"),
+    ("GET", "/v1/feed/1?k=501", None, 422, "query.k: Input should be less than or equal to 500"),
+    ("GET", "/v1/feed/1?k=ten", None, 422, "query.k: Input should be a valid integer"),
+    ("GET", "/v1/feed/1?k=NaN", None, 422, "query.k: Input should be a valid integer"),
+    ("GET", "/v1/feed/1?kk=5", None, 422, "unknown query parameters ['kk']"),
+    ("GET", "/v1/feed/1?interests=x", None, 422, "query.interests.0: Input should be a valid"),
+    ("GET", "/v1/feed/1?interests=-3", None, 422, "query.interests.0: Input should be greater"),
+    ("GET", "/v1/feed/1?" + "&".join(["interests=1"] * 101), None, 422,
+     "query.interests: List should have at most 100 items"),
+    ("POST", "/v1/score", {"user_id": 1}, 422, "body.item_ids: Field required"),
+    ("POST", "/v1/score", {"user_id": "1", "item_ids": [1]}, 422, "body.user_id: Input should be"),
+    ("POST", "/v1/score", {"user_id": 1.5, "item_ids": [1]}, 422, "body.user_id: Input should be"),
+    ("POST", "/v1/score", {"user_id": True, "item_ids": [1]}, 422, "body.user_id: Input should"),
+    ("POST", "/v1/score", b'{"user_id": 1, "item_ids": [NaN]}', 422, "body.item_ids.0: Input"),
+    ("POST", "/v1/score", b'{"user_id": NaN, "item_ids": [1]}', 422, "body.user_id: Input"),
+    ("POST", "/v1/score", {"user_id": 1, "item_ids": []}, 422, "List should have at least 1 item"),
+    ("POST", "/v1/score", {"user_id": 1, "item_ids": list(range(1001))}, 422,
+     "body.item_ids: List should have at most 1000 items"),
+    ("POST", "/v1/score", {"user_id": 1, "item_ids": [1], "k": 3}, 422,
+     "body.k: Extra inputs are not permitted"),
+    ("POST", "/v1/score", {"user_id": 1, "item_ids": [BIG]}, 422, "body.item_ids.0: Input should"),
+    ("POST", "/v1/score", {"user_id": 1, "item_ids": [987654321]}, 404,
+     "items not in the catalogue: [987654321]"),
+    ("POST", "/v1/score", b"not json", 422, "JSON decode error"),
+    ("POST", "/v1/score", [1, 2], 422, "body: Input should be a valid dictionary"),
+    ("POST", "/v1/score", b"", 422, "body: Field required"),
+    ("POST", "/v1/score", b"x" * 70_000, 413, "request body over 65536 bytes"),
+    ("POST", "/v1/score?debug=1", {"user_id": 1, "item_ids": [1]}, 422, "unknown query param"),
+    ("GET", "/v1/nothing", None, 404, "Not Found"),
+    ("DELETE", "/v1/feed/1", None, 405, "Method Not Allowed"),
+    ("POST", "/admin/reload", None, 401, "admin endpoints need 'Authorization: Bearer <token>'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "url", "body", "status", "message"), BAD)
+def test_bad_requests_get_a_4xx_that_names_the_problem(
+    client: TestClient, method: str, url: str, body: Any, status: int, message: str
+) -> None:
+    kwargs: dict[str, Any] = {}
+    if isinstance(body, bytes):
+        kwargs = {"content": body, "headers": {"Content-Type": "application/json"}}
+    elif body is not None:
+        kwargs = {"json": body}
+    got = client.request(method, url, **kwargs)
+    assert got.status_code == status, got.text
+    error = got.json()["error"]
+    assert error["status"] == status and message in error["message"], error["message"]
+
+
+def test_admin_reload_needs_the_token(packages: dict[str, Path], store: TableStore) -> None:
+    closed = TestClient(create_app(Settings(packages["a"]), store))  # no token configured
+    got = closed.post("/admin/reload", headers=AUTH)
+    assert got.status_code == 403 and "disabled" in got.json()["error"]["message"]
+    client = TestClient(create_app(Settings(packages["a"], admin_token=TOKEN), store))
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload").headers["www-authenticate"] == "Bearer"
+    assert client.post("/admin/reload", headers={"Authorization": TOKEN}).status_code == 401
+    wrong = client.post("/admin/reload", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403 and wrong.json()["error"]["message"] == "wrong admin token"
+    ok = client.post("/admin/reload", headers=AUTH, json={"package": str(packages["b"])})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["serving"]["path"] == str(packages["b"])
+    unknown = client.post("/admin/reload", headers=AUTH, json={"packages": "x"})
+    assert unknown.status_code == 422 and "body.packages: Extra inputs" in unknown.text
+
+
+def test_reload_swaps_versions_and_refuses_bad_packages(
+    packages: dict[str, Path], store: TableStore, users: pa.Table, tmp_path: Path
+) -> None:
+    client = TestClient(create_app(Settings(packages["a"], admin_token=TOKEN), store))
+    uid = user_ids(users, 1)[0]
+    version_a = client.get(f"/v1/feed/{uid}").json()["model_version"]
+    got = client.post("/admin/reload", headers=AUTH, json={"package": str(packages["b"])})
+    version_b = got.json()["serving"]["version"]
+    assert got.json()["previous"]["version"] == version_a != version_b
+    assert client.get(f"/v1/feed/{uid}").json()["model_version"] == version_b
+    (tmp_path / "empty").mkdir()
+    for bad, reason in [
+        (packages["tampered"], "graphs/ranker_pairs.onnx was altered"),
+        (tmp_path / "empty", "is not a model package"),
+        (tmp_path / "absent", "is not a model package"),
+    ]:
+        got = client.post("/admin/reload", headers=AUTH, json={"package": str(bad)})
+        assert got.status_code == 422 and reason in got.json()["error"]["message"], got.text
+        assert client.get(f"/v1/feed/{uid}").json()["model_version"] == version_b
+    metrics = client.get("/metrics").text
+    assert 'pinrank_reloads_total{outcome="refused"} 3.0' in metrics
+    assert 'pinrank_reloads_total{outcome="ok"} 1.0' in metrics
+    # the default: the current package again
+    assert client.post("/admin/reload", headers=AUTH).json()["serving"]["version"] == version_b
+
+
+class GatedStore(TableStore):
+    """A TableStore whose lookups of one user wait for a gate: a request held in flight."""
+
+    def __init__(self, table: pa.Table, held: int) -> None:
+        super().__init__(table)
+        self.held, self.entered, self.gate = held, threading.Event(), threading.Event()
+
+    def row(self, user_id: int) -> dict[str, Any] | None:
+        if user_id == self.held:
+            self.entered.set()
+            assert self.gate.wait(30)
+        return super().row(user_id)
+
+
+def test_a_request_in_flight_finishes_on_the_model_it_started_with(
+    packages: dict[str, Path], users: pa.Table
+) -> None:
+    uid = user_ids(users, 1)[0]
+    store = GatedStore(users, held=uid)
+    client = TestClient(create_app(Settings(packages["a"], admin_token=TOKEN), store))
+    version_a = client.get("/readyz").json()["model_version"]
+    answers: list[httpx.Response] = []
+    flight = threading.Thread(target=lambda: answers.append(client.get(f"/v1/feed/{uid}")))
+    flight.start()
+    assert store.entered.wait(30)  # the request has read model a and waits on the store
+    got = client.post("/admin/reload", headers=AUTH, json={"package": str(packages["b"])})
+    assert got.status_code == 200 and got.json()["serving"]["version"] != version_a
+    store.gate.set()
+    flight.join(30)
+    assert answers[0].status_code == 200 and answers[0].json()["model_version"] == version_a
+    assert answers[0].json()["path"] in (PERSONALIZED, PERSONALIZED_DEFAULTS)
+    again = client.get(f"/v1/feed/{uid}").json()
+    assert again["model_version"] == got.json()["serving"]["version"]
+
+
+class FailingStore(TableStore):
+    """Fails every lookup with a given StoreError reason."""
+
+    def __init__(self, table: pa.Table, reason: str) -> None:
+        super().__init__(table)
+        self.reason = reason
+
+    def row(self, user_id: int) -> dict[str, Any] | None:
+        raise StoreError(self.reason, f"simulated {self.reason}")
+
+    def ping(self) -> None:
+        raise StoreError(self.reason, f"simulated {self.reason}")
+
+
+def test_a_failed_store_degrades_feeds_never_the_service(
+    packages: dict[str, Path], users: pa.Table
+) -> None:
+    client = TestClient(create_app(Settings(packages["a"]), FailingStore(users, "timeout")))
+    uid = user_ids(users, 1)[0]
+    for _ in range(3):
+        got = client.get(f"/v1/feed/{uid}", params={"k": 20})
+        assert got.status_code == 200
+        body = got.json()
+        assert body["path"] == ERROR and body["fallback"] == "store_timeout"
+        assert len(body["items"]) == 20 and {i["source"] for i in body["items"]} == {"popular"}
+    score = client.post(
+        "/v1/score", json={"user_id": uid, "item_ids": [body["items"][0]["item_id"]]}
+    )
+    assert score.status_code == 503 and "user store timeout" in score.json()["error"]["message"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["store"].startswith("timeout")
+    assert 'pinrank_fallbacks_total{reason="store_timeout"} 3.0' in client.get("/metrics").text
+
+
+def test_reload_under_load_loses_no_request(
+    packages: dict[str, Path], store: TableStore, users: pa.Table
+) -> None:
+    """A real server: 8 clients send feeds for 4 s while the package is reloaded 4 times."""
+    app = create_app(Settings(packages["a"], admin_token=TOKEN), store)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    ids = [*user_ids(users, 50), 10**12]
+    stop, results = threading.Event(), []
+    lock = threading.Lock()
+
+    def hammer(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while not stop.is_set():
+                r = http.get(f"/v1/feed/{ids[rng.integers(len(ids))]}", params={"k": 10})
+                with lock:
+                    results.append((r.status_code, r.json().get("model_version")))
+
+    clients = [threading.Thread(target=hammer, args=(s,)) for s in range(8)]
+    for c in clients:
+        c.start()
+    reloads = []
+    with httpx.Client(base_url=base, timeout=60, headers=AUTH) as admin:
+        for target in ["b", "a", "b", "a"]:
+            time.sleep(0.8)
+            reloads.append(admin.post("/admin/reload", json={"package": str(packages[target])}))
+    time.sleep(0.5)
+    stop.set()
+    for c in clients:
+        c.join(60)
+    server.should_exit = True
+    thread.join(30)
+    assert [r.status_code for r in reloads] == [200] * 4, [r.text for r in reloads]
+    assert len(results) > 50
+    assert {s for s, _ in results} == {200}
+    versions = {r.json()["serving"]["version"] for r in reloads}
+    assert len(versions) == 2 and {v for _, v in results} <= versions
+    assert len({v for _, v in results}) == 2  # requests were served by both packages
+
+
+def test_the_service_never_imports_torch(packages: dict[str, Path], users_path: Path) -> None:
+    code = f"""
+        import sys
+        for name in ("torch", "torchrec", "pytorch_lightning", "lightning", "hydra"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        from fastapi.testclient import TestClient
+        from pinrank.serve.app import Settings, create_app
+        from pinrank.serving.redis_store import RedisStore
+        from pinrank.serving.store import TableStore
+        store = TableStore.from_parquet({str(users_path)!r})
+        app = create_app(Settings({str(packages["a"])!r}), store)
+        r = TestClient(app).get("/v1/feed/1")
+        assert r.status_code == 200, r.text
+        print("ok", r.json()["path"])
+    """  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-3000:]
