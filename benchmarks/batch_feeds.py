@@ -90,7 +90,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     ax2.set(ylabel="peak RSS (MB)")
     ax2.set_ylim(bottom=0)
     ax.set_title("pinrank feeds: 50-pin feeds, 500 ranked candidates each")
-    fig.legend(loc="lower left")
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, 0.25))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -91,7 +91,7 @@ def scrape(base: str) -> dict[str, float]:
         text = r.read().decode()
     out = {}
     for line in text.splitlines():
-        m = re.match(r"^(pinrank_(?:feeds|fallbacks|reloads|requests)_total\{[^}]*\}) (\S+)$", line)
+        m = re.match(r"^(pinrank_(?:feeds|fallbacks|reloads|requests)_total\{.*\}) (\S+)$", line)
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
