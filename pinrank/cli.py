@@ -164,6 +164,14 @@ def cmd_users(args: argparse.Namespace) -> None:
     tmp.replace(path)
     groups = pq.ParquetFile(path).metadata.num_row_groups
     print(f"[users] {users.num_rows:,} users -> {path} ({groups} row groups)")
+    if args.arrow:  # uncompressed Arrow IPC: the serving store memory-maps it
+        import pyarrow as pa
+
+        arrow, tmp = out / "users.arrow", out / ".users.arrow.tmp"
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, users.schema) as writer:
+            writer.write_table(users, max_chunksize=args.row_group_users)
+        tmp.replace(arrow)
+        print(f"[users] {users.num_rows:,} users -> {arrow} (Arrow IPC, for memory-mapping)")
 
 
 def cmd_feeds(args: argparse.Namespace) -> None:
@@ -313,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--data", required=True, help="prepared data set")
     u.add_argument("--out", required=True, help="folder for users.parquet")
     u.add_argument("--row-group-users", type=int, default=10000, help="users per row group")
+    u.add_argument("--arrow", action="store_true", help="also write users.arrow (Arrow IPC)")
     u.set_defaults(func=cmd_users)
 
     b = sub.add_parser("feeds", help="batch feeds for every user of a users Parquet dataset")

@@ -37,7 +37,7 @@ def user_store(args: argparse.Namespace) -> UserStore:
         return RedisStore.connect(args.redis, args.redis_prefix, args.store_timeout_ms / 1e3)
     if not args.users:
         raise SystemExit("give --users PARQUET (e.g. data/demo/users) or --redis URL")
-    return TableStore.from_parquet(args.users)
+    return TableStore.from_path(args.users)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve feeds over HTTP")
     run.add_argument("package")
-    run.add_argument("--users", help="users Parquet file or folder (pinrank users)")
+    run.add_argument(
+        "--users", help="users snapshot (pinrank users): Parquet, or .arrow (memory-mapped)"
+    )
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per graph")

@@ -116,9 +116,12 @@ class TableStore(UserStore):
             raise ValueError(f"user table has no {id_column!r} column (has {table.column_names})")
         if not pa.types.is_integer(table.schema.field(id_column).type):
             raise ValueError(f"{id_column!r} must be integers, got {table.schema.field(id_column)}")
-        table = table.filter(pc.is_valid(table.column(id_column)))
-        # unknown ids come back as null rows, so every field must admit nulls
-        self.table = table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+        if table.column(id_column).null_count:
+            table = table.filter(pc.is_valid(table.column(id_column)))
+        # unknown ids come back as null rows, so every field must admit nulls (a schema change
+        # only: the columns' buffers, e.g. memory-mapped ones, are not copied)
+        nullable = pa.schema([f.with_nullable(True) for f in table.schema])
+        self.table = pa.Table.from_arrays(table.columns, schema=nullable)
         self.id_column = id_column
         ids = self.table.column(id_column).to_numpy().astype(np.int64)
         self._order = np.argsort(ids, kind="stable")
@@ -133,6 +136,21 @@ class TableStore(UserStore):
     ) -> TableStore:
         """Users from a Parquet file or a folder of Parquet files (``columns``: only these)."""
         return cls(pq.read_table(path, columns=list(columns) if columns else None), id_column)
+
+    @classmethod
+    def from_arrow(cls, path: str | Path, id_column: str = ID_COLUMN) -> TableStore:
+        """Users from an Arrow IPC file, memory-mapped: the rows stay in the page cache, shared
+        by every process serving them, and only the id index (16 bytes per user) is in RAM."""
+        with pa.memory_map(str(path), "r") as source:
+            table = pa.ipc.open_file(source).read_all()
+        return cls(table, id_column)
+
+    @classmethod
+    def from_path(cls, path: str | Path, id_column: str = ID_COLUMN) -> TableStore:
+        """An Arrow IPC file (``.arrow``, memory-mapped), else Parquet (a file or a folder)."""
+        if Path(path).suffix in (".arrow", ".feather", ".ipc"):
+            return cls.from_arrow(path, id_column)
+        return cls.from_parquet(path, id_column)
 
     def __len__(self) -> int:
         return self.table.num_rows

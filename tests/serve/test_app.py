@@ -334,3 +334,19 @@ def test_the_service_never_imports_torch(packages: dict[str, Path], users_path: 
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-3000:]
+
+
+def test_the_embedded_store_memory_maps_an_arrow_snapshot(users: pa.Table, tmp_path: Path) -> None:
+    """``TableStore.from_path`` of an ``.arrow`` file answers as the Parquet one, and its rows
+    stay memory-mapped: loading it allocates no Arrow memory for them."""
+    path = tmp_path / "users.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, users.schema) as writer:
+        writer.write_table(users, max_chunksize=100)
+    before = pa.total_allocated_bytes()
+    mapped = TableStore.from_path(path)
+    allocated = pa.total_allocated_bytes() - before
+    assert allocated < users.nbytes / 10, f"{allocated} bytes copied of {users.nbytes}"
+    ids = np.concatenate([users.column("user_id").to_numpy()[::7], [10**12]]).astype(np.int64)
+    table = TableStore(users)
+    assert mapped.get(ids).to_pylist() == table.get(ids).to_pylist()
+    assert mapped.row(int(ids[0])) == table.row(int(ids[0])) and mapped.row(10**12) is None
