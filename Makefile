@@ -19,11 +19,11 @@ demo:  ## end to end on the embedded default: data -> two-tower -> ranker -> pac
 	$(PY) export.py "run_dir=[$(call latest,demo),$(call latest,demo_ranker)]" out=$(PACKAGE) overwrite=true
 	$(PY) -m pinrank.cli feed $(PACKAGE) --data $(DATA)/prepared --users 2 --k 10
 	$(PY) -m pinrank.cli feed $(PACKAGE) --data $(DATA)/prepared --user 999999999 --interests 3 7 --k 5
-	$(PY) -m pinrank.cli users --data $(DATA)/prepared --out $(DATA)/users --arrow
+	$(PY) -m pinrank.cli users --data $(DATA)/prepared --out $(DATA)/users --arrow $(DATA)/users.arrow
 	$(PY) -m pinrank.cli feeds $(PACKAGE) --users $(DATA)/users --out outputs/feeds/demo --overwrite
 
 serve:  ## the feed service on the demo package and users (http://127.0.0.1:8000/docs)
-	$(PY) -m pinrank.serve run $(PACKAGE) --users $(DATA)/users/users.arrow
+	$(PY) -m pinrank.serve run $(PACKAGE) --users $(DATA)/users.arrow
 
 test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"

@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py                  # 32 clients, 60 s, 5 reloads, embedded store
     python benchmarks/serve_load.py --redis          # users from a redis-server started here
+    python benchmarks/serve_load.py --batch-max 1 --tag unbatched   # each request scored alone
 
 Starts ``python -m pinrank.serve run`` on loopback (one uvicorn process) on a copy of the package,
 drives it with wrk (``--clients`` connections, one wrk thread) requesting ``/v1/feed/{id}?k=50``
@@ -91,7 +92,11 @@ def scrape(base: str) -> dict[str, float]:
         text = r.read().decode()
     out = {}
     for line in text.splitlines():
-        m = re.match(r"^(pinrank_(?:feeds|fallbacks|reloads|requests)_total\{.*\}) (\S+)$", line)
+        m = re.match(
+            r"^(pinrank_(?:(?:feeds|fallbacks|reloads|requests)_total\{.*\}"
+            r"|feed_batch_size_(?:sum|count))) (\S+)$",
+            line,
+        )
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
@@ -106,6 +111,7 @@ def main() -> None:
     parser.add_argument("--reloads", type=int, default=5)
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--redis", action="store_true", help="serve users from redis-server")
+    parser.add_argument("--batch-max", type=int, default=32, help="the service's batching (1: off)")
     parser.add_argument("--tag", default="", help="suffix of the results file")
     args = parser.parse_args()
     for tool in ("wrk", *(["redis-server"] if args.redis else [])):
@@ -135,7 +141,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
             [sys.executable, "-m", "pinrank.serve", "run", str(packages[0]), *store,
-             "--port", str(port)],
+             "--port", str(port), "--batch-max", str(args.batch_max)],
             cwd=ROOT, env={**os.environ, "PINRANK_ADMIN_TOKEN": token},
         )  # fmt: skip
         procs.append(server)
@@ -196,6 +202,11 @@ def main() -> None:
         ],
         "versions": [first["model_version"], last["model_version"]],
         "counters": counters,
+        "mean_feed_batch": round(
+            counters.get("pinrank_feed_batch_size_sum", 0.0)
+            / max(counters.get("pinrank_feed_batch_size_count", 0.0), 1.0),
+            2,
+        ),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"serve_load{'_' + args.tag if args.tag else ''}.json"
@@ -204,7 +215,8 @@ def main() -> None:
     print(f"  {result['requests']:,} requests in {seconds:.1f} s: {result['requests_per_s']} "
           f"req/s, p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max "
           f"{lat['max']} ms; errors {errors} {totals['errors']}")  # fmt: skip
-    print(f"  reloads: {[(r['status'], r['wall_s']) for r in reloads]}; wrote {path}")
+    print(f"  mean feed batch {result['mean_feed_batch']}; reloads: "
+          f"{[(r['status'], r['wall_s']) for r in reloads]}; wrote {path}")  # fmt: skip
     ok = errors == 0 and len(reloads) == args.reloads and all(r["status"] == 200 for r in reloads)
     if not ok:
         raise SystemExit("FAILED: errors under load or a reload did not succeed")

@@ -164,10 +164,14 @@ def cmd_users(args: argparse.Namespace) -> None:
     tmp.replace(path)
     groups = pq.ParquetFile(path).metadata.num_row_groups
     print(f"[users] {users.num_rows:,} users -> {path} ({groups} row groups)")
-    if args.arrow:  # uncompressed Arrow IPC: the serving store memory-maps it
+    if args.arrow:  # uncompressed Arrow IPC, outside the Parquet folder: the store maps it
         import pyarrow as pa
 
-        arrow, tmp = out / "users.arrow", out / ".users.arrow.tmp"
+        arrow = Path(args.arrow)
+        if arrow.suffix != ".arrow" or arrow.resolve().parent == out.resolve():
+            raise SystemExit(f"--arrow must be a .arrow file outside {out}, got {arrow}")
+        arrow.parent.mkdir(parents=True, exist_ok=True)
+        tmp = arrow.with_name(f".{arrow.name}.tmp")
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, users.schema) as writer:
             writer.write_table(users, max_chunksize=args.row_group_users)
         tmp.replace(arrow)
@@ -321,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--data", required=True, help="prepared data set")
     u.add_argument("--out", required=True, help="folder for users.parquet")
     u.add_argument("--row-group-users", type=int, default=10000, help="users per row group")
-    u.add_argument("--arrow", action="store_true", help="also write users.arrow (Arrow IPC)")
+    u.add_argument("--arrow", help="also write this .arrow file (Arrow IPC, memory-mappable)")
     u.set_defaults(func=cmd_users)
 
     b = sub.add_parser("feeds", help="batch feeds for every user of a users Parquet dataset")

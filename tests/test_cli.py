@@ -51,11 +51,15 @@ def test_generate_prepare_report(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["report", str(tmp_path / "p"), "--json", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["tables"]["users"] == 300
     out = tmp_path / "u"
-    assert main(["users", "--data", str(tmp_path / "p"), "--out", str(out), "--arrow"]) == 0
-    parquet = pq.read_table(out / "users.parquet")
-    with pa.memory_map(str(out / "users.arrow")) as source:
+    arrow = tmp_path / "users.arrow"
+    assert (
+        main(["users", "--data", str(tmp_path / "p"), "--out", str(out), "--arrow", str(arrow)])
+        == 0
+    )
+    parquet = pq.read_table(out)  # the folder stays a Parquet dataset
+    with pa.memory_map(str(arrow)) as source:
         assert pa.ipc.open_file(source).read_all().equals(parquet)
-    assert parquet.num_rows == 300 and not list(out.glob(".*.tmp"))
+    assert parquet.num_rows == 300 and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_bad_file_exits_2_naming_file_and_column(

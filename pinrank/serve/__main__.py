@@ -50,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         admin_token=admin_token(args.admin_token_file),
         feed=FeedConfig(candidates=args.candidates),
         threads=args.threads,
+        batch_max=args.batch_max,
     )
     app = create_app(settings, user_store(args))
     model = app.state.service.model
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per graph")
     run.add_argument("--candidates", type=int, default=500, help="retrieval depth per feed")
+    run.add_argument(
+        "--batch-max", type=int, default=32, help="feed requests scored together (1: off)"
+    )
     run.add_argument("--admin-token-file", help=f"default: ${TOKEN_ENV}")
     run.add_argument("--access-log", action="store_true")
     run.set_defaults(func=cmd_run)

@@ -32,9 +32,11 @@ in the catalogue (404), bodies over ``max_body_bytes`` (413). The service never 
 import hmac
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -58,7 +60,7 @@ from starlette.routing import Match
 
 from pinrank.serving.package import MANIFEST_DIGEST, load_package
 from pinrank.serving.runtime import OnnxBackend
-from pinrank.serving.scorer import FeedConfig, FeedScorer
+from pinrank.serving.scorer import Feed, FeedConfig, FeedScorer
 from pinrank.serving.store import StoreError, UserStore
 
 INT64_MAX = 2**63 - 1
@@ -80,6 +82,11 @@ class Settings:
         max_items: the most items one ``/v1/score`` request may score.
         max_interests: the most ``interests`` a feed request may pass.
         max_body_bytes: larger request bodies get 413 before they are parsed.
+        batch_max: feed requests waiting together are scored as one batch of at most this many
+            (:meth:`FeedScorer.feed_many`: the graphs run once for all); 1 scores each alone.
+        batch_wait_ms: how long a worker waits for more requests before scoring what it has.
+        batch_workers: threads scoring batches (ONNX Runtime releases the GIL, so 2 use both
+            cores of a 2-core machine).
     """
 
     package: Path
@@ -90,6 +97,9 @@ class Settings:
     max_items: int = 1000
     max_interests: int = 100
     max_body_bytes: int = 64 * 1024
+    batch_max: int = 32
+    batch_wait_ms: float = 2.0
+    batch_workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,12 @@ class Metrics:
         self.loaded = Gauge(
             "pinrank_model_loaded_timestamp_seconds", "when it was loaded", registry=r
         )
+        self.batch = Histogram(
+            "pinrank_feed_batch_size",
+            "feed requests scored together",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
 
     def serving(self, model: Model) -> None:
         self.model.clear()
@@ -149,14 +165,85 @@ class Metrics:
         self.loaded.set(model.loaded_at)
 
 
+@dataclass
+class _Job:
+    model: Model
+    user_id: int
+    k: int
+    interests: list[int] | None
+    result: Future[Feed] = field(default_factory=Future)
+
+
+class Batcher:
+    """Feed requests that arrive together are scored together: each request thread queues a
+    job and waits; ``workers`` threads each take up to ``max_batch`` queued jobs (waiting at
+    most ``max_wait_s`` for more), group them by model and ``k`` and score each group with one
+    :meth:`FeedScorer.feed_many`. A job keeps the model its request started with."""
+
+    def __init__(self, metrics: Metrics, max_batch: int, max_wait_s: float, workers: int) -> None:
+        if max_batch < 1 or workers < 1 or max_wait_s < 0:
+            raise ValueError(f"bad batching: {max_batch=}, {workers=}, {max_wait_s=}")
+        self.metrics, self.max_batch, self.max_wait_s = metrics, max_batch, max_wait_s
+        self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"pinrank-batch-{i}", daemon=True).start()
+
+    def feed(self, model: Model, user_id: int, k: int, interests: list[int] | None) -> Feed:
+        job = _Job(model, user_id, k, interests)
+        self.jobs.put(job)
+        return job.result.result()
+
+    def _work(self) -> None:
+        while True:
+            jobs = [self.jobs.get()]
+            deadline = time.monotonic() + self.max_wait_s
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self.jobs.get(timeout=max(deadline - time.monotonic(), 1e-6)))
+                except queue.Empty:
+                    break
+            self.metrics.batch.observe(len(jobs))
+            groups: dict[tuple[int, int], list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault((id(job.model), job.k), []).append(job)
+            for group in groups.values():
+                scorer = group[0].model.scorer
+                try:
+                    feeds = scorer.feed_many(
+                        [j.user_id for j in group], group[0].k, [j.interests for j in group]
+                    )
+                except Exception as err:  # a bug: every waiting request must still get an answer
+                    for j in group:
+                        j.result.set_exception(err)
+                    continue
+                for j, f in zip(group, feeds, strict=True):
+                    j.result.set_result(f)
+
+
 class Service:
-    """The state behind the app: the store, the current model, the reload lock and metrics."""
+    """The state behind the app: the store, the current model, the reload lock, the batcher and
+    metrics."""
 
     def __init__(self, settings: Settings, store: UserStore) -> None:
         self.settings, self.store, self.metrics = settings, store, Metrics()
         self.model = load_model(settings.package, store, settings)
         self.metrics.serving(self.model)
         self._reloading = threading.Lock()
+        self.batcher = (
+            Batcher(
+                self.metrics,
+                settings.batch_max,
+                settings.batch_wait_ms / 1e3,
+                settings.batch_workers,
+            )
+            if settings.batch_max > 1
+            else None
+        )
+
+    def feed(self, model: Model, user_id: int, k: int, interests: list[int] | None) -> Feed:
+        if self.batcher is None:
+            return model.scorer.feed(user_id, k, interests)
+        return self.batcher.feed(model, user_id, k, interests)
 
     def reload(self, path: str | None) -> tuple[Model, Model]:
         """Swap to the package at ``path`` (default: the current one's); returns (old, new).
@@ -292,7 +379,7 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         interests: Annotated[list[UserId] | None, interests_query] = None,
     ) -> FeedOut:
         model = service.model  # this request's model, whatever reloads happen meanwhile
-        f = model.scorer.feed(user_id, k, interests)
+        f = service.feed(model, user_id, k, interests)
         service.metrics.paths.labels(f.path).inc()
         if f.fallback is not None:
             service.metrics.fallbacks.labels(f.fallback).inc()

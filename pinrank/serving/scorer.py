@@ -264,6 +264,41 @@ class FeedScorer:
             feed.reason = f"store_{err.reason}" if isinstance(err, StoreError) else "model_error"
             return feed
 
+    def feed_many(
+        self, user_ids: Sequence[int], k: int = 50, interests: Sequence[Sequence[int] | None] = ()
+    ) -> list[Feed]:
+        """:meth:`feed` for many users at once (a service batching concurrent requests): each
+        user's feed is the one :meth:`feed` gives, but the known users' graphs run once for all
+        of them. ``interests``: per user, as in :meth:`feed` (empty: none for anyone). Failures
+        degrade as in :meth:`feed`: a store failure gives every user ``error_popular``, and a
+        failure of the batched graphs falls back to :meth:`feed` per user."""
+        uids, k = [_check_user_id(u) for u in user_ids], _check_k(k)
+        wanted = [_check_interests(i) for i in interests] if interests else [_EMPTY] * len(uids)
+        if len(wanted) != len(uids):
+            raise ValueError(f"{len(wanted)} interest lists for {len(uids)} users")
+        store = self._store()
+        try:
+            rows = [store.row(u) for u in uids]
+        except Exception:
+            return [self.feed(u, k, w.tolist()) for u, w in zip(uids, wanted, strict=True)]
+        feeds: list[Feed | None] = [None] * len(uids)
+        known = [b for b, row in enumerate(rows) if row is not None]
+        for b in set(range(len(uids))) - set(known):
+            path = UNKNOWN_INTERESTS if wanted[b].size else UNKNOWN_POPULAR
+            interest = wanted[b] if wanted[b].size else None
+            feeds[b] = self._popular_feed(uids[b], k, path, _EMPTY, interest)
+        if known:
+            try:
+                found_rows = [r for r in rows if r is not None]
+                batch = self._conform_rows([uids[b] for b in known], found_rows)
+                done = self._personalized(batch, k, [wanted[b] for b in known])
+            except Exception:  # one user's failure must not fail the others: one by one
+                log.exception("batched feeds failed; scoring %d users one by one", len(known))
+                done = [self.feed(uids[b], k, wanted[b].tolist()) for b in known]
+            for b, feed in zip(known, done, strict=True):
+                feeds[b] = feed
+        return [f for f in feeds if f is not None]
+
     def feeds(self, users: UserBatch, k: int = 50) -> list[Feed]:
         """Feeds of many known users at once (the batch path): each graph runs once per batch
         (the ranker in chunks of at most ``max_rows`` candidates) and each feed is what
@@ -356,12 +391,18 @@ class FeedScorer:
         return None if row is None else self._conform(uid, row)
 
     def _conform(self, uid: int, row: dict[str, Any]) -> UserBatch:
+        return self._conform_rows([uid], [row])
+
+    def _conform_rows(self, uids: list[int], rows: list[dict[str, Any]]) -> UserBatch:
+        """Raw stored rows (each typed by :func:`conform`, as one user's would be) as one batch."""
         extra = [ColumnSpec("user", c, "int_list") for c in (SEEN, INTEREST_COLUMN)]
-        table, replaced = conform(row, [*self.user_columns, *extra], EVENT_DERIVED_USER_COLUMNS)
+        columns = [*self.user_columns, *extra]
+        typed = [conform(row, columns, EVENT_DERIVED_USER_COLUMNS) for row in rows]
+        table = pa.concat_tables([t for t, _ in typed])
         return UserBatch(
-            np.array([uid], np.int64),
+            np.array(uids, np.int64),
             pack(table, self.user_columns),
-            [replaced],
+            [replaced for _, replaced in typed],
             _valid_id_lists(table.column(SEEN)),
             _valid_id_lists(table.column(INTEREST_COLUMN)),
         )

@@ -82,6 +82,46 @@ def test_feed_and_score_equal_the_embedded_scorer(
     assert got.json()["model_version"] == client.get("/readyz").json()["model_version"]
 
 
+def test_feed_many_equals_feed_per_user(reference: FeedScorer, users: pa.Table) -> None:
+    ids = [*user_ids(users, 12), 10**12, 10**12 + 1]
+    interests = [[1, 2] if i % 3 == 0 else None for i in range(len(ids))]
+    many = reference.feed_many(ids, 15, interests)
+    for uid, wanted, got in zip(ids, interests, many, strict=True):
+        want = reference.feed(uid, 15, wanted)
+        assert (got.user_id, got.path, got.replaced) == (uid, want.path, want.replaced)
+        assert got.item_ids.tolist() == want.item_ids.tolist()
+        assert [i.source for i in got.items] == [i.source for i in want.items]
+        np.testing.assert_allclose([i.score for i in got.items],
+                                   [i.score for i in want.items], atol=1e-5)  # fmt: skip
+    assert {f.path for f in many} >= {"unknown_user_interests", "unknown_user_popular"}
+
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(
+    packages: dict[str, Path], store: TableStore, reference: FeedScorer, users: pa.Table
+) -> None:
+    """With a 300 ms batching window, 16 concurrent requests share graph runs (fewer batches
+    than requests), and each answer is still that user's own feed."""
+    app = create_app(Settings(packages["a"], batch_wait_ms=300, batch_max=32), store)
+    client = TestClient(app)
+    ids = user_ids(users, 16)
+    answers: dict[int, Any] = {}
+
+    def ask(uid: int) -> None:
+        answers[uid] = client.get(f"/v1/feed/{uid}", params={"k": 8}).json()
+
+    threads = [threading.Thread(target=ask, args=(u,)) for u in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for uid in ids:
+        want = reference.feed(uid, 8)
+        assert [i["item_id"] for i in answers[uid]["items"]] == want.item_ids.tolist()
+    text = client.get("/metrics").text
+    batches = float(text.split("pinrank_feed_batch_size_count ")[1].split()[0])
+    assert batches < len(ids), f"{batches} batches for {len(ids)} concurrent requests"
+
+
 def test_health_metrics_and_openapi(client: TestClient, users: pa.Table) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
