@@ -202,22 +202,25 @@ class Batcher:
                     jobs.append(self.jobs.get(timeout=max(deadline - time.monotonic(), 1e-6)))
                 except queue.Empty:
                     break
-            self.metrics.batch.observe(len(jobs))
-            groups: dict[tuple[int, int], list[_Job]] = {}
-            for job in jobs:
-                groups.setdefault((id(job.model), job.k), []).append(job)
-            for group in groups.values():
-                scorer = group[0].model.scorer
-                try:
-                    feeds = scorer.feed_many(
-                        [j.user_id for j in group], group[0].k, [j.interests for j in group]
-                    )
-                except Exception as err:  # a bug: every waiting request must still get an answer
-                    for j in group:
+            try:
+                self._score(jobs)
+            except Exception as err:  # a bug: every waiting request must still get an answer,
+                log.exception("feed batch failed")  # and the worker must live on
+                for j in jobs:
+                    if not j.result.done():
                         j.result.set_exception(err)
-                    continue
-                for j, f in zip(group, feeds, strict=True):
-                    j.result.set_result(f)
+
+    def _score(self, jobs: list[_Job]) -> None:
+        self.metrics.batch.observe(len(jobs))
+        groups: dict[tuple[int, int], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault((id(job.model), job.k), []).append(job)
+        for group in groups.values():
+            feeds = group[0].model.scorer.feed_many(
+                [j.user_id for j in group], group[0].k, [j.interests for j in group]
+            )
+            for j, f in zip(group, feeds, strict=True):
+                j.result.set_result(f)
 
 
 class Service:

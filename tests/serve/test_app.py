@@ -390,3 +390,20 @@ def test_the_embedded_store_memory_maps_an_arrow_snapshot(users: pa.Table, tmp_p
     table = TableStore(users)
     assert mapped.get(ids).to_pylist() == table.get(ids).to_pylist()
     assert mapped.row(int(ids[0])) == table.row(int(ids[0])) and mapped.row(10**12) is None
+
+
+def test_a_failing_batch_answers_500_and_the_worker_lives_on(
+    packages: dict[str, Path], store: TableStore, users: pa.Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(Settings(packages["a"], batch_workers=1), store)
+    client = TestClient(app, raise_server_exceptions=False)  # answer as a server would
+    scorer = app.state.service.model.scorer
+    uid = user_ids(users, 1)[0]
+    with monkeypatch.context() as m:
+        m.setattr(scorer, "feed_many", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("bug")))
+        got = client.get(f"/v1/feed/{uid}")
+        assert (
+            got.status_code == 500
+            and got.json()["error"]["message"] == "internal error: RuntimeError"
+        )
+    assert client.get(f"/v1/feed/{uid}").status_code == 200  # the one worker survived
