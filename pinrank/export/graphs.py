@@ -252,25 +252,36 @@ class RankerGraph(_Graph):
         return calibrate(logit, self.calibration), logit
 
 
-class RankerUserGraph(_Graph):
-    """Raw user columns [U] -> each user's part of the ranker, computed once per feed:
-    ``user.first`` [U, H], ``user.proj`` [U, K], ``user.wide`` [U], and per user feature that
-    a cross reads ``user.{f}.indices`` int64 [U, L] and ``user.{f}.kept`` bool [U, L]."""
+class _SidePartsGraph(_Graph):
+    """Raw columns of one side [R] -> that side's part of the ranker (``{prefix}.first`` [R, H],
+    ``.proj`` [R, K], ``.wide`` [R], and per feature a cross reads ``.{f}.indices`` int64 [R, L]
+    and ``.{f}.kept`` bool [R, L]): :func:`user_part` for the user side, else
+    :func:`candidate_part` over the item and context columns."""
 
-    def __init__(self, features: RawFeatures, net: WideDeep) -> None:
-        cols = [c for c in features.columns.values() if c.side == "user"]
-        super().__init__(column_inputs(cols, "users"), features)
-        self.net = net
-        self.cross_features = cross_features(net, features)
-        crossed = [n for f in self.cross_features for n in (f"user.{f}.indices", f"user.{f}.kept")]
-        self.output_names = ("user.first", "user.proj", "user.wide", *crossed)
+    def __init__(self, features: RawFeatures, net: WideDeep, user: bool) -> None:
+        prefix, rows = ("user", "users") if user else ("item", "items")
+        cols = [c for c in features.columns.values() if (c.side == "user") == user]
+        super().__init__(column_inputs(cols, rows), features)
+        self.net, self.user = net, user
+        self.cross_features = cross_features(net, features, user=user)
+        crossed = [
+            n for f in self.cross_features for n in (f"{prefix}.{f}.indices", f"{prefix}.{f}.kept")
+        ]
+        self.output_names = (f"{prefix}.first", f"{prefix}.proj", f"{prefix}.wide", *crossed)
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.named(args)
-        first, proj, wide, sparse = user_part(
-            self.net, self.features, x, x[self.torch_inputs[0].name]
-        )
+        part = user_part if self.user else candidate_part
+        first, proj, wide, sparse = part(self.net, self.features, x, x[self.torch_inputs[0].name])
         return (first, proj, wide, *[t for f in self.cross_features for t in sparse[f]])
+
+
+class RankerUserGraph(_SidePartsGraph):
+    """Raw user columns [U] -> each user's part of the ranker, computed once per feed
+    (``user.*``, see :class:`_SidePartsGraph`)."""
+
+    def __init__(self, features: RawFeatures, net: WideDeep) -> None:
+        super().__init__(features, net, user=True)
 
 
 class RankerFeedGraph(_Graph):
@@ -314,26 +325,13 @@ def _part_inputs(prefix: str, rows: str, net: WideDeep, crossed: list[str]) -> l
     return out
 
 
-class RankerItemsGraph(_Graph):
+class RankerItemsGraph(_SidePartsGraph):
     """Raw item and context columns [M] -> each candidate's part, computed once per catalogue
-    (and context): ``item.first`` [M, H] (with the layer's bias), ``item.proj`` [M, K],
-    ``item.wide`` [M] (with the global bias), and per candidate feature a cross reads
-    ``item.{f}.indices`` int64 [M, L] and ``item.{f}.kept`` bool [M, L]."""
+    (and context): ``item.*`` (see :class:`_SidePartsGraph`), ``item.first`` with the layer's
+    bias and ``item.wide`` with the global bias."""
 
     def __init__(self, features: RawFeatures, net: WideDeep) -> None:
-        cols = [c for c in features.columns.values() if c.side != "user"]
-        super().__init__(column_inputs(cols, "items"), features)
-        self.net = net
-        self.cross_features = cross_features(net, features, user=False)
-        crossed = [n for f in self.cross_features for n in (f"item.{f}.indices", f"item.{f}.kept")]
-        self.output_names = ("item.first", "item.proj", "item.wide", *crossed)
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.named(args)
-        first, proj, wide, sparse = candidate_part(
-            self.net, self.features, x, x[self.torch_inputs[0].name]
-        )
-        return (first, proj, wide, *[t for f in self.cross_features for t in sparse[f]])
+        super().__init__(features, net, user=False)
 
 
 class RankerPairsGraph(_Graph):
