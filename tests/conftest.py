@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 # tiny trained runs and a model package, for the export and serving tests
-from package_fixtures import package_dir, trained_runs  # noqa: F401
+from package_fixtures import (  # noqa: F401
+    package_dir,
+    package_users,
+    package_users_path,
+    trained_runs,
+)
 
 from pinrank.data.prepare import Prepared, prepare
 from pinrank.data.synthetic import SyntheticConfig, generate

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +67,19 @@ def package_dir(trained_runs: dict[str, Path], tmp_path_factory: pytest.TempPath
     runs = [TrainedRun.load(trained_runs["retrieval"]), TrainedRun.load(trained_runs["ranking"])]
     build_package(runs, out, command="pytest")
     return out
+
+
+@pytest.fixture(scope="session")
+def package_users(trained_runs: dict[str, Path]) -> pa.Table:
+    """The users of the package's data (with their train-derived columns), as one table."""
+    from pinrank.export.run import TrainedRun
+
+    return TrainedRun.load(trained_runs["ranking"]).prepared.users()
+
+
+@pytest.fixture(scope="session")
+def package_users_path(package_users: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`package_users` as one Parquet file."""
+    path = tmp_path_factory.mktemp("package_users") / "users.parquet"
+    pq.write_table(package_users, path)
+    return path

@@ -6,7 +6,7 @@ Layout under a key prefix (default ``pinrank:user:``)::
     {prefix}{user_id}     the user's row: a JSON object {column: value}, lists as arrays
     {prefix}__schema__    the Arrow schema of the rows (IPC bytes), for typed batch reads
 
-Upstream writers own the records, so a record may hold anything: :meth:`RedisStore.row` hands
+Upstream writers own the records, so a record may hold anything: :meth:`RedisStore.records` hands
 the raw values to :func:`~pinrank.serving.store.conform`, which reports a wrong type as
 ``malformed`` and applies the spec default, exactly as for any other store. A record that is not
 a JSON object is ``corrupt``.
@@ -75,17 +75,15 @@ class RedisStore(UserStore):
     def ping(self) -> None:
         self._call(self.client.ping)
 
-    def row(self, user_id: int) -> dict[str, Any] | None:
-        raw = self._call(self.client.get, self.key(user_id))
-        return None if raw is None else self._record(int(user_id), raw)
+    def records(self, user_ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        ids = [int(u) for u in user_ids]
+        raws = self._call(self.client.mget, [self.key(u) for u in ids]) if ids else []
+        return [
+            None if raw is None else self._record(u, raw) for u, raw in zip(ids, raws, strict=True)
+        ]
 
     def get(self, user_ids: np.ndarray) -> pa.Table:
-        ids = _ids(user_ids)
-        raws = self._call(self.client.mget, [self.key(u) for u in ids]) if ids.size else []
-        records = [
-            None if raw is None else self._record(int(u), raw)
-            for u, raw in zip(ids, raws, strict=True)
-        ]
+        records = self.records(_ids(user_ids).tolist())
         return pa.table(
             {f.name: _column([r and r.get(f.name) for r in records], f.type) for f in self.schema}
         )

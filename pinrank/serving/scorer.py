@@ -253,8 +253,7 @@ class FeedScorer:
         try:
             user = self._user(uid)
             if user is None:
-                path = UNKNOWN_INTERESTS if wanted.size else UNKNOWN_POPULAR
-                return self._popular_feed(uid, k, path, _EMPTY, wanted if wanted.size else None)
+                return self._unknown_feed(uid, k, wanted)
             return self._personalized(user, k, [wanted])[0]
         except Exception as err:  # degrade, never raise to the caller
             log.exception("feed for user %d failed; serving popular pins", uid)
@@ -276,17 +275,14 @@ class FeedScorer:
         wanted = [_check_interests(i) for i in interests] if interests else [_EMPTY] * len(uids)
         if len(wanted) != len(uids):
             raise ValueError(f"{len(wanted)} interest lists for {len(uids)} users")
-        store = self._store()
         try:
-            rows = [store.row(u) for u in uids]
-        except Exception:
+            rows = self._store().records(uids)
+        except Exception:  # each feed() then degrades with the reason
             return [self.feed(u, k, w.tolist()) for u, w in zip(uids, wanted, strict=True)]
         feeds: list[Feed | None] = [None] * len(uids)
         known = [b for b, row in enumerate(rows) if row is not None]
         for b in set(range(len(uids))) - set(known):
-            path = UNKNOWN_INTERESTS if wanted[b].size else UNKNOWN_POPULAR
-            interest = wanted[b] if wanted[b].size else None
-            feeds[b] = self._popular_feed(uids[b], k, path, _EMPTY, interest)
+            feeds[b] = self._unknown_feed(uids[b], k, wanted[b])
         if known:
             try:
                 found_rows = [r for r in rows if r is not None]
@@ -538,6 +534,11 @@ class FeedScorer:
                 arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
             out[name] = np.concatenate(arrays)
         return out
+
+    def _unknown_feed(self, uid: int, k: int, wanted: np.ndarray) -> Feed:
+        """An id the store lacks: popular pins of the ``wanted`` interests, else popular pins."""
+        path = UNKNOWN_INTERESTS if wanted.size else UNKNOWN_POPULAR
+        return self._popular_feed(uid, k, path, _EMPTY, wanted if wanted.size else None)
 
     def _popular_feed(
         self, uid: int, k: int, path: str, exclude: np.ndarray, interests: np.ndarray | None = None

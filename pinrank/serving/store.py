@@ -87,12 +87,17 @@ class UserStore(abc.ABC):
         """``[N]`` bool: which ids the store has (stores may answer this more cheaply)."""
         return found(self.get(user_ids), self.id_column)
 
+    def records(self, user_ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        """Users' rows as stored (values untyped: :func:`conform` types them), ``None`` where
+        unknown, from one lookup. Stores of schemaless records override it to hand over the raw
+        values, so a malformed value is reported as ``malformed``, not lost in typing."""
+        table = self.get(np.array(user_ids, np.int64))
+        known = found(table, self.id_column)
+        return [r if k else None for r, k in zip(table.to_pylist(), known, strict=True)]
+
     def row(self, user_id: int) -> dict[str, Any] | None:
-        """One user's row as stored (values untyped: :func:`conform` types them), ``None`` when
-        unknown. Stores of schemaless records override it to hand over the raw values, so a
-        malformed value is reported as ``malformed``, not lost in typing."""
-        rows = self.get(np.array([user_id], np.int64))
-        return rows.slice(0, 1).to_pylist()[0] if found(rows, self.id_column)[0] else None
+        """One user's row, as :meth:`records` gives it."""
+        return self.records([user_id])[0]
 
     def ping(self) -> None:  # noqa: B027 (an in-memory store is always up)
         """Raise :class:`StoreError` when the store cannot answer now (readiness reports)."""

@@ -29,7 +29,6 @@ from pinrank.batch.feeds import (
     read_feeds,
     run_feeds,
 )
-from pinrank.export.run import TrainedRun
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.scorer import PERSONALIZED_DEFAULTS, FeedConfig, FeedScorer
@@ -40,8 +39,8 @@ CONFIG = JobConfig(k=20, batch_users=64, feed=FeedConfig(candidates=60, interest
 
 
 @pytest.fixture(scope="module")
-def users(trained_runs: dict[str, Path]) -> pa.Table:
-    return TrainedRun.load(trained_runs["ranking"]).prepared.users()
+def users(package_users: pa.Table) -> pa.Table:
+    return package_users
 
 
 def write_users(table: pa.Table, path: Path, row_group: int = 50) -> Path:

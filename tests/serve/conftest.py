@@ -12,23 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from pinrank.export.run import TrainedRun
 from pinrank.serving.package import MANIFEST, write_manifest
 
 
 @pytest.fixture(scope="session")
-def users(trained_runs: dict[str, Path]) -> pa.Table:
-    return TrainedRun.load(trained_runs["ranking"]).prepared.users()
+def users(package_users: pa.Table) -> pa.Table:
+    return package_users
 
 
 @pytest.fixture(scope="session")
-def users_path(users: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("serve_users") / "users.parquet"
-    pq.write_table(users, path)
-    return path
+def users_path(package_users_path: Path) -> Path:
+    return package_users_path
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +48,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def port() -> int:
+    """A loopback port free right now."""
+    return free_port()
 
 
 class RedisServer:

@@ -6,12 +6,12 @@ feeds, and the service does not import torch."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,6 @@ def reference(packages: dict[str, Path], store: TableStore) -> FeedScorer:
     """The embedded scorer on the same package, built outside the service."""
     package = load_package(packages["a"])
     return FeedScorer(package, store, OnnxBackend(package, threads=1))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def user_ids(users: pa.Table, n: int) -> list[int]:
@@ -246,11 +240,11 @@ class GatedStore(TableStore):
         super().__init__(table)
         self.held, self.entered, self.gate = held, threading.Event(), threading.Event()
 
-    def row(self, user_id: int) -> dict[str, Any] | None:
-        if user_id == self.held:
+    def records(self, user_ids: Sequence[int]) -> list[dict[str, Any] | None]:
+        if self.held in user_ids:
             self.entered.set()
             assert self.gate.wait(30)
-        return super().row(user_id)
+        return super().records(user_ids)
 
 
 def test_a_request_in_flight_finishes_on_the_model_it_started_with(
@@ -281,7 +275,7 @@ class FailingStore(TableStore):
         super().__init__(table)
         self.reason = reason
 
-    def row(self, user_id: int) -> dict[str, Any] | None:
+    def records(self, user_ids: Sequence[int]) -> list[dict[str, Any] | None]:
         raise StoreError(self.reason, f"simulated {self.reason}")
 
     def ping(self) -> None:
@@ -309,11 +303,10 @@ def test_a_failed_store_degrades_feeds_never_the_service(
 
 
 def test_reload_under_load_loses_no_request(
-    packages: dict[str, Path], store: TableStore, users: pa.Table
+    packages: dict[str, Path], store: TableStore, users: pa.Table, port: int
 ) -> None:
     """A real server: 8 clients send feeds for 4 s while the package is reloaded 4 times."""
     app = create_app(Settings(packages["a"], admin_token=TOKEN), store)
-    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

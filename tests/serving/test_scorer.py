@@ -20,7 +20,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pinrank.export.run import TrainedRun
 from pinrank.features.columns import ColumnSpec, pack
 from pinrank.serving.package import MANIFEST, Package, load_package, write_manifest
 from pinrank.serving.runtime import OnnxBackend
@@ -48,15 +47,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def users(trained_runs: dict[str, Path]) -> pa.Table:
-    return TrainedRun.load(trained_runs["ranking"]).prepared.users()
+def users(package_users: pa.Table) -> pa.Table:
+    return package_users
 
 
 @pytest.fixture(scope="module")
-def users_path(users: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("users") / "users.parquet"
-    pq.write_table(users, path)
-    return path
+def users_path(package_users_path: Path) -> Path:
+    return package_users_path
 
 
 @pytest.fixture(scope="module")
