@@ -35,7 +35,7 @@ from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
 from pinrank.models.components import SparseArch
 from pinrank.models.towers import Tower, TwoTower
-from pinrank.models.wide_deep import WideDeep
+from pinrank.models.wide_deep import WideDeep, examined_logit
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,8 @@ def calibrate(logit: torch.Tensor, cal: Calibration) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ ranker
 
-Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Sparse]]  # first, proj, wide
+# first, proj, wide, the sparse features crosses read, the examination logit (candidates only)
+Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Sparse], torch.Tensor | None]
 
 
 def user_part(
@@ -167,6 +168,7 @@ def user_part(
         net.user_proj(h),
         linear1(net.unigrams["user"], sparse, rows),
         sparse,
+        None,
     )
 
 
@@ -175,25 +177,31 @@ def candidate_part(
 ) -> Part:
     """``WideDeep.candidate_part`` from raw columns, plus the candidates' sparse features."""
     items, ctx = features.sparse(x, "item"), features.sparse(x, "context")
+    ctx_dense = features.dense(x, "context", rows)
+    exam = None
+    if net.examination is not None:
+        exam = net.examination(sparse_arch(net.examination.sparse, ctx, rows), ctx_dense)
+    if net.context_dense is not None:
+        ctx_dense = ctx_dense[:, net.context_dense]
     parts = [sparse_arch(net.item_sparse, items, rows), sparse_arch(net.context_sparse, ctx, rows)]
     if net.cfg.deep:
-        parts += [features.dense(x, "item", rows), features.dense(x, "context", rows)]
+        parts += [features.dense(x, "item", rows), ctx_dense]
     h = torch.cat(parts, dim=1)  # (N, candidate width)
     wide = (
         linear1(net.unigrams["item"], items, rows)
         + linear1(net.unigrams["context"], ctx, rows)
         + net.bias
     )
-    return net.cand_first(h), net.cand_proj(h), wide, items | ctx
+    return net.cand_first(h), net.cand_proj(h), wide, items | ctx, exam
 
 
 def _gather(part: Part, index: torch.Tensor | None) -> Part:
     """A part's rows ``index`` (all rows, unchanged, when ``None``)."""
     if index is None:
         return part
-    first, proj, wide, sparse = part
+    first, proj, wide, sparse, exam = part
     taken = {k: (i[index], m[index]) for k, (i, m) in sparse.items()}
-    return first[index], proj[index], wide[index], taken
+    return first[index], proj[index], wide[index], taken, None if exam is None else exam[index]
 
 
 def combine(
@@ -206,8 +214,8 @@ def combine(
 ) -> torch.Tensor:
     """``WideDeep.combine``: [N] logits; user parts gathered by ``user_index`` when users are
     shared, candidate parts by ``item_index`` when candidates are (the catalogue's parts)."""
-    u_first, u_proj, u_wide, u_sparse = _gather(user, user_index)
-    c_first, c_proj, c_wide, c_sparse = _gather(cand, item_index)
+    u_first, u_proj, u_wide, u_sparse, _ = _gather(user, user_index)
+    c_first, c_proj, c_wide, c_sparse, c_exam = _gather(cand, item_index)
     logit = u_wide + c_wide
     if net.cross.arch.tables:
         crosses = features.crosses(u_sparse | c_sparse, list(features.spec.crosses))
@@ -216,6 +224,8 @@ def combine(
         logit = logit + net.head(u_first + c_first).squeeze(1)
     if u_proj.shape[1]:
         logit = logit + (u_proj * c_proj).sum(dim=1)
+    if c_exam is not None:
+        logit = examined_logit(logit, c_exam)
     return logit
 
 
@@ -254,9 +264,10 @@ class RankerGraph(_Graph):
 
 class _SidePartsGraph(_Graph):
     """Raw columns of one side [R] -> that side's part of the ranker (``{prefix}.first`` [R, H],
-    ``.proj`` [R, K], ``.wide`` [R], and per feature a cross reads ``.{f}.indices`` int64 [R, L]
-    and ``.{f}.kept`` bool [R, L]): :func:`user_part` for the user side, else
-    :func:`candidate_part` over the item and context columns."""
+    ``.proj`` [R, K], ``.wide`` [R], on the candidate side of a ranker with an examination tower
+    ``.exam`` [R], and per feature a cross reads ``.{f}.indices`` int64 [R, L] and ``.{f}.kept``
+    bool [R, L]): :func:`user_part` for the user side, else :func:`candidate_part` over the item
+    and context columns."""
 
     def __init__(self, features: RawFeatures, net: WideDeep, user: bool) -> None:
         prefix, rows = ("user", "users") if user else ("item", "items")
@@ -267,13 +278,21 @@ class _SidePartsGraph(_Graph):
         crossed = [
             n for f in self.cross_features for n in (f"{prefix}.{f}.indices", f"{prefix}.{f}.kept")
         ]
-        self.output_names = (f"{prefix}.first", f"{prefix}.proj", f"{prefix}.wide", *crossed)
+        exam = [f"{prefix}.exam"] if _has_exam(net, prefix) else []
+        self.output_names = (f"{prefix}.first", f"{prefix}.proj", f"{prefix}.wide", *exam, *crossed)
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.named(args)
         part = user_part if self.user else candidate_part
-        first, proj, wide, sparse = part(self.net, self.features, x, x[self.torch_inputs[0].name])
-        return (first, proj, wide, *[t for f in self.cross_features for t in sparse[f]])
+        rows = x[self.torch_inputs[0].name]
+        first, proj, wide, sparse, exam = part(self.net, self.features, x, rows)
+        exams = [] if exam is None else [exam]
+        return (first, proj, wide, *exams, *[t for f in self.cross_features for t in sparse[f]])
+
+
+def _has_exam(net: WideDeep, prefix: str) -> bool:
+    """Whether a part of side ``prefix`` carries an examination logit."""
+    return prefix == "item" and net.examination is not None
 
 
 class RankerUserGraph(_SidePartsGraph):
@@ -303,20 +322,23 @@ class RankerFeedGraph(_Graph):
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.named(args)
         sparse = {f: (x[f"user.{f}.indices"], x[f"user.{f}.kept"]) for f in self.cross_features}
-        user = (x["user.first"], x["user.proj"], x["user.wide"], sparse)
+        user = (x["user.first"], x["user.proj"], x["user.wide"], sparse, None)
         cand = candidate_part(self.net, self.features, x, x["user_index"])
         logit = combine(self.net, self.features, user, cand, x["user_index"])
         return calibrate(logit, self.calibration), logit
 
 
 def _part_inputs(prefix: str, rows: str, net: WideDeep, crossed: list[str]) -> list[GraphInput]:
-    """Inputs carrying a part (``{prefix}.first``, ``.proj``, ``.wide`` and crossed features)."""
+    """Inputs carrying a part (``{prefix}.first``, ``.proj``, ``.wide``, ``.exam`` where the
+    part has one, and crossed features)."""
     hidden, k = net.user_first.out_features, net.user_proj.out_features
     out = [
         GraphInput(f"{prefix}.first", "float32", (rows, hidden)),
         GraphInput(f"{prefix}.proj", "float32", (rows, k)),
         GraphInput(f"{prefix}.wide", "float32", (rows,)),
     ]
+    if _has_exam(net, prefix):
+        out.append(GraphInput(f"{prefix}.exam", "float32", (rows,)))
     for f in crossed:
         out += [
             GraphInput(f"{prefix}.{f}.indices", "int64", (rows, f"{prefix}.{f}.width")),
@@ -364,7 +386,9 @@ class RankerPairsGraph(_Graph):
         parts = []
         for prefix, crossed in (("user", self.user_crossed), ("item", self.item_crossed)):
             sparse = {f: (x[f"{prefix}.{f}.indices"], x[f"{prefix}.{f}.kept"]) for f in crossed}
-            parts.append((x[f"{prefix}.first"], x[f"{prefix}.proj"], x[f"{prefix}.wide"], sparse))
+            exam = x[f"{prefix}.exam"] if _has_exam(self.net, prefix) else None
+            first, proj, wide = (x[f"{prefix}.{n}"] for n in ("first", "proj", "wide"))
+            parts.append((first, proj, wide, sparse, exam))
         logit = combine(
             self.net, self.features, parts[0], parts[1], x["user_index"], x["item_index"]
         )

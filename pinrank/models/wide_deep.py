@@ -2,7 +2,7 @@
 
 For a user ``u`` and a candidate ``c`` (a pin and the context of its impression) the logit is
 
-    wide(u, c) + deep(u, c) + <p_u, p_c>
+    z(u, c) = wide(u, c) + deep(u, c) + <p_u, p_c>
 
 - **wide**: a linear model over hashed crosses of user features with pin interests (every cross of
   the feature spec), plus optional "unigram" terms of single sparse features (e.g. a per-user and
@@ -12,6 +12,13 @@ For a user ``u`` and a candidate ``c`` (a pin and the context of its impression)
   half is computed once per user.
 - **interaction** (optional, ``interaction_dim > 0``): the dot product of a user projection and a
   candidate projection, a factorisation-machine style term the MLP would need many units for.
+- **examination** (optional, ``examination``: context features such as the feed position): a
+  position-bias tower ``g(c)`` as in PAL (Guo et al., RecSys 2019). Those features leave the
+  network above and the engagement probability factorises as
+  ``P(engaged) = P(examined | position) * P(engaged | examined) = sigmoid(g) * sigmoid(z)``;
+  the output is that product's logit (:func:`examined_logit`), so the loss, the calibration and
+  every consumer of logits are unchanged. With the position fixed (scoring a feed before it is
+  shown) the output is monotone in the relevance ``z``.
 
 Everything that depends on the user alone (the user half of the first layer, the user's
 projection, the user-side unigram terms) is :meth:`WideDeep.user_part`; everything that depends
@@ -35,7 +42,8 @@ from pinrank.features.state import FeatureState
 from pinrank.models.components import SparseArch, TableSpec, mlp, tables_for, tie_shared
 
 UserPart = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # first [U,H], proj [U,K], wide [U]
-CandidatePart = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # the same for candidates
+# the same for candidates, plus the examination logit [N] (None without an examination tower)
+CandidatePart = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,9 @@ class WideDeepConfig:
         tie_shared: user features that share an item feature's vocabulary (the history) look
             up the item table itself.
         deep: include the deep part (``False`` with ``wide`` gives a logistic regression).
+        examination: context features (e.g. ``position``) that feed only the position-bias
+            tower, whose ``sigmoid`` multiplies the relevance probability (empty: no tower).
+        examination_hidden: hidden widths of that tower's MLP.
     """
 
     hidden: tuple[int, ...] = (256, 128)
@@ -66,6 +77,55 @@ class WideDeepConfig:
     interaction_dim: int = 0
     tie_shared: bool = True
     deep: bool = True
+    examination: tuple[str, ...] = ()
+    examination_hidden: tuple[int, ...] = (16,)
+
+
+def _log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``log(sigmoid(x))`` from ops every ONNX runtime has, stable for any ``x``."""
+    return torch.clamp(x, max=0.0) - torch.log(1.0 + torch.exp(-torch.abs(x)))
+
+
+def examined_logit(relevance: torch.Tensor, examination: torch.Tensor) -> torch.Tensor:
+    """The logit of ``sigmoid(relevance) * sigmoid(examination)``, computed in log space:
+    ``log p - log(1 - p)`` with ``1 - p = sigmoid(-z) + sigmoid(z) * sigmoid(-g)``.
+
+    Example::
+
+        >>> z, g = torch.tensor([0.3, -2.0, 8.0]), torch.tensor([1.0, 0.5, -3.0])
+        >>> p = torch.sigmoid(z) * torch.sigmoid(g)
+        >>> torch.allclose(examined_logit(z, g), torch.log(p / (1 - p)), atol=1e-5)
+        True
+    """
+    log_p = _log_sigmoid(relevance) + _log_sigmoid(examination)
+    a = _log_sigmoid(-relevance)
+    b = _log_sigmoid(relevance) + _log_sigmoid(-examination)
+    log_q = torch.maximum(a, b) + torch.log(1.0 + torch.exp(-torch.abs(a - b)))
+    return log_p - log_q
+
+
+class Examination(nn.Module):
+    """The position-bias tower: the impression's context features -> the logit ``g`` of
+    P(examined) [N]. Its sparse features have their own tables; its dense inputs are the columns
+    ``dense_index`` of the context side's dense tensor."""
+
+    def __init__(
+        self, tables: Sequence[TableSpec], dense_index: Sequence[int], hidden: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.sparse = SparseArch(tables)
+        self.dense_index: torch.Tensor
+        self.register_buffer(
+            "dense_index", torch.tensor(list(dense_index), dtype=torch.long), persistent=False
+        )
+        self.mlp = mlp([self.sparse.output_dim + len(dense_index), *hidden, 1])
+        last = self.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.constant_(last.bias, 2.0)  # start with most impressions examined
+
+    def forward(self, pooled: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """[N] logits from the tower's pooled sparse features [N, W] and the side's dense [N, D]."""
+        return self.mlp(torch.cat([pooled, dense[:, self.dense_index]], dim=1)).squeeze(1)
 
 
 def _linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
@@ -97,6 +157,15 @@ class _Linear1(nn.Module):
         return self.arch(kjt).sum(dim=1)
 
 
+def _pooled(
+    arch: SparseArch, kjt: KeyedJaggedTensor | None, rows: int, device: torch.device
+) -> torch.Tensor:
+    """``arch(kjt)`` [rows, W]; width 0 without tables or features."""
+    if kjt is None or not arch.tables:
+        return torch.zeros(rows, 0, device=device)
+    return arch(kjt)
+
+
 class WideDeep(nn.Module):
     """Wide-and-deep ranker; outputs the engagement logit of each (user, candidate) pair.
 
@@ -113,6 +182,8 @@ class WideDeep(nn.Module):
         unigram_tables: Mapping[str, Sequence[TableSpec]],
         dense_dims: dict[str, int],
         cfg: WideDeepConfig,
+        examination_tables: Sequence[TableSpec] = (),
+        examination_dense: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -120,11 +191,23 @@ class WideDeep(nn.Module):
         self.item_sparse = SparseArch(item_tables if cfg.deep else [])
         self.context_sparse = SparseArch(context_tables if cfg.deep else [])
         self.dense_dims = dense_dims
+        # the context's dense columns the relevance network reads (all but the examination's)
+        taken = set(examination_dense)
+        kept = [i for i in range(dense_dims["context"]) if i not in taken]
+        self.context_dense: torch.Tensor | None
+        self.register_buffer(
+            "context_dense", torch.tensor(kept, dtype=torch.long) if taken else None, False
+        )
+        self.examination = (
+            Examination(examination_tables, examination_dense, cfg.examination_hidden)
+            if examination_tables or examination_dense
+            else None
+        )
         user_dim = self.user_sparse.output_dim + (dense_dims["user"] if cfg.deep else 0)
         cand_dim = (
             self.item_sparse.output_dim
             + self.context_sparse.output_dim
-            + (dense_dims["item"] + dense_dims["context"] if cfg.deep else 0)
+            + (dense_dims["item"] + len(kept) if cfg.deep else 0)
         )
         first = cfg.hidden[0] if cfg.deep and cfg.hidden else 0
         self.user_first = _linear(user_dim, first, bias=False)
@@ -156,7 +239,24 @@ class WideDeep(nn.Module):
         cfg = cfg or WideDeepConfig()
         user = tables_for(spec, state, "user", cfg.embedding_dim, cfg.user_exclude)
         item = tables_for(spec, state, "item", cfg.embedding_dim, cfg.item_exclude)
-        context = tables_for(spec, state, "context", cfg.embedding_dim)
+        context_features = {f.name for f in spec.side("context")}
+        unknown = [n for n in cfg.examination if n not in context_features]
+        if unknown:
+            raise ValueError(
+                f"examination: {unknown} are not context features of the spec "
+                f"(context features: {sorted(context_features)})"
+            )
+        exam = set(cfg.examination)
+        context = tables_for(spec, state, "context", cfg.embedding_dim, tuple(exam))
+        exam_tables = [
+            t for t in tables_for(spec, state, "context", cfg.embedding_dim) if t.feature in exam
+        ]
+        exam_dense: list[int] = []
+        start = 0
+        for f in spec.side("context", sparse=False):
+            if f.name in exam:
+                exam_dense.extend(range(start, start + f.dim))
+            start += f.dim
         crosses = [TableSpec(c.name, state.cardinality(c.name), 1, "sum") for c in spec.crosses]
         unigrams: dict[str, list[TableSpec]] = {}
         for name in cfg.wide_unigrams:
@@ -166,7 +266,7 @@ class WideDeep(nn.Module):
             unigrams.setdefault(f.side, []).append(
                 TableSpec(name, state.cardinality(name), 1, f.pooling)
             )
-        net = cls(user, item, context, crosses, unigrams, dense_dims, cfg)
+        net = cls(user, item, context, crosses, unigrams, dense_dims, cfg, exam_tables, exam_dense)
         if cfg.tie_shared and cfg.deep:
             tie_shared(spec, net.user_sparse, net.item_sparse)
         return net
@@ -185,10 +285,17 @@ class WideDeep(nn.Module):
 
     def candidate_part(self, batch: FeatureBatch) -> CandidatePart:
         """Per candidate (pin + context): the candidate half of the first layer with its bias
-        [N, H], the projection [N, K], and the candidate-side wide terms with the bias [N]."""
+        [N, H], the projection [N, K], the candidate-side wide terms with the bias [N], and the
+        examination logit [N] (``None`` without that tower)."""
         item_dense = batch.dense["item"]
         ctx_sparse = batch.sparse.get("context")
         ctx_dense = batch.dense.get("context", item_dense.new_zeros(len(item_dense), 0))
+        exam = None
+        if self.examination is not None:
+            pooled = _pooled(self.examination.sparse, ctx_sparse, len(ctx_dense), ctx_dense.device)
+            exam = self.examination(pooled, ctx_dense)
+        if self.context_dense is not None:
+            ctx_dense = ctx_dense[:, self.context_dense]
         x = self._inputs(
             [(self.item_sparse, batch.sparse["item"]), (self.context_sparse, ctx_sparse)],
             [item_dense, ctx_dense],
@@ -199,7 +306,7 @@ class WideDeep(nn.Module):
             + self.unigrams["context"](ctx_sparse, rows, dev)
             + self.bias
         )
-        return self.cand_first(x), self.cand_proj(x), wide
+        return self.cand_first(x), self.cand_proj(x), wide, exam
 
     def combine(
         self,
@@ -213,12 +320,14 @@ class WideDeep(nn.Module):
         u_first, u_proj, u_wide = user
         if user_index is not None:
             u_first, u_proj, u_wide = u_first[user_index], u_proj[user_index], u_wide[user_index]
-        c_first, c_proj, c_wide = cand
+        c_first, c_proj, c_wide, c_exam = cand
         logit = u_wide + c_wide + self.cross(cross, len(c_wide), c_wide.device)
         if self.head is not None:
             logit = logit + self.head(u_first + c_first).squeeze(1)
         if u_proj.shape[1]:
             logit = logit + (u_proj * c_proj).sum(dim=1)
+        if c_exam is not None:
+            logit = examined_logit(logit, c_exam)
         return logit
 
     # ---------------------------------------------------------------------------- entry points
@@ -240,10 +349,7 @@ class WideDeep(nn.Module):
         dense: Sequence[torch.Tensor],
     ) -> torch.Tensor:
         rows, dev = len(dense[0]), dense[0].device
-        parts = [
-            arch(kjt) if kjt is not None and arch.tables else torch.zeros(rows, 0, device=dev)
-            for arch, kjt in sparse
-        ]
+        parts = [_pooled(arch, kjt, rows, dev) for arch, kjt in sparse]
         if self.cfg.deep:
             parts.extend(dense)
         return torch.cat(parts, dim=1)

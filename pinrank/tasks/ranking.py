@@ -37,7 +37,8 @@ from pinrank.evaluation.ranking import (
 from pinrank.features.featurizer import FeatureBatch
 from pinrank.models.wide_deep import WideDeep
 
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+# completed with the parameters, or with parameter groups (dicts of params and options)
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SPLITS = {"val": "val", "test": "test", "cold": "cold/test"}  # split -> metric prefix
 # validation events with every user shown as new: the cold-start slice's tuning signal
 NEW_USERS_VAL = "val/as_new_users"
@@ -64,6 +65,8 @@ class RankingModule(pl.LightningModule):
         calibration: ``platt``, ``isotonic`` or ``identity``; fitted on val after training.
         pos_weight: weight of positive examples in the loss (1 = plain log loss).
         logreg_grid: L2 strengths tried for the logistic-regression baseline (chosen on val).
+        examination_lr: learning-rate multiplier of the position-bias tower (a few parameters
+            that must settle within the one or two epochs before the rest overfits).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class RankingModule(pl.LightningModule):
         calibration: str = "platt",
         pos_weight: float = 1.0,
         logreg_grid: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3),
+        examination_lr: float = 1.0,
     ) -> None:
         super().__init__()
         if calibration not in METHODS:
@@ -80,6 +84,9 @@ class RankingModule(pl.LightningModule):
         self.net, self.optimizer_factory = net, optimizer
         self.calibration_method, self.pos_weight = calibration, pos_weight
         self.logreg_grid = tuple(logreg_grid)
+        if examination_lr <= 0:
+            raise ValueError(f"examination_lr must be > 0, got {examination_lr}")
+        self.examination_lr = examination_lr
         self.calibration = Calibration()
         self._val_outputs: list[torch.Tensor] = []  # [2, B] (logits, labels) per val batch
 
@@ -119,7 +126,15 @@ class RankingModule(pl.LightningModule):
         self.log_dict(metrics, prog_bar=True)  # the same on every rank
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+        tower = self.net.examination
+        if tower is None or self.examination_lr == 1.0:
+            return self.optimizer_factory(self.parameters())
+        own = {id(p) for p in tower.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in own]
+        probe = self.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+        lr = float(probe.defaults["lr"]) * self.examination_lr
+        groups = [{"params": rest}, {"params": list(tower.parameters()), "lr": lr}]
+        return self.optimizer_factory(groups)
 
     # ---------------------------------------------------------------------------- evaluation
 

@@ -152,3 +152,102 @@ def test_unknown_unigram_feature_is_refused(synthetic_prepared: Prepared) -> Non
         WideDeep.from_spec(
             dm.spec, dm.state, dm.dense_dims(), WideDeepConfig(wide_unigrams=("age",))
         )
+
+
+PAL = WideDeepConfig(
+    hidden=(32, 16), wide_unigrams=("user_id", "item_id"), interaction_dim=8,
+    examination=("position",), examination_hidden=(8,),
+)  # fmt: skip
+
+
+def test_examination_tower_alone_reads_the_position(synthetic_prepared: Prepared) -> None:
+    """With ``examination=("position",)`` the position feeds only the examination tower: moving
+    an impression changes its examination logit and nothing of the relevance parts, and the
+    output is the logit of sigmoid(relevance) * sigmoid(examination)."""
+    dm = _dm(synthetic_prepared)
+    net = _trained_net(dm, PAL)
+    assert net.examination is not None and net.examination.dense_index.tolist() == [0]
+    assert net.context_dense is not None and net.context_dense.numel() == 0
+    users, items, user_index, context = _feeds(dm, synthetic_prepared, n_users=3, per_user=40)
+    fz = dm.featurizer
+    assert fz is not None
+    user_rows = dm.users.take(users).take(pa.array(user_index))
+    item_rows = dm.items.take(items)
+    moved = context.set_column(
+        context.schema.get_field_index("position"),
+        "position",
+        pa.array(np.arange(len(items), dtype=np.int32) % 50),
+    )
+    with torch.no_grad():
+        parts = []
+        for ctx in (context, moved):
+            batch = fz({"user": user_rows, "item": item_rows, "context": ctx})
+            user = net.user_part(batch.sparse["user"], batch.dense["user"])
+            cand = net.candidate_part(batch)
+            parts.append((user, cand, batch, net(batch)))
+    (_, (f0, p0, w0, g0), _, out0), (user, (f1, p1, w1, g1), batch, out1) = parts
+    for a, b in ((f0, f1), (p0, p1), (w0, w1)):
+        torch.testing.assert_close(a, b)  # relevance: position-free
+    assert g0 is not None and g1 is not None and float((g0 - g1).abs().max()) > 1e-3
+    assert float((out0 - out1).abs().max()) > 1e-3
+    no_exam = net.combine(user, (f1, p1, w1, None), batch.sparse.get("cross"))
+    product = torch.sigmoid(no_exam) * torch.sigmoid(g1)  # relevance times examination
+    torch.testing.assert_close(torch.sigmoid(out1), product, atol=1e-6, rtol=1e-5)
+
+
+def test_examination_feed_scores_equal_pair_scores(synthetic_prepared: Prepared) -> None:
+    dm = _dm(synthetic_prepared)
+    net = _trained_net(dm, PAL)
+    users, items, user_index, context = _feeds(dm, synthetic_prepared)
+    fz = dm.featurizer
+    assert fz is not None
+    user_rows, item_rows = dm.users.take(users), dm.items.take(items)
+    feed = fz.feed(user_rows, item_rows, user_index, context)
+    pairs = fz(
+        {"user": user_rows.take(pa.array(user_index)), "item": item_rows, "context": context}
+    )
+    with torch.no_grad():
+        diff = float((net.score_feed(feed) - net(pairs)).abs().max())
+    assert diff <= 1e-5, diff
+
+
+def test_examined_logit_is_stable_at_the_extremes() -> None:
+    from pinrank.models.wide_deep import examined_logit
+
+    z = torch.tensor([-60.0, -5.0, 0.0, 5.0, 60.0, 60.0, -60.0], dtype=torch.float64)
+    g = torch.tensor([0.0, 30.0, -2.0, 3.0, 60.0, -60.0, -60.0], dtype=torch.float64)
+    got = examined_logit(z, g)
+    assert bool(torch.isfinite(got).all())
+    p = torch.sigmoid(z) * torch.sigmoid(g)
+    mid = slice(1, 4)  # where p and 1 - p are representable directly
+    torch.testing.assert_close(got[mid], torch.log(p / (1 - p))[mid])
+    assert float(got[4]) > 55  # both near 1: a large logit, not inf or nan
+    assert abs(float(got[5]) - -60.0) < 1e-6 and abs(float(got[6]) - -120.0) < 1e-6
+
+
+def test_unknown_examination_feature_is_refused(synthetic_prepared: Prepared) -> None:
+    dm = _dm(synthetic_prepared)
+    with pytest.raises(ValueError, match=r"examination: \['age'\] are not context features"):
+        WideDeep.from_spec(dm.spec, dm.state, dm.dense_dims(), WideDeepConfig(examination=("age",)))
+
+
+def test_examination_tower_gets_its_own_learning_rate(synthetic_prepared: Prepared) -> None:
+    from functools import partial
+
+    from pinrank.tasks.ranking import RankingModule
+
+    dm = _dm(synthetic_prepared)
+    net = WideDeep.from_spec(dm.spec, dm.state, dm.dense_dims(), PAL)
+    adam = partial(torch.optim.Adam, lr=0.002)
+    opt = RankingModule(net, adam, examination_lr=10.0).configure_optimizers()
+    assert net.examination is not None
+    tower = {id(p) for p in net.examination.parameters()}
+    rest, own = opt.param_groups
+    assert own["lr"] == pytest.approx(0.02) and rest["lr"] == pytest.approx(0.002)
+    assert {id(p) for p in own["params"]} == tower
+    assert len(rest["params"]) + len(own["params"]) == len(list(net.parameters()))
+    assert not tower & {id(p) for p in rest["params"]}
+    plain = RankingModule(net, adam, examination_lr=1.0).configure_optimizers()
+    assert len(plain.param_groups) == 1
+    with pytest.raises(ValueError, match="examination_lr must be > 0"):
+        RankingModule(net, adam, examination_lr=0.0)
