@@ -18,8 +18,13 @@ from pinrank.features.transforms import Counts
 HISTORY = "history"  # engaged train pins of a user
 SEEN = "seen"  # impressed train pins of a user, any label
 LAST_TS = "last_ts"  # time of a user's last train event
+SEEN_INTERESTS = "seen_interests"  # the interests of a user's seen pins, one entry per pin
+HISTORY_INTERESTS = "history_interests"  # the same for engaged pins
+# interest-profile columns: bag column -> the user column of the pins whose interests it holds
+INTEREST_BAGS = {SEEN_INTERESTS: SEEN, HISTORY_INTERESTS: HISTORY}
+ITEM_INTERESTS = "interests"  # the items' column the bags read
 # user columns derived from train events: what a new (cold-start) user does not have
-EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS)
+EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS, SEEN_INTERESTS, HISTORY_INTERESTS)
 TRAIN_EVENTS = "train_events"  # impressions of a pin in train
 TRAIN_ENGAGED = "train_engaged"  # engaged impressions of a pin in train
 
@@ -115,6 +120,41 @@ def user_history(events: Iterable[pa.RecordBatch | pa.Table], max_len: int) -> p
     eng_users, eng = _last_items(u[engaged], i[engaged], t[engaged], max_len)
     table = pa.table({"user_id": pa.array(users, pa.int64()), SEEN: seen, "last_ts": last_ts})
     return join_columns(table, pa.table({"user_id": pa.array(eng_users, pa.int64()), HISTORY: eng}))
+
+
+def interest_bags(users: pa.Table, items: pa.Table) -> pa.Table:
+    """``users`` plus their interest profiles: for every :data:`INTEREST_BAGS` column whose pins'
+    column ``users`` has, the interests of those pins concatenated in order (a pin of two
+    interests adds both; a pin missing from ``items`` adds none).
+
+    Example::
+
+        >>> users = pa.table({"user_id": [1, 2], "seen": [[10, 11, 10], []], "history": [[11], []]})
+        >>> items = pa.table({"item_id": [10, 11], "interests": [[3], [4, 5]]})
+        >>> interest_bags(users, items).select(["seen_interests", "history_interests"]).to_pylist()
+        [{'seen_interests': [3, 4, 5, 3], 'history_interests': [4, 5]}, \
+{'seen_interests': [], 'history_interests': []}]
+    """
+    index = EntityIndex(items.select(["item_id", ITEM_INTERESTS]), "item_id")
+    interests = items.column(ITEM_INTERESTS).combine_chunks()
+    for bag, pins in INTEREST_BAGS.items():
+        if pins not in users.column_names:
+            continue
+        col = users.column(pins).combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy()
+        owner = np.repeat(np.arange(len(col)), lengths)
+        rows = index.rows(pc.list_flatten(col).to_numpy(zero_copy_only=False))
+        known = rows >= 0
+        per_pin = interests.take(pa.array(rows[known]))
+        per_pin_len = pc.fill_null(pc.list_value_length(per_pin), 0).to_numpy()
+        counts = np.bincount(owner[known], weights=per_pin_len, minlength=len(col))
+        offsets = np.r_[0, np.cumsum(counts)].astype(np.int32)
+        values = pc.list_flatten(per_pin).cast(pa.int64())
+        new = pa.ListArray.from_arrays(pa.array(offsets), values)
+        if bag in users.column_names:
+            users = users.drop_columns([bag])
+        users = users.append_column(bag, new)
+    return users
 
 
 def item_stats(events: Iterable[pa.RecordBatch | pa.Table]) -> pa.Table:

@@ -27,7 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pinrank.data.examples import EntityIndex, item_stats, join_columns, user_history
+from pinrank.data.examples import (
+    ITEM_INTERESTS,
+    EntityIndex,
+    interest_bags,
+    item_stats,
+    join_columns,
+    user_history,
+)
 from pinrank.data.io import iter_batches, open_dataset, read_table, write_parquet
 from pinrank.data.splits import SplitConfig, write_splits
 from pinrank.features.spec import FeatureSpec
@@ -132,6 +139,7 @@ def prepare(
     hist = user_history(
         iter_batches(train, "events", ["user_id", "item_id", "ts", "engaged"]), history_len
     )
+    hist = interest_bags(hist, read_table(raw / "items", "items", ["item_id", ITEM_INTERESTS]))
     write_parquet(hist, out / "history" / "part-00000.parquet")
     stats = item_stats(iter_batches(train, "events", ["user_id", "item_id", "ts", "engaged"]))
     write_parquet(stats, out / "item_stats" / "part-00000.parquet")

@@ -230,3 +230,54 @@ def test_training_rows_leave_their_own_label_out_of_item_counts(
     plain = PinrankDataModule(str(synthetic_prepared.root), batch_size=500).stream("train")
     assert not torch.equal(stream_batch.dense["item"], plain.featurize(events).dense["item"])
     assert dm.stream("val").cfg.leave_stats_out is False
+
+
+def test_interest_profiles_leave_the_target_out_like_its_pins(synthetic_prepared: Prepared) -> None:
+    """Leaving the target's interests out of a profile equals rebuilding the profile from the
+    pins column with the target left out, on real training rows (repeats and unknown pins)."""
+    import pyarrow as pa
+
+    from pinrank.data.datamodule import interest_profiles, leave_interests_out, leave_target_out
+    from pinrank.data.examples import INTEREST_BAGS, interest_bags
+
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=512)
+    bags = interest_profiles(dm.spec)
+    assert bags == ["history_interests", "seen_interests"]
+    events = read_table(synthetic_prepared.split("train"), "events").slice(0, 3000)
+    tables = join_examples(events, dm.users, dm.items)
+    targets = events["item_id"].to_numpy()
+    users = tables["user"]
+    # a target that appears twice in a row's pins: both copies leave, with their interests
+    seen = users["seen"].to_pylist()
+    seen[0] = [int(targets[0]), *(seen[0] or []), int(targets[0])]
+    users = interest_bags(
+        users.set_column(
+            users.schema.get_field_index("seen"), "seen", pa.array(seen, pa.list_(pa.int64()))
+        ),
+        dm.items.table,
+    )
+    pins = [INTEREST_BAGS[b] for b in bags]
+    left = leave_interests_out(users, targets, tables["item"]["interests"], bags)
+    rebuilt = interest_bags(leave_target_out(users, targets, pins), dm.items.table)
+    removed = 0
+    for bag in bags:
+        got, want = left[bag].to_pylist(), rebuilt[bag].to_pylist()
+        assert [sorted(g or []) for g in got] == [sorted(w or []) for w in want], bag
+        before = users[bag].to_pylist()
+        removed += sum(len(a or []) - len(b or []) for a, b in zip(before, got, strict=True))
+    assert removed > 3000  # 3000 rows: most targets' interests were in the seen profile
+
+
+def test_training_rows_have_interest_profiles_without_their_target(
+    synthetic_prepared: Prepared,
+) -> None:
+    """The interest profiles reach the batches; a training row's profile lost its target's
+    interests (rows with the target seen once), evaluation rows keep the whole profile."""
+    root = str(synthetic_prepared.root)
+    train = next(iter(PinrankDataModule(root, batch_size=256).stream("train")))
+    off = PinrankDataModule(root, batch_size=256, leave_target_out=False)
+    full = next(iter(off.stream("train")))
+    a = train.sparse["user"]["seen_interests"].lengths()
+    b = full.sparse["user"]["seen_interests"].lengths()
+    assert bool((a <= b).all()) and int((b - a).sum()) > len(train) // 2
+    assert int(train.sparse["user"]["history_interests"].lengths().sum()) > 0
