@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pinrank.data.examples import (
     EVENT_DERIVED_USER_COLUMNS,
     INTEREST_BAGS,
-    ITEM_INTERESTS,
     TRAIN_ENGAGED,
     TRAIN_EVENTS,
     EntityIndex,
+    interest_bags,
     join_examples,
 )
 from pinrank.data.io import open_dataset
@@ -98,8 +98,14 @@ class EventStream(IterableDataset):
         ]
         self.featurizer, self.users, self.items, self.cfg = featurizer, users, items, cfg
         self._counts: dict[int, int] = {}
-        self._sequences = item_sequences(featurizer.spec) if cfg.leave_target_out else []
+        # training rows leave their own pin out of these pin columns, and rebuild the interest
+        # profiles read from them
         self._bags = interest_profiles(featurizer.spec) if cfg.leave_target_out else []
+        self._sequences = sorted(
+            {*item_sequences(featurizer.spec), *(INTEREST_BAGS[b] for b in self._bags)}
+            if cfg.leave_target_out
+            else []
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -141,12 +147,8 @@ class EventStream(IterableDataset):
             events = self._with_sampled_negatives(events, rng)
         tables = join_examples(events, self.users, self.items)
         if self.cfg.leave_target_out:
-            targets = events["item_id"].to_numpy()
-            if self._bags:  # before the pins columns lose the target
-                tables["user"] = leave_interests_out(
-                    tables["user"], targets, tables["item"].column(ITEM_INTERESTS), self._bags
-                )
-            tables["user"] = leave_target_out(tables["user"], targets, self._sequences)
+            users = leave_target_out(tables["user"], events["item_id"].to_numpy(), self._sequences)
+            tables["user"] = interest_bags(users, self.items, self._bags)
         if self.cfg.leave_stats_out:
             tables["item"] = leave_event_out(
                 tables["item"], events["engaged"].to_numpy(zero_copy_only=False), real
@@ -228,59 +230,6 @@ def leave_target_out(users: pa.Table, targets: np.ndarray, columns: list[str]) -
         )
         users = users.set_column(users.schema.get_field_index(name), name, new)
     return users
-
-
-def leave_interests_out(
-    users: pa.Table, targets: np.ndarray, target_interests: pa.Array, bags: list[str]
-) -> pa.Table:
-    """Remove row ``r``'s target item from its interest profiles ``bags`` (see
-    :data:`~pinrank.data.examples.INTEREST_BAGS`): each of the target's interests once for every
-    time the target is in the bag's pins column, as if the profile were derived from the pins
-    :func:`leave_target_out` leaves. Call it before that function empties the pins columns.
-
-    Example::
-
-        >>> users = pa.table({"seen": [[10, 11, 10], [12]], "seen_interests": [[3, 4, 5, 3], [3]]})
-        >>> new = leave_interests_out(users, np.array([10, 11]), pa.array([[3], [4, 5]]),
-        ...                           ["seen_interests"])
-        >>> new["seen_interests"].to_pylist()
-        [[4, 5], [3]]
-    """
-    padded = _padded_lists(target_interests)  # [R, J], -1 padded
-    for bag in bags:
-        pins = users.column(INTEREST_BAGS[bag]).combine_chunks()
-        pin_len = pc.fill_null(pc.list_value_length(pins), 0).to_numpy()
-        pin_row = np.repeat(np.arange(len(pins)), pin_len)
-        hits = pc.list_flatten(pins).to_numpy(zero_copy_only=False) == targets[pin_row]
-        times = np.bincount(pin_row[hits], minlength=len(pins))  # target's count in the pins
-        col = users.column(bag).combine_chunks()
-        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy()
-        row = np.repeat(np.arange(len(col)), lengths)
-        values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
-        target_value = (values[:, None] == padded[row]).any(axis=1) & (padded[row] >= 0).any(1)
-        order = np.lexsort((np.arange(len(values)), values, row))  # equal (row, value) in runs
-        key_change = np.r_[True, (np.diff(row[order]) != 0) | (np.diff(values[order]) != 0)]
-        run_start = np.maximum.accumulate(np.where(key_change, np.arange(len(order)), 0))
-        seen_before = np.empty(len(values), np.int64)
-        seen_before[order] = np.arange(len(order)) - run_start  # earlier equal values in the row
-        keep = ~target_value | (seen_before >= times[row])
-        offsets = np.r_[0, np.cumsum(np.bincount(row[keep], minlength=len(col)))].astype(np.int32)
-        new = pa.ListArray.from_arrays(
-            pa.array(offsets), pa.array(values[keep], col.type.value_type), mask=col.is_null()
-        )
-        users = users.set_column(users.schema.get_field_index(bag), bag, new)
-    return users
-
-
-def _padded_lists(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A list<int> column as [rows, max_len] int64, -1 padded (null rows: all -1)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy()
-    out = np.full((len(arr), max(int(lengths.max(initial=0)), 1)), -1, np.int64)
-    rows = np.repeat(np.arange(len(arr)), lengths)
-    cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[rows, cols] = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
-    return out
 
 
 def leave_event_out(items: pa.Table, engaged: np.ndarray, real: int) -> pa.Table:

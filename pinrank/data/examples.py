@@ -122,35 +122,38 @@ def user_history(events: Iterable[pa.RecordBatch | pa.Table], max_len: int) -> p
     return join_columns(table, pa.table({"user_id": pa.array(eng_users, pa.int64()), HISTORY: eng}))
 
 
-def interest_bags(users: pa.Table, items: pa.Table) -> pa.Table:
-    """``users`` plus their interest profiles: for every :data:`INTEREST_BAGS` column whose pins'
-    column ``users`` has, the interests of those pins concatenated in order (a pin of two
-    interests adds both; a pin missing from ``items`` adds none).
+def interest_bags(
+    users: pa.Table, items: EntityIndex, bags: Iterable[str] = tuple(INTEREST_BAGS)
+) -> pa.Table:
+    """``users`` plus their interest profiles ``bags``: for each (see :data:`INTEREST_BAGS`)
+    whose pins' column ``users`` has, the ``interests`` of those pins (rows of ``items``)
+    concatenated in order (a pin of two interests adds both; a pin not in ``items`` adds none).
 
     Example::
 
         >>> users = pa.table({"user_id": [1, 2], "seen": [[10, 11, 10], []], "history": [[11], []]})
-        >>> items = pa.table({"item_id": [10, 11], "interests": [[3], [4, 5]]})
+        >>> items = EntityIndex(pa.table({"item_id": [10, 11], "interests": [[3], [4, 5]]}),
+        ...                     "item_id")
         >>> interest_bags(users, items).select(["seen_interests", "history_interests"]).to_pylist()
         [{'seen_interests': [3, 4, 5, 3], 'history_interests': [4, 5]}, \
 {'seen_interests': [], 'history_interests': []}]
     """
-    index = EntityIndex(items.select(["item_id", ITEM_INTERESTS]), "item_id")
-    interests = items.column(ITEM_INTERESTS).combine_chunks()
-    for bag, pins in INTEREST_BAGS.items():
+    interests = items.table.column(ITEM_INTERESTS).combine_chunks()
+    for bag in bags:
+        pins = INTEREST_BAGS[bag]
         if pins not in users.column_names:
             continue
         col = users.column(pins).combine_chunks()
         lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy()
         owner = np.repeat(np.arange(len(col)), lengths)
-        rows = index.rows(pc.list_flatten(col).to_numpy(zero_copy_only=False))
+        rows = items.rows(pc.list_flatten(col).to_numpy(zero_copy_only=False))
         known = rows >= 0
         per_pin = interests.take(pa.array(rows[known]))
         per_pin_len = pc.fill_null(pc.list_value_length(per_pin), 0).to_numpy()
         counts = np.bincount(owner[known], weights=per_pin_len, minlength=len(col))
         offsets = np.r_[0, np.cumsum(counts)].astype(np.int32)
         values = pc.list_flatten(per_pin).cast(pa.int64())
-        new = pa.ListArray.from_arrays(pa.array(offsets), values)
+        new = pa.ListArray.from_arrays(pa.array(offsets), values, mask=col.is_null())
         if bag in users.column_names:
             users = users.drop_columns([bag])
         users = users.append_column(bag, new)

@@ -139,7 +139,8 @@ def prepare(
     hist = user_history(
         iter_batches(train, "events", ["user_id", "item_id", "ts", "engaged"]), history_len
     )
-    hist = interest_bags(hist, read_table(raw / "items", "items", ["item_id", ITEM_INTERESTS]))
+    items = read_table(raw / "items", "items", ["item_id", ITEM_INTERESTS])
+    hist = interest_bags(hist, EntityIndex(items, "item_id"))
     write_parquet(hist, out / "history" / "part-00000.parquet")
     stats = item_stats(iter_batches(train, "events", ["user_id", "item_id", "ts", "engaged"]))
     write_parquet(stats, out / "item_stats" / "part-00000.parquet")
