@@ -145,13 +145,7 @@ class Featurizer:
         self.spec, self.state, self.crosses = spec, state, crosses
         self.sparse_keys = {s: [f.name for f in spec.side(s, sparse=True)] for s in SIDES}
         self.sparse_keys["cross"] = [c.name for c in spec.crosses]
-        self.dense_slices: dict[str, dict[str, slice]] = {}
-        for side in SIDES:
-            start, slices = 0, {}
-            for f in spec.side(side, sparse=False):
-                slices[f.name] = slice(start, start + f.dim)
-                start += f.dim
-            self.dense_slices[side] = slices
+        self.dense_slices = {side: spec.dense_slices(side) for side in SIDES}
 
     def dense_dim(self, side: str) -> int:
         """Width of a side's dense tensor."""

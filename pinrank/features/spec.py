@@ -159,6 +159,14 @@ class FeatureSpec:
             f for f in self.features if f.side == side and (sparse is None or f.is_sparse == sparse)
         ]
 
+    def dense_slices(self, side: str) -> dict[str, slice]:
+        """Columns of each numeric feature in a side's dense matrix (spec order, ``dim`` wide)."""
+        slices, start = {}, 0
+        for f in self.side(side, sparse=False):
+            slices[f.name] = slice(start, start + f.dim)
+            start += f.dim
+        return slices
+
     def sources(self, side: str) -> list[str]:
         """Distinct source columns a side's rows must provide, in spec order."""
         return list(dict.fromkeys(f.source for f in self.side(side)))

@@ -97,9 +97,10 @@ def examined_logit(relevance: torch.Tensor, examination: torch.Tensor) -> torch.
         >>> torch.allclose(examined_logit(z, g), torch.log(p / (1 - p)), atol=1e-5)
         True
     """
-    log_p = _log_sigmoid(relevance) + _log_sigmoid(examination)
+    relevant = _log_sigmoid(relevance)
+    log_p = relevant + _log_sigmoid(examination)
     a = _log_sigmoid(-relevance)
-    b = _log_sigmoid(relevance) + _log_sigmoid(-examination)
+    b = relevant + _log_sigmoid(-examination)
     log_q = torch.maximum(a, b) + torch.log(1.0 + torch.exp(-torch.abs(a - b)))
     return log_p - log_q
 
@@ -251,12 +252,8 @@ class WideDeep(nn.Module):
         exam_tables = [
             t for t in tables_for(spec, state, "context", cfg.embedding_dim) if t.feature in exam
         ]
-        exam_dense: list[int] = []
-        start = 0
-        for f in spec.side("context", sparse=False):
-            if f.name in exam:
-                exam_dense.extend(range(start, start + f.dim))
-            start += f.dim
+        slices = spec.dense_slices("context")
+        exam_dense = [i for n, c in slices.items() if n in exam for i in range(c.start, c.stop)]
         crosses = [TableSpec(c.name, state.cardinality(c.name), 1, "sum") for c in spec.crosses]
         unigrams: dict[str, list[TableSpec]] = {}
         for name in cfg.wide_unigrams:

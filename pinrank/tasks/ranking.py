@@ -131,10 +131,9 @@ class RankingModule(pl.LightningModule):
             return self.optimizer_factory(self.parameters())
         own = {id(p) for p in tower.parameters()}
         rest = [p for p in self.parameters() if id(p) not in own]
-        probe = self.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
-        lr = float(probe.defaults["lr"]) * self.examination_lr
-        groups = [{"params": rest}, {"params": list(tower.parameters()), "lr": lr}]
-        return self.optimizer_factory(groups)
+        optimizer = self.optimizer_factory([{"params": rest}, {"params": tower.parameters()}])
+        optimizer.param_groups[1]["lr"] *= self.examination_lr  # both start at the default lr
+        return optimizer
 
     # ---------------------------------------------------------------------------- evaluation
 
