@@ -10,9 +10,9 @@ import pytest
 # tiny trained runs and a model package, for the export and serving tests
 from package_fixtures import (  # noqa: F401
     package_dir,
-    package_users,
-    package_users_path,
     trained_runs,
+    users,
+    users_path,
 )
 
 from pinrank.data.prepare import Prepared, prepare

@@ -70,7 +70,7 @@ def package_dir(trained_runs: dict[str, Path], tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session")
-def package_users(trained_runs: dict[str, Path]) -> pa.Table:
+def users(trained_runs: dict[str, Path]) -> pa.Table:
     """The users of the package's data (with their train-derived columns), as one table."""
     from pinrank.export.run import TrainedRun
 
@@ -78,8 +78,8 @@ def package_users(trained_runs: dict[str, Path]) -> pa.Table:
 
 
 @pytest.fixture(scope="session")
-def package_users_path(package_users: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """:func:`package_users` as one Parquet file."""
+def users_path(users: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`users` as one Parquet file."""
     path = tmp_path_factory.mktemp("package_users") / "users.parquet"
-    pq.write_table(package_users, path)
+    pq.write_table(users, path)
     return path

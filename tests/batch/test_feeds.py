@@ -38,11 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = JobConfig(k=20, batch_users=64, feed=FeedConfig(candidates=60, interest_candidates=20))
 
 
-@pytest.fixture(scope="module")
-def users(package_users: pa.Table) -> pa.Table:
-    return package_users
-
-
 def write_users(table: pa.Table, path: Path, row_group: int = 50) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group)

@@ -11,20 +11,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from pinrank.serving.package import MANIFEST, write_manifest
-
-
-@pytest.fixture(scope="session")
-def users(package_users: pa.Table) -> pa.Table:
-    return package_users
-
-
-@pytest.fixture(scope="session")
-def users_path(package_users_path: Path) -> Path:
-    return package_users_path
 
 
 @pytest.fixture(scope="session")

@@ -47,16 +47,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def users(package_users: pa.Table) -> pa.Table:
-    return package_users
-
-
-@pytest.fixture(scope="module")
-def users_path(package_users_path: Path) -> Path:
-    return package_users_path
-
-
-@pytest.fixture(scope="module")
 def package(package_dir: Path) -> Package:
     return load_package(package_dir)
 
