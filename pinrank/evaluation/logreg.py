@@ -1,8 +1,9 @@
 """Logistic regression over the hashed wide crosses: the ranker's linear baseline.
 
 The design matrix is one-hot over every cross's hash buckets (the same features as the ranker's
-wide part); it is fitted full-batch with L-BFGS on the mean log loss plus an L2 penalty, with the
-penalty chosen on validation AUC.
+wide part, weighted as it pools them: 1 per pair, or a ``mean`` cross's weights); it is fitted
+full-batch with L-BFGS on the mean log loss plus an L2 penalty, with the penalty chosen on
+validation AUC.
 """
 
 from __future__ import annotations
@@ -19,20 +20,23 @@ from pinrank.evaluation.ranking import auc
 
 @dataclass
 class SparseRows:
-    """A 0/1 design matrix in CSR form: ``indptr`` [n+1], ``indices`` [nnz], ``labels`` [n]."""
+    """A sparse design matrix in CSR form: ``indptr`` [n+1], ``indices`` [nnz], ``labels`` [n],
+    ``values`` [nnz] float32 (``None``: every entry is 1)."""
 
     indptr: np.ndarray
     indices: np.ndarray
     labels: np.ndarray
     columns: int
+    values: np.ndarray | None = None
 
     def matmul(self, w: torch.Tensor) -> torch.Tensor:
-        """[n] row sums of ``w`` over each row's columns (differentiable in ``w``)."""
+        """[n] each row's weighted sum of ``w`` over its columns (differentiable in ``w``)."""
         return torch.nn.functional.embedding_bag(
             torch.from_numpy(self.indices),
             w[:, None],
             torch.from_numpy(self.indptr[:-1]),
             mode="sum",
+            per_sample_weights=None if self.values is None else torch.from_numpy(self.values),
         ).squeeze(1)
 
 
@@ -40,25 +44,44 @@ def cross_rows(
     batches: Iterable[tuple[KeyedJaggedTensor, np.ndarray]], cardinalities: Sequence[int]
 ) -> SparseRows:
     """Stack the cross features of batches into one CSR matrix; column blocks per cross key in
-    key order, sized by ``cardinalities``."""
+    key order, sized by ``cardinalities``. Entries are the KeyedJaggedTensor's per-value
+    weights (a ``mean`` cross's, as the wide part pools it), else 1."""
     offsets = np.r_[0, np.cumsum(cardinalities)].astype(np.int64)
-    rows_all, cols_all, labels, start = [], [], [], 0
+    rows_all, cols_all, weights_all, labels, start = [], [], [], [], 0
     for kjt, y in batches:
-        n = kjt.stride()
-        lengths = kjt.lengths().numpy().reshape(len(kjt.keys()), n)
+        n, keys = kjt.stride(), len(kjt.keys())
+        if keys != len(cardinalities):
+            raise ValueError(f"a batch has {keys} cross keys, expected {len(cardinalities)}")
+        lengths = kjt.lengths().numpy().reshape(keys, n)
         values = kjt.values().numpy()
-        key_of = np.repeat(np.arange(len(kjt.keys())), lengths.sum(axis=1))
-        row_of = np.repeat(np.tile(np.arange(n), len(kjt.keys())), lengths.reshape(-1))
+        key_of = np.repeat(np.arange(keys), lengths.sum(axis=1))
+        row_of = np.repeat(np.tile(np.arange(n), keys), lengths.reshape(-1))
+        weights = kjt.weights_or_none()
         rows_all.append(row_of + start)
         cols_all.append(values + offsets[key_of])
+        weights_all.append(
+            np.ones(len(values), np.float32)
+            if weights is None
+            else weights.numpy().astype(np.float32)
+        )
         labels.append(np.asarray(y, np.float32))
         start += n
     rows = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
     cols = np.concatenate(cols_all) if cols_all else np.zeros(0, np.int64)
+    weights = np.concatenate(weights_all) if weights_all else np.zeros(0, np.float32)
+    # one entry per distinct (row, column), weights summed: a profile crossed with a pin's
+    # interests repeats the same pairs, and the fit's cost is linear in the entries
     order = np.lexsort((cols, rows))
+    rows, cols, weights = rows[order], cols[order], weights[order]
+    first = np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])] if len(rows) else []
+    starts = np.flatnonzero(first)
+    if len(starts) < len(rows):
+        rows, cols = rows[starts], cols[starts]
+        weights = np.add.reduceat(weights, starts).astype(np.float32)
     indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=start))].astype(np.int64)
     y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
-    return SparseRows(indptr, cols[order].astype(np.int64), y, int(offsets[-1]))
+    values = None if np.all(weights == 1.0) else weights
+    return SparseRows(indptr, cols.astype(np.int64), y, int(offsets[-1]), values)
 
 
 @dataclass

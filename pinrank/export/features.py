@@ -20,7 +20,8 @@ from pinrank.features.columns import INT_NULL, ColumnSpec
 from pinrank.features.spec import HASH_PRIME, Cross, Feature, FeatureSpec
 from pinrank.features.state import FeatureState
 
-Sparse = tuple[torch.Tensor, torch.Tensor]  # indices int64 [B, L], kept bool [B, L]
+# indices int64 [B, L], kept bool [B, L] (a mean cross: float32 per-pair weights, 0 = not kept)
+Sparse = tuple[torch.Tensor, torch.Tensor]
 
 
 def vocab_input(f: Feature, column: ColumnSpec) -> str:
@@ -71,8 +72,12 @@ class RawFeatures(nn.Module):
         return torch.cat([self._numeric(f, x) for f in feats], dim=1).float()
 
     def crosses(self, by_name: dict[str, Sparse], crosses: list[Cross]) -> dict[str, Sparse]:
-        """Hashed crosses of row-aligned sparse features: every kept pair, missing (0) skipped."""
-        out = {}
+        """Hashed crosses of row-aligned sparse features: every kept pair, missing (0) skipped.
+
+        The second element is the kept-mask, or for a ``mean`` cross the float32 weight of each
+        pair (1 / the row's kept first-feature values, 0 where not kept), as the featurizer's
+        KeyedJaggedTensor weights; the wide part sums the pairs' rows times it."""
+        out: dict[str, Sparse] = {}
         for c in crosses:
             st = self.state.crosses[c.name]
             (ia, ka), (ib, kb) = by_name[c.features[0]], by_name[c.features[1]]
@@ -80,7 +85,12 @@ class RawFeatures(nn.Module):
             pair = (ia[:, :, None] * int(st["right_cardinality"]) + ib[:, None, :]).flatten(1)
             keep = (ka[:, :, None] & kb[:, None, :]).flatten(1)
             idx = hash_torch(pair, st["a"], st["b"], st["buckets"])
-            out[c.name] = (torch.where(keep, idx, torch.zeros_like(idx)), keep)
+            idx = torch.where(keep, idx, torch.zeros_like(idx))
+            if c.pooling == "mean":
+                left = ka.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
+                out[c.name] = (idx, keep.to(torch.float32) / left)
+            else:
+                out[c.name] = (idx, keep)
         return out
 
     # ------------------------------------------------------------------------------ sparse

@@ -17,7 +17,13 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from pinrank.features.spec import SIDES, FeatureSpec
-from pinrank.features.state import FeatureState, SideArrays, cross_features, transform_side
+from pinrank.features.state import (
+    FeatureState,
+    SideArrays,
+    cross_features,
+    cross_weights,
+    transform_side,
+)
 from pinrank.features.transforms import Counts, Jagged, take_jagged
 
 # torchrec asks torch.fx whether it is tracing on every KeyedJaggedTensor; torch answers with a
@@ -58,10 +64,12 @@ class FeatureBatch:
             lengths = kjt.lengths().view(len(kjt.keys()), n)  # (keys, B)
             row_of = torch.arange(n, device=rows.device).repeat(len(kjt.keys()))
             value_row = torch.repeat_interleave(row_of, kjt.lengths().long())
+            weights = kjt.weights_or_none()
             sparse[group] = KeyedJaggedTensor(
                 keys=kjt.keys(),
                 values=kjt.values()[keep[value_row]],
                 lengths=lengths[:, rows].reshape(-1),
+                weights=None if weights is None else weights[keep[value_row]],
                 stride=len(rows),
             )
 
@@ -151,33 +159,41 @@ class Featurizer:
         """Width of a side's dense tensor."""
         return sum(s.stop - s.start for s in self.dense_slices[side].values())
 
-    def transform_arrays(
-        self, tables: dict[str, pa.Table], counts: Counts
-    ) -> tuple[dict[str, SideArrays], dict[str, Jagged]]:
-        """NumPy stage: every side present in ``tables``, plus crosses when both of a cross's
-        sides are present."""
-        sides = {s: transform_side(self.spec, self.state, s, t, counts) for s, t in tables.items()}
-        by_name = {k: v for arr in sides.values() for k, v in arr.sparse.items()}
-        return sides, self._crosses(by_name)
-
-    def _crosses(self, by_name: dict[str, Jagged]) -> dict[str, Jagged]:
-        """The spec's crosses whose two features are in ``by_name`` (row-aligned jagged
-        indices); none when this featurizer skips crosses."""
+    def _cross_kjt(self, by_name: dict[str, Jagged], rows: int) -> KeyedJaggedTensor | None:
+        """The spec's crosses of the row-aligned features ``by_name`` as one KeyedJaggedTensor
+        (None when a cross's features are missing or this featurizer skips crosses); with
+        per-value weights when the spec has ``mean`` crosses (1 for the others)."""
         wanted = self.spec.crosses if self.crosses else ()
         ready = [c for c in wanted if all(f in by_name for f in c.features)]
-        return cross_features(ready, self.state, by_name)
+        if not ready:
+            return None
+        keys = self.sparse_keys["cross"]
+        crosses = cross_features(ready, self.state, by_name)
+        kjt = self._kjt(keys, crosses, rows)
+        if not any(c.pooling == "mean" for c in self.spec.crosses):
+            return kjt
+        weights = cross_weights(ready, by_name)
+        per_key = [weights.get(k, np.ones(len(crosses[k][0]), np.float32)) for k in keys]
+        return KeyedJaggedTensor(
+            keys=keys,
+            values=kjt.values(),
+            lengths=kjt.lengths(),
+            weights=torch.from_numpy(np.concatenate(per_key)),
+            stride=rows,
+        )
 
     def __call__(
         self, tables: dict[str, pa.Table], labels: np.ndarray | None = None
     ) -> FeatureBatch:
         """Featurize row-aligned per-side tables ``{"user": ..., "item": ..., "context": ...}``."""
         counts: Counts = Counter()
-        sides, crosses = self.transform_arrays(tables, counts)
+        sides = {s: transform_side(self.spec, self.state, s, t, counts) for s, t in tables.items()}
         counts = +counts  # drop reasons that did not occur
         rows = next(iter(sides.values())).rows
         sparse = {s: self._kjt(self.sparse_keys[s], a.sparse, rows) for s, a in sides.items()}
-        if crosses:
-            sparse["cross"] = self._kjt(self.sparse_keys["cross"], crosses, rows)
+        cross = self._cross_kjt({k: v for a in sides.values() for k, v in a.sparse.items()}, rows)
+        if cross is not None:
+            sparse["cross"] = cross
         dense = {s: self._dense(s, a) for s, a in sides.items()}
         user_ids = self._ids(tables["user"], "user_id") if "user" in tables else None
         item_ids = self._ids(tables["item"], "item_id") if "item" in tables else None
@@ -213,16 +229,16 @@ class Featurizer:
         if self.crosses:  # the user features of crosses, gathered to their candidates
             needed = {f for c in self.spec.crosses for f in c.features if f in u.sparse}
             by_name |= {k: take_jagged(u.sparse[k], user_index) for k in needed}
-        crosses = self._crosses(by_name)
         rows = len(user_index)
+        cross = self._cross_kjt(by_name, rows)
         user_batch = FeatureBatch(
             {"user": self._kjt(self.sparse_keys["user"], u.sparse, u.rows)},
             {"user": self._dense("user", u)},
             user_ids=self._ids(users, "user_id"),
         )
         sparse = {s: self._kjt(self.sparse_keys[s], a.sparse, rows) for s, a in cand.items()}
-        if crosses:
-            sparse["cross"] = self._kjt(self.sparse_keys["cross"], crosses, rows)
+        if cross is not None:
+            sparse["cross"] = cross
         cand_batch = FeatureBatch(
             sparse,
             {s: self._dense(s, a) for s, a in cand.items()},

@@ -117,12 +117,17 @@ class Cross:
     """A hashed cross of two categorical features, one id per pair of their values.
 
     Pairs where either side is missing (index 0) produce nothing; a bag crossed with a bag gives
-    every pair. Output ids are ``1..buckets``.
+    every pair. Output ids are ``1..buckets``. ``pooling`` is how the wide part adds up a row's
+    pairs: ``sum`` (each pair weighs 1) or ``mean`` (each weighs 1 / the row's number of values
+    of the first feature): a user's interest profile crossed with a pin's interests then adds,
+    for each of the pin's interests, the profile's share-weighted weights, whatever the
+    profile's length.
     """
 
     name: str
     features: tuple[str, str]
     buckets: int
+    pooling: str = "sum"
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,8 @@ class FeatureSpec:
                     raise SpecError(f"cross {c.name!r}: {part!r} is not a categorical feature")
             if c.buckets < 1:
                 raise SpecError(f"cross {c.name!r}: buckets must be >= 1")
+            if c.pooling not in POOLINGS:
+                raise SpecError(f"cross {c.name!r}: pooling must be one of {POOLINGS}")
 
     def __getitem__(self, name: str) -> Feature:
         for f in self.features:
@@ -204,9 +211,17 @@ def _feature(name: str, body: dict[str, Any]) -> Feature:
 
 
 def _cross(name: str, body: dict[str, Any]) -> Cross:
+    unknown = set(body) - {"features", "buckets", "pooling"}
+    if unknown:
+        raise SpecError(f"cross {name!r}: unknown keys {sorted(unknown)}")
     try:
         left, right = body["features"]
-        return Cross(name=name, features=(str(left), str(right)), buckets=int(body["buckets"]))
+        return Cross(
+            name=name,
+            features=(str(left), str(right)),
+            buckets=int(body["buckets"]),
+            pooling=str(body.get("pooling", "sum")),
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise SpecError(f"cross {name!r}: needs features: [a, b] and buckets ({err})") from None
 

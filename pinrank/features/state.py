@@ -254,6 +254,27 @@ def cross_features(
     return out
 
 
+def cross_weights(crosses: Iterable[Cross], by_name: dict[str, Jagged]) -> dict[str, np.ndarray]:
+    """float32 per-pair weights of the ``mean`` crosses among ``crosses``: 1 / the row's number
+    of kept first-feature values, so a row's weights sum to its number of kept second-feature
+    values (a user's interest profile crossed with a pin's interests: the profile's share of
+    each of the pin's interests, summed over them). Aligned with :func:`cross_features`."""
+    out = {}
+    for c in crosses:
+        if c.pooling != "mean":
+            continue
+        left, right = by_name[c.features[0]], by_name[c.features[1]]
+        la, lb = (
+            np.bincount(_rows(j)[j[0] != MISSING], minlength=j[1].size) for j in (left, right)
+        )
+        out[c.name] = np.repeat(1.0 / np.maximum(la, 1), la * lb).astype(np.float32)
+    return out
+
+
+def _rows(j: Jagged) -> np.ndarray:
+    return np.repeat(np.arange(j[1].size), j[1])
+
+
 def _column(table: pa.Table | pa.RecordBatch, f: Feature) -> pa.Array:
     if f.source not in table.schema.names:
         raise KeyError(

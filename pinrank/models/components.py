@@ -58,7 +58,8 @@ def tables_for(
 
 
 class SparseArch(nn.Module):
-    """Pooled embeddings of sparse features: KeyedJaggedTensor -> [B, sum of widths].
+    """Pooled embeddings of sparse features: KeyedJaggedTensor -> [B, sum of widths]
+    (``weighted``: the sum of each bag's rows times the KeyedJaggedTensor's per-value weights).
 
     Example::
 
@@ -69,9 +70,13 @@ class SparseArch(nn.Module):
         torch.Size([2, 5])
     """
 
-    def __init__(self, tables: Sequence[TableSpec], init_std: float = 0.05) -> None:
+    def __init__(
+        self, tables: Sequence[TableSpec], init_std: float = 0.05, weighted: bool = False
+    ) -> None:
         super().__init__()
-        self.tables = list(tables)
+        if weighted and any(t.pooling != "sum" for t in tables):
+            raise ValueError("a weighted SparseArch pools by weighted sums: every table 'sum'")
+        self.tables, self.weighted = list(tables), weighted
         self.output_dim = sum(t.embedding_dim for t in self.tables)
         self.ebc = EmbeddingBagCollection(
             tables=[
@@ -84,6 +89,7 @@ class SparseArch(nn.Module):
                 )
                 for t in self.tables
             ],
+            is_weighted=weighted,  # the KeyedJaggedTensor's per-value weights scale the rows
             device=torch.device("cpu"),
         )
         for bag in self.ebc.embedding_bags.values():

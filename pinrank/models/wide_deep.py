@@ -144,9 +144,9 @@ def _linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
 class _Linear1(nn.Module):
     """A sum of 1-wide embedding bags: a linear model over sparse ids -> [B]."""
 
-    def __init__(self, tables: Sequence[TableSpec]) -> None:
+    def __init__(self, tables: Sequence[TableSpec], weighted: bool = False) -> None:
         super().__init__()
-        self.arch = SparseArch(tables, init_std=0.0)
+        self.arch = SparseArch(tables, init_std=0.0, weighted=weighted)
         for t in self.arch.tables:
             nn.init.zeros_(self.arch.weight(t.feature))
 
@@ -185,6 +185,7 @@ class WideDeep(nn.Module):
         cfg: WideDeepConfig,
         examination_tables: Sequence[TableSpec] = (),
         examination_dense: Sequence[int] = (),
+        weighted_crosses: bool = False,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -222,7 +223,7 @@ class WideDeep(nn.Module):
         k = cfg.interaction_dim if cfg.deep else 0
         self.user_proj = _linear(user_dim, k)
         self.cand_proj = _linear(cand_dim, k)
-        self.cross = _Linear1(cross_tables if cfg.wide else [])
+        self.cross = _Linear1(cross_tables if cfg.wide else [], weighted_crosses)
         self.unigrams = nn.ModuleDict(
             {side: _Linear1(unigram_tables.get(side, [])) for side in ("user", "item", "context")}
         )
@@ -263,7 +264,19 @@ class WideDeep(nn.Module):
             unigrams.setdefault(f.side, []).append(
                 TableSpec(name, state.cardinality(name), 1, f.pooling)
             )
-        net = cls(user, item, context, crosses, unigrams, dense_dims, cfg, exam_tables, exam_dense)
+        weighted = any(c.pooling == "mean" for c in spec.crosses)  # the batches carry weights
+        net = cls(
+            user,
+            item,
+            context,
+            crosses,
+            unigrams,
+            dense_dims,
+            cfg,
+            exam_tables,
+            exam_dense,
+            weighted,
+        )
         if cfg.tie_shared and cfg.deep:
             tie_shared(spec, net.user_sparse, net.item_sparse)
         return net

@@ -16,13 +16,16 @@ from pinrank.features.featurizer import FeatureBatch
 
 
 def _cat(batches: list[FeatureBatch]) -> dict[str, torch.Tensor]:
-    """Flatten batches into per-key tensors: sparse values and lengths, dense, labels, ids."""
+    """Flatten batches into per-key tensors: sparse values, lengths and weights, dense, labels,
+    ids."""
     out: dict[str, list[torch.Tensor]] = {}
     for b in batches:
         for group, kjt in b.sparse.items():
             for key, jt in kjt.to_dict().items():
                 out.setdefault(f"{group}/{key}/values", []).append(jt.values())
                 out.setdefault(f"{group}/{key}/lengths", []).append(jt.lengths())
+                if (w := jt.weights_or_none()) is not None:  # a mean cross's per-pair weights
+                    out.setdefault(f"{group}/{key}/weights", []).append(w)
         for side, x in b.dense.items():
             out.setdefault(f"dense/{side}", []).append(x)
         for name in ("labels", "user_ids", "item_ids"):
@@ -107,7 +110,9 @@ def test_select_rows_equals_featurizing_those_rows(synthetic_prepared: Prepared)
     events = read_table(synthetic_prepared.split("val"), "events").take(rows.numpy())
     assert dm.featurizer is not None
     direct = dm.featurizer(join_examples(events, dm.users, dm.items), events["engaged"].to_numpy())
-    for key, value in _cat([direct]).items():
+    want = _cat([direct])
+    assert any(k.endswith("/weights") for k in want)  # the profile crosses' weights follow too
+    for key, value in want.items():
         assert torch.equal(_cat([picked])[key], value), key
 
 

@@ -24,6 +24,39 @@ def test_cross_rows_places_each_key_in_its_column_block() -> None:
     assert x.matmul(w).tolist() == [1.0, 12.0]
 
 
+def test_cross_rows_takes_the_weights_of_mean_crosses() -> None:
+    # a mean cross's KeyedJaggedTensor carries per-value weights (1 for the other keys)
+    kjt = KeyedJaggedTensor(
+        keys=["a", "b"],
+        values=torch.tensor([1, 2, 4, 1]),
+        lengths=torch.tensor([1, 2, 0, 1]),
+        weights=torch.tensor([1.0, 0.5, 0.5, 1.0]),
+    )
+    x = cross_rows([(kjt, np.array([1, 0]))], [5, 3])
+    assert x.values is not None
+    np.testing.assert_allclose(x.values, [1.0, 0.5, 0.5, 1.0])
+    w = torch.arange(8, dtype=torch.float32)
+    assert x.matmul(w).tolist() == [1.0, (2 + 4) / 2 + 6]
+
+
+def test_cross_rows_merges_repeated_pairs_of_a_row() -> None:
+    # a profile repeats interests: row 0 of key a has [3, 3, 1] (weights 1/3), row 1 of b [2, 2]
+    kjt = KeyedJaggedTensor(
+        keys=["a", "b"],
+        values=torch.tensor([3, 3, 1, 2, 2]),
+        lengths=torch.tensor([3, 0, 0, 2]),
+        weights=torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0, 1.0]),
+    )
+    x = cross_rows([(kjt, np.array([1, 0]))], [5, 3])
+    assert x.indptr.tolist() == [0, 2, 3]
+    assert x.indices.tolist() == [1, 3, 7]
+    assert x.values is not None
+    np.testing.assert_allclose(x.values, [1 / 3, 2 / 3, 2.0])
+    w = torch.randn(8)
+    expected = [(w[3] * 2 + w[1]) / 3, 2 * w[7]]
+    torch.testing.assert_close(x.matmul(w), torch.stack(expected))
+
+
 def test_fit_reaches_the_penalised_optimum() -> None:
     rng = np.random.default_rng(0)
     n, cols = 3000, 12

@@ -50,6 +50,14 @@ def _one(**body: object) -> dict:
             {**_one(), "crosses": {"c": {"features": ["f"], "buckets": 5}}},
             "cross 'c': needs features",
         ),
+        (
+            {**_one(), "crosses": {"c": {"features": ["f", "f"], "buckets": 5, "pooling": "max"}}},
+            "cross 'c': pooling must be one of",
+        ),
+        (
+            {**_one(), "crosses": {"c": {"features": ["f", "f"], "buckets": 5, "weight": 2}}},
+            r"cross 'c': unknown keys \['weight'\]",
+        ),
         ({**_one(), "version": 2}, "unknown top-level keys"),
     ],
 )

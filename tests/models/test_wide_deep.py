@@ -11,6 +11,7 @@ import torch
 from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
+from pinrank.evaluation.logreg import cross_rows
 from pinrank.models.wide_deep import WideDeep, WideDeepConfig
 
 CFG = WideDeepConfig(
@@ -119,12 +120,29 @@ def test_wide_only_is_a_logistic_regression_over_crosses(synthetic_prepared: Pre
     with torch.no_grad():
         net.bias.fill_(0.25)
         got = net(batch)
+    means = {c.name: c.features[0] for c in dm.spec.crosses if c.pooling == "mean"}
+    assert means  # the default spec averages its interest profiles' crosses
     expected = torch.full((len(batch),), 0.25)
+    rows = torch.arange(len(batch))
     for name, w in zip(cross.keys(), weights, strict=True):
         jt = cross[name]
-        row = torch.repeat_interleave(torch.arange(len(batch)), jt.lengths())
-        expected.index_add_(0, row, w[jt.values()])
-    torch.testing.assert_close(got, expected)
+        row = torch.repeat_interleave(rows, jt.lengths())
+        values = w[jt.values()]
+        if name in means:  # each pair weighs 1 / the row's kept values of the profile
+            bag = batch.sparse["user"][means[name]]
+            kept = torch.zeros(len(batch)).index_add_(
+                0, torch.repeat_interleave(rows, bag.lengths()), (bag.values() != 0).float()
+            )
+            assert (kept[row] > 0).all()
+            values = values / kept[row]
+        expected.index_add_(0, row, values)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)  # float32 sums of ~100 terms
+    # the logistic-regression baseline's design matrix weighs the crosses the same way
+    cards = [dm.state.cardinality(n) for n in cross.keys()]  # noqa: SIM118
+    design = cross_rows([(cross, batch.labels.numpy())], cards)
+    torch.testing.assert_close(
+        design.matmul(torch.cat(weights)) + 0.25, expected, rtol=1e-5, atol=1e-4
+    )
 
 
 def test_gradients_reach_every_table(synthetic_prepared: Prepared) -> None:
