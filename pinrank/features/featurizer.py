@@ -17,13 +17,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from pinrank.features.spec import SIDES, FeatureSpec
-from pinrank.features.state import (
-    FeatureState,
-    SideArrays,
-    cross_features,
-    cross_weights,
-    transform_side,
-)
+from pinrank.features.state import FeatureState, SideArrays, cross_features, transform_side
 from pinrank.features.transforms import Counts, Jagged, take_jagged
 
 # torchrec asks torch.fx whether it is tracing on every KeyedJaggedTensor; torch answers with a
@@ -167,20 +161,15 @@ class Featurizer:
         ready = [c for c in wanted if all(f in by_name for f in c.features)]
         if not ready:
             return None
-        keys = self.sparse_keys["cross"]
         crosses = cross_features(ready, self.state, by_name)
-        kjt = self._kjt(keys, crosses, rows)
-        if not any(c.pooling == "mean" for c in self.spec.crosses):
-            return kjt
-        weights = cross_weights(ready, by_name)
-        per_key = [weights.get(k, np.ones(len(crosses[k][0]), np.float32)) for k in keys]
-        return KeyedJaggedTensor(
-            keys=keys,
-            values=kjt.values(),
-            lengths=kjt.lengths(),
-            weights=torch.from_numpy(np.concatenate(per_key)),
-            stride=rows,
-        )
+        keys = self.sparse_keys["cross"]
+        weights = None
+        if self.spec.weighted_crosses:
+            weights = [
+                w if w is not None else np.ones(len(v), np.float32)
+                for v, _, w in (crosses[k] for k in keys)
+            ]
+        return self._kjt(keys, {k: (v, n) for k, (v, n, _) in crosses.items()}, rows, weights)
 
     def __call__(
         self, tables: dict[str, pa.Table], labels: np.ndarray | None = None
@@ -263,12 +252,19 @@ class Featurizer:
         )
 
     @staticmethod
-    def _kjt(keys: list[str], arrays: dict[str, Jagged], rows: int) -> KeyedJaggedTensor:
+    def _kjt(
+        keys: list[str],
+        arrays: dict[str, Jagged],
+        rows: int,
+        weights: list[np.ndarray] | None = None,
+    ) -> KeyedJaggedTensor:
+        """``weights``: per key, float32 per-value weights (a weighted table's input)."""
         values = [arrays[k][0] for k in keys]
         lengths = [arrays[k][1] for k in keys]
         return KeyedJaggedTensor(
             keys=keys,
             values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
             lengths=torch.from_numpy(np.concatenate(lengths) if lengths else np.zeros(0, np.int32)),
+            weights=None if weights is None else torch.from_numpy(np.concatenate(weights)),
             stride=rows,
         )

@@ -166,6 +166,12 @@ class FeatureSpec:
             f for f in self.features if f.side == side and (sparse is None or f.is_sparse == sparse)
         ]
 
+    @property
+    def weighted_crosses(self) -> bool:
+        """Whether the wide part's crosses carry per-pair weights (some cross is ``mean``): the
+        featurizer then attaches them to every cross, and the wide part's tables read them."""
+        return any(c.pooling == "mean" for c in self.crosses)
+
     def dense_slices(self, side: str) -> dict[str, slice]:
         """Columns of each numeric feature in a side's dense matrix (spec order, ``dim`` wide)."""
         slices, start = {}, 0

@@ -243,36 +243,25 @@ def transform_side(
 
 def cross_features(
     crosses: Iterable[Cross], state: FeatureState, by_name: dict[str, Jagged]
-) -> dict[str, Jagged]:
-    """Hashed crosses from the (row-aligned) jagged indices of their two features."""
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Hashed crosses from the (row-aligned) jagged indices of their two features: per cross
+    its ids, lengths and, for a ``mean`` cross, float32 per-pair weights (1 / the row's number
+    of kept first-feature values: a user's interest profile crossed with a pin's interests adds
+    the profile's share of each of the pin's interests, summed over them); ``None`` for
+    ``sum``."""
     out = {}
     for c in crosses:
         st = state.crosses[c.name]
-        left, right, lengths = jagged_product(by_name[c.features[0]], by_name[c.features[1]])
+        first = by_name[c.features[0]]
+        left, right, lengths = jagged_product(first, by_name[c.features[1]])
         pair = left * np.int64(st["right_cardinality"]) + right
-        out[c.name] = (hash_ids(pair, st["a"], st["b"], st["buckets"]), lengths)
+        weights = None
+        if c.pooling == "mean":
+            row = np.repeat(np.arange(first[1].size), first[1])
+            kept = np.bincount(row[first[0] != MISSING], minlength=first[1].size)
+            weights = np.repeat(1.0 / np.maximum(kept, 1), lengths).astype(np.float32)
+        out[c.name] = (hash_ids(pair, st["a"], st["b"], st["buckets"]), lengths, weights)
     return out
-
-
-def cross_weights(crosses: Iterable[Cross], by_name: dict[str, Jagged]) -> dict[str, np.ndarray]:
-    """float32 per-pair weights of the ``mean`` crosses among ``crosses``: 1 / the row's number
-    of kept first-feature values, so a row's weights sum to its number of kept second-feature
-    values (a user's interest profile crossed with a pin's interests: the profile's share of
-    each of the pin's interests, summed over them). Aligned with :func:`cross_features`."""
-    out = {}
-    for c in crosses:
-        if c.pooling != "mean":
-            continue
-        left, right = by_name[c.features[0]], by_name[c.features[1]]
-        la, lb = (
-            np.bincount(_rows(j)[j[0] != MISSING], minlength=j[1].size) for j in (left, right)
-        )
-        out[c.name] = np.repeat(1.0 / np.maximum(la, 1), la * lb).astype(np.float32)
-    return out
-
-
-def _rows(j: Jagged) -> np.ndarray:
-    return np.repeat(np.arange(j[1].size), j[1])
 
 
 def _column(table: pa.Table | pa.RecordBatch, f: Feature) -> pa.Array:

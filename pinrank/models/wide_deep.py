@@ -264,7 +264,6 @@ class WideDeep(nn.Module):
             unigrams.setdefault(f.side, []).append(
                 TableSpec(name, state.cardinality(name), 1, f.pooling)
             )
-        weighted = any(c.pooling == "mean" for c in spec.crosses)  # the batches carry weights
         net = cls(
             user,
             item,
@@ -275,7 +274,7 @@ class WideDeep(nn.Module):
             cfg,
             exam_tables,
             exam_dense,
-            weighted,
+            spec.weighted_crosses,
         )
         if cfg.tie_shared and cfg.deep:
             tie_shared(spec, net.user_sparse, net.item_sparse)

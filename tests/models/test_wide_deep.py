@@ -18,6 +18,11 @@ CFG = WideDeepConfig(
     hidden=(32, 16), dropout=0.2, wide_unigrams=("user_id", "item_id"), interaction_dim=8
 )
 
+PAL = WideDeepConfig(
+    hidden=(32, 16), wide_unigrams=("user_id", "item_id"), interaction_dim=8,
+    examination=("position",), examination_hidden=(8,),
+)  # fmt: skip
+
 
 def _dm(prepared: Prepared, **kw: object) -> PinrankDataModule:
     dm = PinrankDataModule(str(prepared.root), batch_size=128, **kw)  # type: ignore[arg-type]
@@ -51,9 +56,10 @@ def _feeds(dm: PinrankDataModule, prepared: Prepared, n_users: int = 4, per_user
     return users, items.ravel(), user_index, context
 
 
-def test_feed_scores_equal_pair_scores(synthetic_prepared: Prepared) -> None:
+@pytest.mark.parametrize("cfg", [CFG, PAL], ids=["relevance", "examination"])
+def test_feed_scores_equal_pair_scores(synthetic_prepared: Prepared, cfg: WideDeepConfig) -> None:
     dm = _dm(synthetic_prepared)
-    net = _trained_net(dm)
+    net = _trained_net(dm, cfg)
     users, items, user_index, context = _feeds(dm, synthetic_prepared)
     fz = dm.featurizer
     assert fz is not None
@@ -63,8 +69,8 @@ def test_feed_scores_equal_pair_scores(synthetic_prepared: Prepared) -> None:
     pairs = fz(
         {"user": user_rows.take(pa.array(user_index)), "item": item_rows, "context": context}
     )
-    # the same crosses, whether computed per pair or from each user once
-    for key in ("values", "lengths"):
+    # the same crosses (and mean crosses' weights), per pair or from each user once
+    for key in ("values", "lengths", "weights"):
         torch.testing.assert_close(
             getattr(feed.candidates.sparse["cross"], key)(), getattr(pairs.sparse["cross"], key)()
         )
@@ -172,12 +178,6 @@ def test_unknown_unigram_feature_is_refused(synthetic_prepared: Prepared) -> Non
         )
 
 
-PAL = WideDeepConfig(
-    hidden=(32, 16), wide_unigrams=("user_id", "item_id"), interaction_dim=8,
-    examination=("position",), examination_hidden=(8,),
-)  # fmt: skip
-
-
 def test_examination_tower_alone_reads_the_position(synthetic_prepared: Prepared) -> None:
     """With ``examination=("position",)`` the position feeds only the examination tower: moving
     an impression changes its examination logit and nothing of the relevance parts, and the
@@ -211,22 +211,6 @@ def test_examination_tower_alone_reads_the_position(synthetic_prepared: Prepared
     no_exam = net.combine(user, (f1, p1, w1, None), batch.sparse.get("cross"))
     product = torch.sigmoid(no_exam) * torch.sigmoid(g1)  # relevance times examination
     torch.testing.assert_close(torch.sigmoid(out1), product, atol=1e-6, rtol=1e-5)
-
-
-def test_examination_feed_scores_equal_pair_scores(synthetic_prepared: Prepared) -> None:
-    dm = _dm(synthetic_prepared)
-    net = _trained_net(dm, PAL)
-    users, items, user_index, context = _feeds(dm, synthetic_prepared)
-    fz = dm.featurizer
-    assert fz is not None
-    user_rows, item_rows = dm.users.take(users), dm.items.take(items)
-    feed = fz.feed(user_rows, item_rows, user_index, context)
-    pairs = fz(
-        {"user": user_rows.take(pa.array(user_index)), "item": item_rows, "context": context}
-    )
-    with torch.no_grad():
-        diff = float((net.score_feed(feed) - net(pairs)).abs().max())
-    assert diff <= 1e-5, diff
 
 
 def test_examined_logit_is_stable_at_the_extremes() -> None:
