@@ -85,6 +85,15 @@ def test_wide_deep_model_config_composes(tmp_path: Path) -> None:
     assert net_cfg.wide and net_cfg.deep and tuple(net_cfg.hidden) == (256, 128)
 
 
+def test_model_sets_the_trainer_epochs_unless_the_command_line_does(tmp_path: Path) -> None:
+    paths = _tiny(tmp_path)[:3]
+    for model, epochs in (("two_tower", 6), ("wide_deep", 10)):
+        cfg = _compose([*paths, f"model={model}"])
+        assert cfg.trainer.max_epochs == cfg.model.max_epochs == epochs
+        assert _compose([*paths, f"model={model}", "trainer.max_epochs=2"]).trainer.max_epochs == 2
+    assert _compose([*paths, "experiment=ml100k_wide_deep"]).trainer.max_epochs == 30
+
+
 def test_tiny_training_run_writes_metrics(tmp_path: Path) -> None:
     metrics = _run(_tiny(tmp_path), tmp_path)
     for key in (
