@@ -154,13 +154,17 @@ class Featurizer:
         return sum(s.stop - s.start for s in self.dense_slices[side].values())
 
     def _cross_kjt(self, by_name: dict[str, Jagged], rows: int) -> KeyedJaggedTensor | None:
-        """The spec's crosses of the row-aligned features ``by_name`` as one KeyedJaggedTensor
-        (None when a cross's features are missing or this featurizer skips crosses); with
-        per-value weights when the spec has ``mean`` crosses (1 for the others)."""
+        """The spec's crosses of the row-aligned features ``by_name`` as one KeyedJaggedTensor,
+        with per-value weights when the spec has ``mean`` crosses (1 for the others). None when
+        this featurizer skips crosses or no cross has both features (e.g. one side alone); an
+        error when only some have."""
         wanted = self.spec.crosses if self.crosses else ()
         ready = [c for c in wanted if all(f in by_name for f in c.features)]
         if not ready:
             return None
+        if len(ready) < len(wanted):
+            missing = sorted({f for c in wanted for f in c.features} - set(by_name))
+            raise ValueError(f"crosses need features {missing}: featurize all their sides")
         crosses = cross_features(ready, self.state, by_name)
         keys = self.sparse_keys["cross"]
         weights = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from pathlib import Path
@@ -17,49 +18,48 @@ from pinrank.features.featurizer import Featurizer
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState, fit, transform_side
 
-SPEC = FeatureSpec.from_dict(
-    {
-        "features": {
-            "gender": {"side": "user", "source": "gender", "kind": "categorical", "vocab": {}},
-            "age": {
-                "side": "user",
-                "source": "age",
-                "kind": "numeric",
-                "valid": [13, 100],
-                "transforms": ["standardize"],
-            },
-            "age_bucket": {
-                "side": "user",
-                "source": "age",
-                "kind": "categorical",
-                "valid": [13, 100],
-                "bucketize": [18, 30],
-            },
-            "likes": {
-                "side": "user",
-                "source": "interests",
-                "kind": "multi_categorical",
-                "vocab": {"min_count": 2},
-            },
-            "history": {
-                "side": "user",
-                "source": "history",
-                "kind": "sequence",
-                "shares": "item_id",
-                "max_len": 2,
-            },
-            "item_id": {"side": "item", "source": "item_id", "kind": "categorical", "vocab": {}},
-            "emb": {"side": "item", "source": "embedding", "kind": "numeric", "dim": 2},
-            "views": {
-                "side": "item",
-                "source": "views",
-                "kind": "numeric",
-                "transforms": ["log1p", {"clip": [0, 3]}, "standardize"],
-            },
+SPEC_DATA: dict = {
+    "features": {
+        "gender": {"side": "user", "source": "gender", "kind": "categorical", "vocab": {}},
+        "age": {
+            "side": "user",
+            "source": "age",
+            "kind": "numeric",
+            "valid": [13, 100],
+            "transforms": ["standardize"],
         },
-        "crosses": {"gender_x_item": {"features": ["gender", "item_id"], "buckets": 97}},
-    }
-)
+        "age_bucket": {
+            "side": "user",
+            "source": "age",
+            "kind": "categorical",
+            "valid": [13, 100],
+            "bucketize": [18, 30],
+        },
+        "likes": {
+            "side": "user",
+            "source": "interests",
+            "kind": "multi_categorical",
+            "vocab": {"min_count": 2},
+        },
+        "history": {
+            "side": "user",
+            "source": "history",
+            "kind": "sequence",
+            "shares": "item_id",
+            "max_len": 2,
+        },
+        "item_id": {"side": "item", "source": "item_id", "kind": "categorical", "vocab": {}},
+        "emb": {"side": "item", "source": "embedding", "kind": "numeric", "dim": 2},
+        "views": {
+            "side": "item",
+            "source": "views",
+            "kind": "numeric",
+            "transforms": ["log1p", {"clip": [0, 3]}, "standardize"],
+        },
+    },
+    "crosses": {"gender_x_item": {"features": ["gender", "item_id"], "buckets": 97}},
+}
+SPEC = FeatureSpec.from_dict(SPEC_DATA)
 
 TRAIN_USERS = pa.table(
     {
@@ -187,6 +187,19 @@ def test_crosses_pair_user_and_item_values(state: FeatureState) -> None:
     pair = 2 * 4 + 2  # gender F (2) x item 10 (2)
     want = ((pair % 2147483647) * st["a"] + st["b"]) % 2147483647 % 97 + 1
     assert cross.values()[0].item() == want
+
+
+def test_featurizing_only_some_crosses_features_is_a_clear_error() -> None:
+    data = copy.deepcopy(SPEC_DATA)
+    data["crosses"]["gender_x_likes"] = {"features": ["gender", "likes"], "buckets": 31}
+    spec = FeatureSpec.from_dict(data)
+    fz = Featurizer(spec, fit(spec, {"user": [TRAIN_USERS], "item": [TRAIN_ITEMS.to_batches()[0]]}))
+    assert (
+        "cross"
+        in fz({"user": TRAIN_USERS, "item": TRAIN_ITEMS.slice(0, 3).take([0, 1, 2, 0])}).sparse
+    )
+    with pytest.raises(ValueError, match=r"crosses need features \['item_id'\]"):
+        fz({"user": TRAIN_USERS})  # gender_x_likes could be built, gender_x_item could not
 
 
 def test_fit_sees_train_rows_only(synthetic_prepared: Prepared) -> None:
