@@ -21,7 +21,9 @@ needs plain tensors) and are built by :func:`graphs_for`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pinrank.calibration import EPS, Calibration
-from pinrank.export.features import RawFeatures, Sparse, pool
+from pinrank.export.features import RawFeatures, Sparse, hash_torch, pool
 from pinrank.features.columns import ColumnSpec
-from pinrank.features.spec import FeatureSpec
+from pinrank.features.spec import Cross, FeatureSpec
 from pinrank.features.state import FeatureState
 from pinrank.models.components import SparseArch
 from pinrank.models.towers import Tower, TwoTower
@@ -150,25 +152,171 @@ def calibrate(logit: torch.Tensor, cal: Calibration) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ ranker
 
-# first, proj, wide, the sparse features crosses read, the examination logit (candidates only)
-Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Sparse], torch.Tensor | None]
+
+class Part(NamedTuple):
+    """One side's part of the ranker for its rows (users, or candidates: a pin and a context)."""
+
+    first: torch.Tensor  # the side's half of the first layer [R, H]
+    proj: torch.Tensor  # its projection [R, K]
+    wide: torch.Tensor  # its wide terms [R]
+    sparse: dict[str, Sparse]  # the features the pair-wise crosses read
+    exam: torch.Tensor | None  # the examination logit [R] (candidates only)
+    profiles: dict[str, torch.Tensor]  # profile crosses' tables [R, right cardinality] (users)
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """How a part graph hands a :class:`Part` on (see :class:`_SidePartsGraph`): the prefix of
+    its outputs, the features pair-wise crosses read, the profile crosses' tables (name ->
+    right cardinality) and whether it carries an examination logit."""
+
+    prefix: str
+    crossed: tuple[str, ...]
+    profiles: tuple[tuple[str, int], ...]
+    exam: bool
+
+    def outputs(self) -> list[str]:
+        p = self.prefix
+        return [
+            f"{p}.first",
+            f"{p}.proj",
+            f"{p}.wide",
+            *([f"{p}.exam"] if self.exam else []),
+            *[n for f in self.crossed for n in (f"{p}.{f}.indices", f"{p}.{f}.kept")],
+            *[f"{p}.{name}.table" for name, _ in self.profiles],
+        ]
+
+    def inputs(self, rows: str, net: WideDeep) -> list[GraphInput]:
+        """Inputs carrying the part, in :meth:`outputs` order, with ``rows`` the batch axis."""
+        p, hidden, k = self.prefix, net.user_first.out_features, net.user_proj.out_features
+        out = [
+            GraphInput(f"{p}.first", "float32", (rows, hidden)),
+            GraphInput(f"{p}.proj", "float32", (rows, k)),
+            GraphInput(f"{p}.wide", "float32", (rows,)),
+        ]
+        if self.exam:
+            out.append(GraphInput(f"{p}.exam", "float32", (rows,)))
+        for f in self.crossed:
+            out += [
+                GraphInput(f"{p}.{f}.indices", "int64", (rows, f"{p}.{f}.width")),
+                GraphInput(f"{p}.{f}.kept", "bool", (rows, f"{p}.{f}.width")),
+            ]
+        out += [GraphInput(f"{p}.{n}.table", "float32", (rows, w)) for n, w in self.profiles]
+        return out
+
+    def part(self, x: dict[str, torch.Tensor]) -> Part:
+        """The part from a graph's named inputs."""
+        p = self.prefix
+        return Part(
+            x[f"{p}.first"],
+            x[f"{p}.proj"],
+            x[f"{p}.wide"],
+            {f: (x[f"{p}.{f}.indices"], x[f"{p}.{f}.kept"]) for f in self.crossed},
+            x[f"{p}.exam"] if self.exam else None,
+            {name: x[f"{p}.{name}.table"] for name, _ in self.profiles},
+        )
+
+    def flatten(self, part: Part) -> tuple[torch.Tensor, ...]:
+        """The part's tensors in :meth:`outputs` order."""
+        return (
+            part.first,
+            part.proj,
+            part.wide,
+            *([part.exam] if self.exam and part.exam is not None else []),
+            *[t for f in self.crossed for t in part.sparse[f]],
+            *[part.profiles[name] for name, _ in self.profiles],
+        )
+
+
+# A user bag x candidate feature cross is computed per user (:func:`profile_crosses`) when its
+# grid of (left index, right index) pairs has at most this many cells.
+PROFILE_GRID = 1 << 16
+
+
+def profile_crosses(net: WideDeep, features: RawFeatures) -> list[Cross]:
+    """The wide crosses of a multi-valued user feature (a bag: an interest profile, a history)
+    with a candidate feature of a small index space, which factorise per user.
+
+    Per pair such a cross hashes and looks up every (profile value, candidate value) pair: the
+    profile's length times the candidate's per candidate. But its sum is linear in the profile,
+    ``sum_a w_a sum_b t[h(a, b)] = sum_b T[b]`` with ``T[v] = sum_a w_a t[h(a, v)]`` for every
+    candidate index ``v``, so the user part computes ``T`` once per user (:func:`profile_table`)
+    and each candidate only gathers ``T`` at its own values (:func:`profile_sum`). The maths is
+    unchanged (up to the order of float additions)."""
+    if not net.cross.arch.tables:
+        return []
+    spec, state = features.spec, features.state
+    out = []
+    for c in spec.crosses:
+        left, right = spec[c.features[0]], spec[c.features[1]]
+        if left.side != "user" or right.side == "user" or left.kind == "categorical":
+            continue
+        grid = state.cardinality(left.shares or left.name) * int(
+            state.crosses[c.name]["right_cardinality"]
+        )
+        if grid <= PROFILE_GRID:
+            out.append(c)
+    return out
+
+
+def profile_table(
+    net: WideDeep, features: RawFeatures, cross: Cross, sparse: dict[str, Sparse]
+) -> torch.Tensor:
+    """[U, right cardinality]: per user and candidate index ``v``, the weighted sum of the
+    cross's wide weights over the user's kept values ``a`` of its first feature, each pair
+    ``(a, v)`` weighing what :meth:`RawFeatures.crosses` gives it (1, or 1 / the kept values of
+    a ``mean`` cross). Computed as the user's weight per left index times the [left, right]
+    grid of the table's weights at the hashed pairs."""
+    st = features.state.crosses[cross.name]
+    left = features.spec[cross.features[0]]
+    n_left, n_right = features.state.cardinality(left.shares or left.name), st["right_cardinality"]
+    ia, ka = sparse[cross.features[0]]
+    ka = ka & (ia != 0)
+    w = ka.to(torch.float32)
+    if cross.pooling == "mean":
+        w = w / ka.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
+    profile = torch.zeros(ia.shape[0], n_left, dtype=torch.float32, device=ia.device)
+    profile = profile.scatter_add(1, ia, w)  # (U, left): the weight of each left index
+    a = torch.arange(n_left, device=ia.device)[:, None]
+    pair = a * int(n_right) + torch.arange(int(n_right), device=ia.device)[None, :]
+    idx = hash_torch(pair, st["a"], st["b"], st["buckets"])
+    grid = F.embedding(idx, net.cross.arch.weight(cross.name))[..., 0]  # (left, right)
+    return profile @ grid
+
+
+def profile_sum(
+    table: torch.Tensor, sparse: Sparse, user_index: torch.Tensor | None
+) -> torch.Tensor:
+    """[N] a profile cross per candidate: each candidate's user's row of ``table`` (``[U, R]``,
+    gathered by ``user_index``, or row-aligned when ``None``) summed at its kept values."""
+    ib, kb = sparse
+    kb = kb & (ib != 0)
+    rows = user_index if user_index is not None else torch.arange(ib.shape[0], device=ib.device)
+    flat = table.reshape(-1)[rows[:, None] * table.shape[1] + ib]  # (N, L)
+    return (flat * kb.to(flat.dtype)).sum(dim=1)
 
 
 def user_part(
-    net: WideDeep, features: RawFeatures, x: dict[str, torch.Tensor], rows: torch.Tensor
+    net: WideDeep,
+    features: RawFeatures,
+    x: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    profiles: Sequence[Cross] = (),
 ) -> Part:
-    """``WideDeep.user_part`` from raw columns, plus the user's sparse features (for crosses)."""
+    """``WideDeep.user_part`` from raw columns, plus the user's sparse features (for crosses)
+    and the tables of the ``profiles`` crosses (:func:`profile_table`)."""
     sparse = features.sparse(x, "user")
     parts = [sparse_arch(net.user_sparse, sparse, rows)]
     if net.cfg.deep:
         parts.append(features.dense(x, "user", rows))
     h = torch.cat(parts, dim=1)  # (U, user width)
-    return (
+    return Part(
         net.user_first(h),
         net.user_proj(h),
         linear1(net.unigrams["user"], sparse, rows),
         sparse,
         None,
+        {c.name: profile_table(net, features, c, sparse) for c in profiles},
     )
 
 
@@ -192,16 +340,21 @@ def candidate_part(
         + linear1(net.unigrams["context"], ctx, rows)
         + net.bias
     )
-    return net.cand_first(h), net.cand_proj(h), wide, items | ctx, exam
+    return Part(net.cand_first(h), net.cand_proj(h), wide, items | ctx, exam, {})
 
 
 def _gather(part: Part, index: torch.Tensor | None) -> Part:
-    """A part's rows ``index`` (all rows, unchanged, when ``None``)."""
+    """A part's rows ``index`` (all rows, unchanged, when ``None``); profile tables are left
+    whole (:func:`profile_sum` gathers only the cells it reads)."""
     if index is None:
         return part
-    first, proj, wide, sparse, exam = part
-    taken = {k: (i[index], m[index]) for k, (i, m) in sparse.items()}
-    return first[index], proj[index], wide[index], taken, None if exam is None else exam[index]
+    return part._replace(
+        first=part.first[index],
+        proj=part.proj[index],
+        wide=part.wide[index],
+        sparse={k: (i[index], m[index]) for k, (i, m) in part.sparse.items()},
+        exam=None if part.exam is None else part.exam[index],
+    )
 
 
 def combine(
@@ -213,29 +366,46 @@ def combine(
     item_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``WideDeep.combine``: [N] logits; user parts gathered by ``user_index`` when users are
-    shared, candidate parts by ``item_index`` when candidates are (the catalogue's parts)."""
-    u_first, u_proj, u_wide, u_sparse, _ = _gather(user, user_index)
-    c_first, c_proj, c_wide, c_sparse, c_exam = _gather(cand, item_index)
-    logit = u_wide + c_wide
-    if net.cross.arch.tables:
-        crosses = features.crosses(u_sparse | c_sparse, list(features.spec.crosses))
-        logit = logit + linear1(net.cross, crosses, c_wide)
+    shared, candidate parts by ``item_index`` when candidates are (the catalogue's parts). The
+    crosses with a table in ``user.profiles`` are summed from it, the others pair by pair."""
+    u, c = _gather(user, user_index), _gather(cand, item_index)
+    logit = u.wide + c.wide
+    pairs = [x for x in features.spec.crosses if x.name not in user.profiles]
+    if net.cross.arch.tables and pairs:
+        crosses = features.crosses(u.sparse | c.sparse, pairs)
+        for t in net.cross.arch.tables:
+            if t.feature in crosses:
+                w = net.cross.arch.weight(t.feature)
+                logit = logit + pool(w, crosses[t.feature], t.pooling)[:, 0]
+    for x in features.spec.crosses:
+        if x.name in user.profiles:
+            logit = logit + profile_sum(user.profiles[x.name], c.sparse[x.features[1]], user_index)
     if net.head is not None:
-        logit = logit + net.head(u_first + c_first).squeeze(1)
-    if u_proj.shape[1]:
-        logit = logit + (u_proj * c_proj).sum(dim=1)
-    if c_exam is not None:
-        logit = examined_logit(logit, c_exam)
+        logit = logit + net.head(u.first + c.first).squeeze(1)
+    if u.proj.shape[1]:
+        logit = logit + (u.proj * c.proj).sum(dim=1)
+    if c.exam is not None:
+        logit = examined_logit(logit, c.exam)
     return logit
 
 
-def cross_features(net: WideDeep, features: RawFeatures, user: bool = True) -> list[str]:
+def cross_features(
+    net: WideDeep, features: RawFeatures, user: bool = True, skip: Sequence[Cross] = ()
+) -> list[str]:
     """Features of the user side (or, ``user=False``, of the candidate side) that the wide
-    crosses read: a part graph hands them on to the graph that pairs users with candidates."""
+    crosses read, but for the crosses in ``skip`` (the profile crosses a user part carries as
+    tables): a part graph hands them on to the graph that pairs users with candidates."""
     if not net.cross.arch.tables:
         return []
     users = {f.name for f in features.spec.side("user", sparse=True)}
-    names = [n for c in features.spec.crosses for n in c.features if (n in users) == user]
+    skipped = {c.name for c in skip}
+    names = [
+        n
+        for c in features.spec.crosses
+        if c.name not in skipped
+        for n in c.features
+        if (n in users) == user
+    ]
     return list(dict.fromkeys(names))
 
 
@@ -265,29 +435,36 @@ class RankerGraph(_Graph):
 class _SidePartsGraph(_Graph):
     """Raw columns of one side [R] -> that side's part of the ranker (``{prefix}.first`` [R, H],
     ``.proj`` [R, K], ``.wide`` [R], on the candidate side of a ranker with an examination tower
-    ``.exam`` [R], and per feature a cross reads ``.{f}.indices`` int64 [R, L] and ``.{f}.kept``
-    bool [R, L]): :func:`user_part` for the user side, else :func:`candidate_part` over the item
-    and context columns."""
+    ``.exam`` [R], per feature a pair-wise cross reads ``.{f}.indices`` int64 [R, L] and
+    ``.{f}.kept`` bool [R, L], and on the user side per profile cross ``.{cross}.table`` float32
+    [R, right cardinality] (:func:`profile_crosses`)): :func:`user_part` for the user side, else
+    :func:`candidate_part` over the item and context columns."""
 
     def __init__(self, features: RawFeatures, net: WideDeep, user: bool) -> None:
         prefix, rows = ("user", "users") if user else ("item", "items")
         cols = [c for c in features.columns.values() if (c.side == "user") == user]
         super().__init__(column_inputs(cols, rows), features)
         self.net, self.user = net, user
-        self.cross_features = cross_features(net, features, user=user)
-        crossed = [
-            n for f in self.cross_features for n in (f"{prefix}.{f}.indices", f"{prefix}.{f}.kept")
-        ]
-        exam = [f"{prefix}.exam"] if _has_exam(net, prefix) else []
-        self.output_names = (f"{prefix}.first", f"{prefix}.proj", f"{prefix}.wide", *exam, *crossed)
+        self.profiles = profile_crosses(net, features) if user else []
+        self.layout = PartLayout(
+            prefix,
+            tuple(cross_features(net, features, user=user, skip=self.profiles)),
+            tuple(
+                (c.name, int(features.state.crosses[c.name]["right_cardinality"]))
+                for c in self.profiles
+            ),
+            _has_exam(net, prefix),
+        )
+        self.output_names = tuple(self.layout.outputs())
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.named(args)
-        part = user_part if self.user else candidate_part
         rows = x[self.torch_inputs[0].name]
-        first, proj, wide, sparse, exam = part(self.net, self.features, x, rows)
-        exams = [] if exam is None else [exam]
-        return (first, proj, wide, *exams, *[t for f in self.cross_features for t in sparse[f]])
+        if self.user:
+            part = user_part(self.net, self.features, x, rows, self.profiles)
+        else:
+            part = candidate_part(self.net, self.features, x, rows)
+        return self.layout.flatten(part)
 
 
 def _has_exam(net: WideDeep, prefix: str) -> bool:
@@ -312,39 +489,17 @@ class RankerFeedGraph(_Graph):
     def __init__(
         self, features: RawFeatures, net: WideDeep, calibration: Calibration, user: RankerUserGraph
     ) -> None:
-        parts = _part_inputs("user", "users", net, user.cross_features)
+        parts = user.layout.inputs("users", net)
         parts.append(GraphInput("user_index", "int64", ("candidates",)))
         cols = [c for c in features.columns.values() if c.side != "user"]
         super().__init__(parts + column_inputs(cols, "candidates"), features)
-        self.net, self.calibration = net, calibration
-        self.cross_features = user.cross_features
+        self.net, self.calibration, self.layout = net, calibration, user.layout
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.named(args)
-        sparse = {f: (x[f"user.{f}.indices"], x[f"user.{f}.kept"]) for f in self.cross_features}
-        user = (x["user.first"], x["user.proj"], x["user.wide"], sparse, None)
         cand = candidate_part(self.net, self.features, x, x["user_index"])
-        logit = combine(self.net, self.features, user, cand, x["user_index"])
+        logit = combine(self.net, self.features, self.layout.part(x), cand, x["user_index"])
         return calibrate(logit, self.calibration), logit
-
-
-def _part_inputs(prefix: str, rows: str, net: WideDeep, crossed: list[str]) -> list[GraphInput]:
-    """Inputs carrying a part (``{prefix}.first``, ``.proj``, ``.wide``, ``.exam`` where the
-    part has one, and crossed features)."""
-    hidden, k = net.user_first.out_features, net.user_proj.out_features
-    out = [
-        GraphInput(f"{prefix}.first", "float32", (rows, hidden)),
-        GraphInput(f"{prefix}.proj", "float32", (rows, k)),
-        GraphInput(f"{prefix}.wide", "float32", (rows,)),
-    ]
-    if _has_exam(net, prefix):
-        out.append(GraphInput(f"{prefix}.exam", "float32", (rows,)))
-    for f in crossed:
-        out += [
-            GraphInput(f"{prefix}.{f}.indices", "int64", (rows, f"{prefix}.{f}.width")),
-            GraphInput(f"{prefix}.{f}.kept", "bool", (rows, f"{prefix}.{f}.width")),
-        ]
-    return out
 
 
 class RankerItemsGraph(_SidePartsGraph):
@@ -371,26 +526,24 @@ class RankerPairsGraph(_Graph):
         user: RankerUserGraph,
         items: RankerItemsGraph,
     ) -> None:
-        inputs = _part_inputs("user", "users", net, user.cross_features)
-        inputs += _part_inputs("item", "items", net, items.cross_features)
+        inputs = user.layout.inputs("users", net) + items.layout.inputs("items", net)
         inputs += [
             GraphInput("user_index", "int64", ("pairs",)),
             GraphInput("item_index", "int64", ("pairs",)),
         ]
         super().__init__(inputs, features)
         self.net, self.calibration = net, calibration
-        self.user_crossed, self.item_crossed = user.cross_features, items.cross_features
+        self.layouts = (user.layout, items.layout)
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.named(args)
-        parts = []
-        for prefix, crossed in (("user", self.user_crossed), ("item", self.item_crossed)):
-            sparse = {f: (x[f"{prefix}.{f}.indices"], x[f"{prefix}.{f}.kept"]) for f in crossed}
-            exam = x[f"{prefix}.exam"] if _has_exam(self.net, prefix) else None
-            first, proj, wide = (x[f"{prefix}.{n}"] for n in ("first", "proj", "wide"))
-            parts.append((first, proj, wide, sparse, exam))
         logit = combine(
-            self.net, self.features, parts[0], parts[1], x["user_index"], x["item_index"]
+            self.net,
+            self.features,
+            self.layouts[0].part(x),
+            self.layouts[1].part(x),
+            x["user_index"],
+            x["item_index"],
         )
         return calibrate(logit, self.calibration), logit
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_model
 from pinrank.calibration import Calibration
 from pinrank.export.graphs import _Graph, graphs_for
 from pinrank.export.run import build_net
+from pinrank.features.state import FeatureState
 from pinrank.features.transforms import MISSING, OOV, VocabLookup
 from pinrank.serving.package import Package
 
@@ -66,19 +67,30 @@ class TorchBackend:
                 self.graphs[name] = graph.to(self.device).eval()
             del kind
 
-    @torch.no_grad()
     def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        g = self.graphs[graph]
-        args = []
-        for i in g.torch_inputs:
-            if i.name in g.vocab:
-                f, col = g.vocab[i.name]
-                owner = f.shares or f.name
-                vocab, lookup = self.state.features[owner]["vocab"], self.state.lookups()[owner]
-                arr = label_encode(np.asarray(inputs[col.name]), lookup, vocab)
-            else:
-                arr = np.asarray(inputs[i.name])
-            args.append(torch.from_numpy(np.ascontiguousarray(arr)).to(self.device))
-        out = g(*args)
-        outs = out if isinstance(out, tuple) else (out,)
-        return {n: t.cpu().numpy() for n, t in zip(g.output_names, outs, strict=True)}
+        return run_graph(self.graphs[graph], self.state, inputs, self.device)
+
+
+@torch.no_grad()
+def run_graph(
+    g: _Graph,
+    state: FeatureState,
+    inputs: dict[str, np.ndarray],
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    """One graph module on named NumPy inputs (raw columns and parts, as the ONNX graph takes
+    them) -> its named outputs; the vocabulary lookups the ONNX graph's LabelEncoder does are
+    done here with :func:`label_encode`."""
+    args = []
+    for i in g.torch_inputs:
+        if i.name in g.vocab:
+            f, col = g.vocab[i.name]
+            owner = f.shares or f.name
+            vocab, lookup = state.features[owner]["vocab"], state.lookups()[owner]
+            arr = label_encode(np.asarray(inputs[col.name]), lookup, vocab)
+        else:
+            arr = np.asarray(inputs[i.name])
+        args.append(torch.from_numpy(np.ascontiguousarray(arr)).to(device))
+    out = g(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    return {n: t.cpu().numpy() for n, t in zip(g.output_names, outs, strict=True)}
