@@ -12,7 +12,11 @@ needs plain tensors) and are built by :func:`graphs_for`.
 - ranker_user + ranker_feed (the per-feed factorisation): ``ranker_user`` computes each user's
   part once ([U] rows); ``ranker_feed`` takes those parts, ``user_index`` int64 [N] and the raw
   candidate columns -> ``probability`` and ``logit`` [N]. The per-pair graph is these two with
-  ``user_index = arange(B)``, so all three compute the same function.
+  ``user_index = arange(B)``, so all three compute the same function. One difference: the
+  crosses of a user bag with a candidate feature (an interest profile x the pin's interests)
+  are summed by ``ranker_user`` into a table over the candidate feature's indices
+  (:func:`profile_crosses`) that the pair graphs only gather; the per-pair graph, one user row
+  per pair, computes them pair by pair.
 - ranker_items + ranker_pairs (the catalogue factorisation, for scoring many feeds):
   ``ranker_items`` computes each candidate's part once ([M] catalogue rows with a context);
   ``ranker_pairs`` takes user parts, item parts, ``user_index`` and ``item_index`` [N] and does
@@ -218,6 +222,8 @@ class PartLayout:
 
     def flatten(self, part: Part) -> tuple[torch.Tensor, ...]:
         """The part's tensors in :meth:`outputs` order."""
+        if self.exam and part.exam is None:
+            raise ValueError(f"the {self.prefix} part has no examination logit")
         return (
             part.first,
             part.proj,
