@@ -79,19 +79,32 @@ class RawFeatures(nn.Module):
         KeyedJaggedTensor weights; the wide part sums the pairs' rows times it."""
         out: dict[str, Sparse] = {}
         for c in crosses:
-            st = self.state.crosses[c.name]
-            (ia, ka), (ib, kb) = by_name[c.features[0]], by_name[c.features[1]]
-            ka, kb = ka & (ia != 0), kb & (ib != 0)
-            pair = (ia[:, :, None] * int(st["right_cardinality"]) + ib[:, None, :]).flatten(1)
-            keep = (ka[:, :, None] & kb[:, None, :]).flatten(1)
-            idx = hash_torch(pair, st["a"], st["b"], st["buckets"])
+            ia, ib = by_name[c.features[0]][0], by_name[c.features[1]][0]
+            wa, kb = self.left_weights(c, by_name[c.features[0]]), paired(by_name[c.features[1]])
+            keep = ((wa > 0)[:, :, None] & kb[:, None, :]).flatten(1)
+            idx = self.cross_ids(c, ia[:, :, None], ib[:, None, :]).flatten(1)
             idx = torch.where(keep, idx, torch.zeros_like(idx))
             if c.pooling == "mean":
-                left = ka.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
-                out[c.name] = (idx, keep.to(torch.float32) / left)
+                out[c.name] = (idx, (wa[:, :, None] * kb[:, None, :].to(wa.dtype)).flatten(1))
             else:
                 out[c.name] = (idx, keep)
         return out
+
+    def cross_ids(self, cross: Cross, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Hashed ids of the pairs of the cross's first and second features' indices
+        (``left`` and ``right`` broadcast against each other)."""
+        st = self.state.crosses[cross.name]
+        pair = left * int(st["right_cardinality"]) + right
+        return hash_torch(pair, st["a"], st["b"], st["buckets"])
+
+    @staticmethod
+    def left_weights(cross: Cross, left: Sparse) -> torch.Tensor:
+        """float32 [B, L]: what each value of the cross's first feature weighs in each of its
+        pairs: 0 where not paired, else 1, or for a ``mean`` cross 1 / the row's paired values."""
+        w = paired(left).to(torch.float32)
+        if cross.pooling == "mean":
+            w = w / w.sum(dim=1, keepdim=True).clamp(min=1)
+        return w
 
     # ------------------------------------------------------------------------------ sparse
 
@@ -165,6 +178,12 @@ class RawFeatures(nn.Module):
 
 def _step(step: Any) -> tuple[str, Any]:
     return next(iter(step.items())) if isinstance(step, dict) else (step, None)
+
+
+def paired(sparse: Sparse) -> torch.Tensor:
+    """bool [B, L]: the values a cross pairs (kept and not missing)."""
+    idx, keep = sparse
+    return keep & (idx != 0)
 
 
 def pool(weight: torch.Tensor, sparse: Sparse, pooling: str) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pinrank.calibration import EPS, Calibration
-from pinrank.export.features import RawFeatures, Sparse, hash_torch, pool
+from pinrank.export.features import RawFeatures, Sparse, paired, pool
 from pinrank.features.columns import ColumnSpec
 from pinrank.features.spec import Cross, FeatureSpec
 from pinrank.features.state import FeatureState
@@ -273,20 +273,19 @@ def profile_table(
     ``(a, v)`` weighing what :meth:`RawFeatures.crosses` gives it (1, or 1 / the kept values of
     a ``mean`` cross). Computed as the user's weight per left index times the [left, right]
     grid of the table's weights at the hashed pairs."""
-    st = features.state.crosses[cross.name]
     left = features.spec[cross.features[0]]
-    n_left, n_right = features.state.cardinality(left.shares or left.name), st["right_cardinality"]
-    ia, ka = sparse[cross.features[0]]
-    ka = ka & (ia != 0)
-    w = ka.to(torch.float32)
-    if cross.pooling == "mean":
-        w = w / ka.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
+    n_left = features.state.cardinality(left.shares or left.name)
+    n_right = int(features.state.crosses[cross.name]["right_cardinality"])
+    ia = sparse[cross.features[0]][0]
+    w = features.left_weights(cross, sparse[cross.features[0]])
     profile = torch.zeros(ia.shape[0], n_left, dtype=torch.float32, device=ia.device)
     profile = profile.scatter_add(1, ia, w)  # (U, left): the weight of each left index
-    a = torch.arange(n_left, device=ia.device)[:, None]
-    pair = a * int(n_right) + torch.arange(int(n_right), device=ia.device)[None, :]
-    idx = hash_torch(pair, st["a"], st["b"], st["buckets"])
-    grid = F.embedding(idx, net.cross.arch.weight(cross.name))[..., 0]  # (left, right)
+    ids = features.cross_ids(
+        cross,
+        torch.arange(n_left, device=ia.device)[:, None],
+        torch.arange(n_right, device=ia.device)[None, :],
+    )
+    grid = F.embedding(ids, net.cross.arch.weight(cross.name))[..., 0]  # (left, right)
     return profile @ grid
 
 
@@ -295,8 +294,7 @@ def profile_sum(
 ) -> torch.Tensor:
     """[N] a profile cross per candidate: each candidate's user's row of ``table`` (``[U, R]``,
     gathered by ``user_index``, or row-aligned when ``None``) summed at its kept values."""
-    ib, kb = sparse
-    kb = kb & (ib != 0)
+    ib, kb = sparse[0], paired(sparse)
     rows = user_index if user_index is not None else torch.arange(ib.shape[0], device=ib.device)
     flat = table.reshape(-1)[rows[:, None] * table.shape[1] + ib]  # (N, L)
     return (flat * kb.to(flat.dtype)).sum(dim=1)

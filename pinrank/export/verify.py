@@ -88,7 +88,7 @@ def verify(
                 _towers(report, net, featurizer, tables, arrays, backend)
             else:
                 cal = Calibration.from_dict(entry["calibration"])
-                _ranker(
+                ranker_parity(
                     report,
                     net,
                     cal,
@@ -120,7 +120,7 @@ def _towers(
         )
 
 
-def _ranker(
+def ranker_parity(
     report: ParityReport,
     net: Any,
     cal: Calibration,
@@ -131,6 +131,10 @@ def _ranker(
     user_columns: list[ColumnSpec],
     pairs: bool,
 ) -> None:
+    """Record in ``report`` the differences of the ranker's graphs on ``be`` from the training
+    path (``net`` on the featurizer's batch, ``cal`` in NumPy): per pair (``ranker``), per feed
+    (``ranker_user`` once per distinct user + ``ranker_feed``) and, with ``pairs``, per
+    catalogue (``ranker_items`` + ``ranker_pairs``)."""
     logit = net(fz(tables)).double().numpy()
     prob = cal(logit)
     out = be.run("ranker", arrays)

@@ -4,26 +4,45 @@ the user-bag crosses give the per-pair graph's scores, per feed and per catalogu
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
 from pinrank.calibration import Calibration
 from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.prepare import Prepared
-from pinrank.export.graphs import PROFILE_GRID, graphs_for, profile_crosses
+from pinrank.export.graphs import PROFILE_GRID, _Graph, graphs_for, profile_crosses
 from pinrank.export.torch_backend import run_graph
-from pinrank.export.verify import held_out_rows
+from pinrank.export.verify import ParityReport, held_out_rows, ranker_parity
 from pinrank.features.columns import columns_for, pack
+from pinrank.features.state import FeatureState
 from pinrank.models.wide_deep import WideDeep, WideDeepConfig
 
 CFG = WideDeepConfig(hidden=(16,), interaction_dim=4, examination=("position",))
+CAL = Calibration("platt", {"a": 1.0, "b": 0.0})
+
+
+class _Modules:
+    """The graph modules as a backend (``run_graph`` on CPU) that keeps each graph's last
+    outputs; ``zero_tables``: ``ranker_user`` hands on zeros for its profile tables."""
+
+    name = "graph modules"
+
+    def __init__(self, graphs: dict[str, _Graph], state: FeatureState, zero_tables: bool = False):
+        self.graphs, self.state, self.zero_tables = graphs, state, zero_tables
+        self.outputs: dict[str, dict[str, np.ndarray]] = {}
+
+    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = run_graph(self.graphs[graph], self.state, inputs)
+        if self.zero_tables:
+            out = {k: np.zeros_like(v) if k.endswith(".table") else v for k, v in out.items()}
+        self.outputs[graph] = out
+        return out
 
 
 @pytest.fixture(scope="module")
 def ranker(synthetic_prepared: Prepared):
     """A ranker with large random wide weights (the profile crosses dominate its scores), its
-    graphs, held-out rows as tables and raw arrays, and its featurizer."""
+    graphs, held-out rows as tables and raw arrays, their columns and the data module."""
     dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=128)
     dm.setup()
     torch.manual_seed(0)
@@ -32,38 +51,22 @@ def ranker(synthetic_prepared: Prepared):
         net.cross.arch.weight(t.feature).data.normal_()
     net.eval()
     tables = held_out_rows(synthetic_prepared, "test", 400)
-    columns = [c for side, t in tables.items() for c in columns_for(dm.spec, side, t.schema)]
-    arrays = {
-        k: v
-        for side, t in tables.items()
-        for k, v in pack(t, columns_for(dm.spec, side, t.schema)).items()
-    }
-    graphs = graphs_for(net, dm.spec, dm.state, columns, Calibration("platt", {"a": 1.0, "b": 0.0}))
+    columns = {side: columns_for(dm.spec, side, t.schema) for side, t in tables.items()}
+    arrays = {k: v for side, t in tables.items() for k, v in pack(t, columns[side]).items()}
+    graphs = graphs_for(net, dm.spec, dm.state, [c for cs in columns.values() for c in cs], CAL)
     assert dm.featurizer is not None
     return net, graphs, tables, arrays, columns, dm
 
 
-def _run(ranker, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    _, graphs, _, _, _, dm = ranker
-    return run_graph(graphs[graph], dm.state, inputs)
-
-
-def _per_feed(ranker, zero_tables: bool = False):
-    """Logits of the held-out rows via ranker_user (each distinct user once) + ranker_feed and
-    via ranker_items + ranker_pairs, and the user parts."""
-    _, _, tables, arrays, columns, _ = ranker
-    users = tables["user"].column("user_id").to_numpy()
-    _, first, user_index = np.unique(users, return_index=True, return_inverse=True)
-    user_cols = [c for c in columns if c.side == "user"]
-    parts = _run(ranker, "ranker_user", pack(tables["user"].take(pa.array(first)), user_cols))
-    if zero_tables:
-        parts = {k: np.zeros_like(v) if k.endswith(".table") else v for k, v in parts.items()}
-    index = {"user_index": user_index.astype(np.int64)}
-    feed = _run(ranker, "ranker_feed", arrays | parts | index)["logit"]
-    items = _run(ranker, "ranker_items", arrays)
-    index["item_index"] = np.arange(len(users), dtype=np.int64)
-    pairs = _run(ranker, "ranker_pairs", parts | items | index)["logit"]
-    return feed, pairs, parts, len(first)
+def _parity(ranker, zero_tables: bool = False) -> tuple[ParityReport, _Modules]:
+    """verify's ranker parity of the graph modules: per pair, per feed (each distinct user's
+    part once) and per catalogue, against the training path."""
+    net, graphs, tables, arrays, columns, dm = ranker
+    be = _Modules(graphs, dm.state, zero_tables)
+    report = ParityReport(be.name, tables["context"].num_rows, 1e-5)
+    with torch.no_grad():
+        ranker_parity(report, net, CAL, dm.featurizer, tables, arrays, be, columns["user"], True)
+    return report, be
 
 
 def test_the_profile_crosses_are_the_user_bag_crosses(ranker) -> None:
@@ -79,8 +82,10 @@ def test_the_profile_crosses_are_the_user_bag_crosses(ranker) -> None:
 
 
 def test_user_parts_carry_profile_tables_not_the_profiles(ranker) -> None:
-    _, graphs, *_, dm = ranker
-    _, _, parts, n_users = _per_feed(ranker)
+    _, graphs, tables, *_, dm = ranker
+    _, be = _parity(ranker)
+    parts = be.outputs["ranker_user"]
+    n_users = len(np.unique(tables["user"].column("user_id").to_numpy()))
     for name in ("seen_x_interest", "history_x_interest", "interest_x_interest"):
         width = dm.state.crosses[name]["right_cardinality"]
         assert parts[f"user.{name}.table"].shape == (n_users, width)
@@ -95,14 +100,14 @@ def test_user_parts_carry_profile_tables_not_the_profiles(ranker) -> None:
 
 
 def test_factorised_scores_equal_per_pair_and_training_scores(ranker) -> None:
-    net, _, tables, arrays, _, dm = ranker
+    net, _, tables, _, _, dm = ranker
     with torch.no_grad():
         training = net(dm.featurizer(tables)).double().numpy()
-    per_pair = _run(ranker, "ranker", arrays)["logit"]
-    feed, pairs, _, _ = _per_feed(ranker)
     assert float(np.std(training)) > 1.0  # the random wide weights give spread-out scores
-    for got in (per_pair, feed, pairs):
-        assert np.abs(got - training).max() <= 1e-5
+    report, _ = _parity(ranker)
+    for graph in ("ranker", "ranker_feed", "ranker_pairs"):
+        assert report.diffs[f"{graph}/logit"] <= 1e-5, report
     # the tables carry a large part of each score: without them the scores are far off
-    without, _, _, _ = _per_feed(ranker, zero_tables=True)
-    assert np.abs(without - training).max() > 1.0
+    without, _ = _parity(ranker, zero_tables=True)
+    assert without.diffs["ranker_feed/logit"] > 1.0, without
+    assert without.diffs["ranker_pairs/logit"] > 1.0, without
