@@ -2,6 +2,8 @@
 PY := .venv/bin/python
 DATA ?= data/demo
 PACKAGE ?= outputs/packages/demo
+KEYS ?= outputs/keys
+TRUST := --trusted-key $(KEYS)/signing.pub
 latest = $$(ls -td outputs/$(1)/runs/*/ | head -1)
 
 .PHONY: setup system demo serve test test-slow lint format bench clean
@@ -16,14 +18,15 @@ demo:  ## end to end on the embedded default: data -> two-tower -> ranker -> pac
 	$(PY) -m pinrank.cli demo --out $(DATA)
 	$(PY) train.py task_name=demo data.source.root=$(DATA) trainer.enable_progress_bar=false
 	$(PY) train.py task_name=demo_ranker model=wide_deep data.source.root=$(DATA) trainer.enable_progress_bar=false
-	$(PY) export.py "run_dir=[$(call latest,demo),$(call latest,demo_ranker)]" out=$(PACKAGE) overwrite=true
-	$(PY) -m pinrank.cli feed $(PACKAGE) --data $(DATA)/prepared --users 2 --k 10
-	$(PY) -m pinrank.cli feed $(PACKAGE) --data $(DATA)/prepared --user 999999999 --interests 3 7 --k 5
+	$(PY) -m pinrank.cli keygen --out $(KEYS) --if-missing
+	$(PY) export.py "run_dir=[$(call latest,demo),$(call latest,demo_ranker)]" out=$(PACKAGE) overwrite=true signing_key=$(KEYS)/signing.key
+	$(PY) -m pinrank.cli feed $(PACKAGE) $(TRUST) --data $(DATA)/prepared --users 2 --k 10
+	$(PY) -m pinrank.cli feed $(PACKAGE) $(TRUST) --data $(DATA)/prepared --user 999999999 --interests 3 7 --k 5
 	$(PY) -m pinrank.cli users --data $(DATA)/prepared --out $(DATA)/users --arrow $(DATA)/users.arrow
-	$(PY) -m pinrank.cli feeds $(PACKAGE) --users $(DATA)/users --out outputs/feeds/demo --overwrite
+	$(PY) -m pinrank.cli feeds $(PACKAGE) $(TRUST) --users $(DATA)/users --out outputs/feeds/demo --overwrite
 
 serve:  ## the feed service on the demo package and users (http://127.0.0.1:8000/docs)
-	$(PY) -m pinrank.serve run $(PACKAGE) --users $(DATA)/users.arrow
+	$(PY) -m pinrank.serve run $(PACKAGE) $(TRUST) --users $(DATA)/users.arrow
 
 test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"

@@ -2,8 +2,10 @@
 
 A thin Hydra shell (``conf/export.yaml``) over :func:`pinrank.export.package.build_package`:
 ``run_dir`` is one training run or a list (a retrieval run and a ranking run trained on the same
-data go into one package). The package is verified against the training path before the command
-returns (``verify.rows=0`` skips it).
+data go into one package). ``signing_key`` (default ``$PINRANK_SIGNING_KEY``) is the Ed25519
+private key that signs it (``pinrank keygen`` makes one); without it the package is unsigned
+and loaders refuse it unless they allow unsigned packages. The package is verified against the
+training path before the command returns (``verify.rows=0`` skips it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pinrank.data.prepare import Prepared
 from pinrank.export.package import build_package
 from pinrank.export.run import TrainedRun
 from pinrank.export.verify import held_out_rows, verify
+from pinrank.serving.signing import load_private_key
 
 warnings.filterwarnings("ignore")
 
@@ -30,10 +33,15 @@ def main(cfg: DictConfig) -> None:
     command = shlex.join(["python", "export.py", *sys.argv[1:]])
     context = OmegaConf.to_container(cfg.context, resolve=True)
     assert isinstance(context, dict)
+    key = load_private_key(cfg.signing_key) if cfg.signing_key else None
+    if key is None:
+        print("export: WARNING: no signing_key: the package is UNSIGNED (development only)")
     package = build_package(runs, cfg.out, command, {str(k): v for k, v in context.items()},
-                            overwrite=cfg.overwrite)  # fmt: skip
+                            overwrite=cfg.overwrite, signing_key=key)  # fmt: skip
     graphs = ", ".join(package.manifest["graphs"])
-    print(f"package: {package.root} ({graphs}; {len(package.manifest['files'])} files)")
+    signed = f"signed by key {package.signer}" if package.signer else "unsigned"
+    print(f"package: {package.root} ({graphs}; {len(package.manifest['files'])} files; "
+          f"version {package.version}, {signed})")  # fmt: skip
     if cfg.verify.rows:
         tables = held_out_rows(Prepared.load(runs[0].prepared.root), cfg.verify.split,
                                cfg.verify.rows)  # fmt: skip

@@ -60,6 +60,7 @@ def run(package: str, users: Path, out: Path, args: argparse.Namespace) -> dict[
         sys.executable, "-m", "pinrank.cli", "feeds", package, "--users", str(users),
         "--out", str(out), "--k", "50", "--candidates", "400", "--interest-candidates", "100",
         "--batch-users", str(args.batch_users), "--engine", args.engine, "--no-progress",
+        "--trusted-key", args.trusted_key,
     ]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--engine", default="local", choices=["local", "ray"])
     parser.add_argument("--work", default="outputs/bench_feeds", help="scratch folder")
+    parser.add_argument("--trusted-key", default="outputs/keys/signing.pub")
     args = parser.parse_args()
     manifest = Path(args.package, "manifest.json")
     if not manifest.exists():

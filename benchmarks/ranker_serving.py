@@ -40,6 +40,7 @@ from pinrank.export.verify import held_out_rows
 from pinrank.features.columns import pack
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
+from pinrank.serving.signing import Trust
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -193,13 +194,15 @@ def main() -> None:
     parser.add_argument("--data", default="data/demo/prepared")
     parser.add_argument("--feeds", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trusted-key", default="outputs/keys/signing.pub")
     parser.add_argument(
         "--batches", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096, 16384]
     )
     args = parser.parse_args()
     if not Path(args.package, "manifest.json").exists():
         raise SystemExit(f"no package at {args.package}: run `make demo` first")
-    package, prepared = load_package(args.package), Prepared.load(args.data)
+    trust = Trust.from_files([args.trusted_key])
+    package, prepared = load_package(args.package, trust), Prepared.load(args.data)
     feed = feed_latency(package, prepared, args.feeds, args.threads)
     print(f"  feed(user, k=50), 500 candidates: p50 {feed['p50_ms']:.1f} ms, "
           f"p99 {feed['p99_ms']:.1f} ms over {feed['feeds']} feeds {feed['paths']}, "

@@ -35,6 +35,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pinrank.serving.package import MANIFEST, write_manifest
+from pinrank.serving.signing import load_private_key
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -46,14 +47,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def versions(package: Path, work: Path) -> list[Path]:
-    """Two copies of the package whose manifests differ (a release label), so two versions."""
+def versions(package: Path, work: Path, key: Any) -> list[Path]:
+    """Two copies of the package whose manifests differ (a release label), so two versions,
+    each re-signed with ``key``."""
     out = []
     for name in ("v1", "v2"):
         shutil.copytree(package, work / name)
         manifest = json.loads((work / name / MANIFEST).read_text())
         manifest["provenance"]["release"] = name
-        write_manifest(work / name, manifest)
+        write_manifest(work / name, manifest, key)
         out.append(work / name)
     return out
 
@@ -113,6 +115,8 @@ def main() -> None:
     parser.add_argument("--redis", action="store_true", help="serve users from redis-server")
     parser.add_argument("--batch-max", type=int, default=32, help="the service's batching (1: off)")
     parser.add_argument("--tag", default="", help="suffix of the results file")
+    parser.add_argument("--signing-key", default="outputs/keys/signing.key", help="re-signs copies")
+    parser.add_argument("--trusted-key", default="outputs/keys/signing.pub")
     args = parser.parse_args()
     for tool in ("wrk", *(["redis-server"] if args.redis else [])):
         if shutil.which(tool) is None:
@@ -122,7 +126,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pinrank-load-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        packages = versions(Path(args.package), work)
+        packages = versions(Path(args.package), work, load_private_key(args.signing_key))
         ids = pq.read_table(args.users, columns=["user_id"]).column("user_id").to_pylist()
         (work / "ids.txt").write_text("\n".join(str(i) for i in ids) + "\n")
         store = ["--users", args.users]
@@ -141,7 +145,8 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
             [sys.executable, "-m", "pinrank.serve", "run", str(packages[0]), *store,
-             "--port", str(port), "--batch-max", str(args.batch_max)],
+             "--port", str(port), "--batch-max", str(args.batch_max),
+             "--trusted-key", args.trusted_key],
             cwd=ROOT, env={**os.environ, "PINRANK_ADMIN_TOKEN": token},
         )  # fmt: skip
         procs.append(server)

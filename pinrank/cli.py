@@ -32,6 +32,7 @@ from pinrank.data.report import data_report
 from pinrank.data.sources import SyntheticSource
 from pinrank.data.splits import SplitConfig
 from pinrank.data.synthetic import SyntheticConfig, generate
+from pinrank.serving.signing import add_trust_arguments, trust_from_args
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -111,8 +112,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> None:
     from pinrank.export.verify import held_out_rows, verify
     from pinrank.serving.package import load_package
+    from pinrank.serving.probe import probe_graphs
+    from pinrank.serving.runtime import OnnxBackend
 
-    package = load_package(args.package)
+    package = load_package(args.package, trust_from_args(args))
+    print(f"[verify] {package.root}: version {package.version}, {_signed(package)}")
+    probe_graphs(package, OnnxBackend(package))  # every graph loads and runs on a probe
     data = args.data or package.manifest["provenance"]["data"]["prepared"]
     tables = held_out_rows(Prepared.load(data), args.split, args.rows)
     backends = ["onnx", "torch"] if args.backend == "both" else [args.backend]
@@ -130,7 +135,7 @@ def cmd_feed(args: argparse.Namespace) -> None:
     from pinrank.serving.scorer import FeedConfig, FeedScorer
     from pinrank.serving.store import TableStore
 
-    package = load_package(args.package)
+    package = load_package(args.package, trust_from_args(args))
     data = args.data or package.manifest["provenance"]["data"]["prepared"]
     users = Prepared.load(data).users()
     backend = _backend(args.backend, package, args.device)
@@ -181,10 +186,22 @@ def cmd_users(args: argparse.Namespace) -> None:
 def cmd_feeds(args: argparse.Namespace) -> None:
     import logging
 
-    from pinrank.batch.feeds import FeedsJobError, JobConfig, run_feeds
+    from pinrank.batch.feeds import FeedsJobError, JobConfig, run_feeds, verify_feeds
     from pinrank.serving.scorer import FeedConfig
 
     logging.basicConfig(level=logging.WARNING)
+    if args.verify:
+        try:
+            s = verify_feeds(args.verify)
+        except FeedsJobError as err:
+            raise SystemExit(f"pinrank feeds --verify: {err}") from err
+        print(f"[feeds] {args.verify}: OK, {s['units']} shards, {s['users']:,} users, "
+              f"{s['rows']:,} rows match their records")  # fmt: skip
+        return
+    missing = [f for f, v in (("PACKAGE", args.package), ("--users", args.users),
+                              ("--out", args.out)) if not v]  # fmt: skip
+    if missing:
+        raise SystemExit(f"pinrank feeds: give {' '.join(missing)} (or --verify OUT)")
     try:
         feed = FeedConfig(
             candidates=args.candidates,
@@ -216,6 +233,7 @@ def cmd_feeds(args: argparse.Namespace) -> None:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             ray_options=ray if args.engine == "ray" else None,
+            trust=trust_from_args(args),
         )
     except (FeedsJobError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"pinrank feeds: {err}") from err
@@ -231,6 +249,24 @@ def cmd_feeds(args: argparse.Namespace) -> None:
         f"[feeds] paths {paths}; other counts "
         f"{ {k: v for k, v in s['counts'].items() if not k.startswith('path.')} }"
     )
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from pinrank.serving.signing import key_id, load_public_key, write_keypair
+
+    private = Path(args.out) / f"{args.name}.key"
+    if private.exists() and args.if_missing:
+        public = private.with_suffix(".pub")
+    elif private.exists():
+        raise SystemExit(f"pinrank keygen: {private} exists (pass --if-missing to keep it)")
+    else:
+        private, public = write_keypair(args.out, args.name)
+    print(f"[keygen] {private} (private: export signs with it), {public} (trusted by loaders), "
+          f"key id {key_id(load_public_key(public))}")  # fmt: skip
+
+
+def _signed(package: Any) -> str:
+    return f"signed by key {package.signer}" if package.signer else "UNSIGNED (--allow-unsigned)"
 
 
 def _backend(name: str, package: Any, device: str | None) -> Any:
@@ -307,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--backend", default="onnx", choices=["onnx", "torch", "both"])
     v.add_argument("--device", help="torch device (torch backend) or execution provider (onnx)")
     v.add_argument("--tol", type=float, default=1e-5, help="largest absolute difference allowed")
+    add_trust_arguments(v)
     v.set_defaults(func=cmd_verify)
 
     f = sub.add_parser("feed", help="serve feeds from a package with the embedded scorer")
@@ -319,7 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--candidates", type=int, default=500, help="candidates from the index")
     f.add_argument("--backend", default="onnx", choices=["onnx", "torch"])
     f.add_argument("--device", help="torch device, or an ONNX Runtime provider (cuda, tensorrt)")
+    add_trust_arguments(f)
     f.set_defaults(func=cmd_feed)
+
+    k = sub.add_parser("keygen", help="a new Ed25519 key pair for signing model packages")
+    k.add_argument("--out", required=True, help="folder for NAME.key (0600) and NAME.pub")
+    k.add_argument("--name", default="signing")
+    k.add_argument("--if-missing", action="store_true", help="keep an existing pair")
+    k.set_defaults(func=cmd_keygen)
 
     u = sub.add_parser("users", help="snapshot a prepared data set's users as Parquet")
     u.add_argument("--data", required=True, help="prepared data set")
@@ -329,13 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_users)
 
     b = sub.add_parser("feeds", help="batch feeds for every user of a users Parquet dataset")
-    b.add_argument("package", help="a model package folder")
+    b.add_argument("package", nargs="?", help="a model package folder")
+    b.add_argument("--users", help="users Parquet file or folder (one shard per row group)")
+    b.add_argument("--out", help="output folder (resumed when it holds the same job)")
     b.add_argument(
-        "--users", required=True, help="users Parquet file or folder (one shard per row group)"
+        "--verify", metavar="OUT", help="only check a finished job's shards against its records"
     )
-    b.add_argument(
-        "--out", required=True, help="output folder (resumed when it holds the same job)"
-    )
+    add_trust_arguments(b)
     b.add_argument("--k", type=int, default=50)
     b.add_argument("--candidates", type=int, default=500, help="candidates from the index")
     b.add_argument("--interest-candidates", type=int, default=100)

@@ -9,6 +9,7 @@ import pytest
 
 # tiny trained runs and a model package, for the export and serving tests
 from package_fixtures import (  # noqa: F401
+    key_files,
     package_dir,
     trained_runs,
     users,

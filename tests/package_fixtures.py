@@ -11,8 +11,44 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cryptography.hazmat.primitives import serialization
+
+from pinrank.serving.signing import Trust, generate_key
 
 ROOT = Path(__file__).resolve().parents[1]
+# the test session's signing key: packages built by the fixtures are signed with it, and TRUST
+# (trusting it alone) is what the tests load them with
+SIGNING_KEY = generate_key()
+TRUST = Trust(keys=(SIGNING_KEY.public_key(),))
+
+
+def resign(root: Path, manifest: dict | None = None) -> None:
+    """Re-hash and re-sign a package folder after a test changed it on purpose."""
+    import json
+
+    from pinrank.serving.package import MANIFEST, write_manifest
+
+    write_manifest(root, manifest or json.loads((root / MANIFEST).read_text()), SIGNING_KEY)
+
+
+@pytest.fixture(scope="session")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SIGNING_KEY as PEM files: ``private`` (for export.py) and ``public`` (--trusted-key)."""
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = folder / "signing.key", folder / "signing.pub"
+    private.write_bytes(
+        SIGNING_KEY.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        SIGNING_KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return {"private": private, "public": public}
 
 
 def tiny_overrides(tmp: Path, task: str) -> list[str]:
@@ -65,7 +101,7 @@ def package_dir(trained_runs: dict[str, Path], tmp_path_factory: pytest.TempPath
 
     out = tmp_path_factory.mktemp("package") / "pkg"
     runs = [TrainedRun.load(trained_runs["retrieval"]), TrainedRun.load(trained_runs["ranking"])]
-    build_package(runs, out, command="pytest")
+    build_package(runs, out, command="pytest", signing_key=SIGNING_KEY)
     return out
 
 

@@ -10,13 +10,20 @@ online scorer) and writes ``part-{unit:06d}.parquet`` with the columns of :data:
 Exactly once, whatever kills the job:
 
 - a unit's Parquet file is written under ``.tmp/`` and renamed into place (atomic), then its
-  record ``part-{unit:06d}.json`` (users, rows, bytes, sha256, counts) the same way; a unit is
-  done when its record exists and its file has the recorded size, and a rerun skips it;
-- ``_job.json``, written first, names the package (its manifest digest), the input files (size,
-  row groups) and the config; a rerun with a different one of these is refused (``overwrite``
-  starts over), so two jobs' shards never mix;
-- ``.lock`` (``flock``) refuses a second job on the same folder while one runs;
-- ``_SUCCESS.json`` holds the totals once every unit is done.
+  record ``part-{unit:06d}.json`` (users, rows, bytes, sha256, counts) the same way (its
+  temporary file under ``.tmp/`` too, which every run clears); a unit is done when its record
+  exists and its file has the recorded size and sha256, and a rerun skips it; a damaged shard
+  is written again;
+- ``_job.json``, written first, names the package (its version and signer), the input files
+  (resolved path, size, row groups), the config, the engine and the ONNX Runtime thread count
+  (the last float digit of a score can depend on it); a rerun with a different one of these is
+  refused (``overwrite`` starts over), so two jobs' shards never mix;
+- ``.lock`` (``flock``) refuses a second job on the same folder while one runs, and ``.fence``
+  holds a token new to each run: a unit commits only while the fence still holds its run's
+  token, so a worker left over from a killed run can never commit into a later one (Ray workers
+  also stop as soon as the driver process is gone);
+- ``_SUCCESS.json`` holds the totals once every unit is done; :func:`verify_feeds`
+  (``pinrank feeds --verify OUT``) checks a finished job's shards against their records.
 
 Units are deterministic (fixed batches, no sampling), so a rerun writes the same bytes a single
 run would have. Memory is bounded by one row group plus one batch's candidates, whatever the
@@ -32,6 +39,7 @@ ids are skipped and counted; null or malformed values get the spec's defaults (t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -39,7 +47,9 @@ import os
 import resource
 import shutil
 import sys
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -51,12 +61,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pinrank.serving.package import MANIFEST_DIGEST, Package, load_package, sha256
+from pinrank.serving.package import Package, load_package, sha256
 from pinrank.serving.scorer import SEEN, Feed, FeedConfig, FeedScorer
+from pinrank.serving.signing import Trust
 from pinrank.serving.store import INTEREST_COLUMN
 
-FORMAT, FORMAT_VERSION = "pinrank-feeds", 1
-JOB, SUCCESS, LOCK, TMP = "_job.json", "_SUCCESS.json", ".lock", ".tmp"
+FORMAT, FORMAT_VERSION = "pinrank-feeds", 2  # 2: engine and threads in the job identity
+JOB, SUCCESS, LOCK, TMP, FENCE = "_job.json", "_SUCCESS.json", ".lock", ".tmp", ".fence"
 FEED_SCHEMA = pa.schema(
     [
         ("user_id", pa.int64()),
@@ -137,7 +148,7 @@ class Unit:
 
 def input_files(users: str | Path) -> list[Path]:
     """The Parquet file, or every ``*.parquet`` under the folder, in path order."""
-    root = Path(users)
+    root = Path(users).resolve()  # one job identity for a relative and an absolute path
     if root.is_file():
         return [root]
     files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith((".", "_")))
@@ -214,8 +225,12 @@ def score_unit(
     out: Path,
     config: JobConfig,
     on_batch: Callable[[int], None] | None = None,
+    fence: str | None = None,
 ) -> dict[str, Any]:
-    """Write one unit's feeds and commit them (file, then record); returns the record."""
+    """Write one unit's feeds and commit them (file, then record); returns the record.
+
+    ``fence``: the run's token (:func:`run_feeds`); the unit commits only while ``.fence`` still
+    holds it (FeedsJobError otherwise: a later run owns the folder)."""
     t0 = time.perf_counter()
     tmp = out / TMP / f"{unit.name}.parquet.{os.getpid()}"
     counts: Counter[str] = Counter()
@@ -246,6 +261,7 @@ def score_unit(
                 on_batch(batch.num_rows)
     _fsync(tmp)
     final = out / f"{unit.name}.parquet"
+    check_fence(out, fence)
     os.replace(tmp, final)
     record = {
         "unit": asdict(unit),
@@ -257,20 +273,37 @@ def score_unit(
         "seconds": round(time.perf_counter() - t0, 3),
         "counts": dict(sorted(counts.items())),
     }
+    check_fence(out, fence)
     _write_json(out / f"{unit.name}.json", record)
     return record
 
 
+def check_fence(out: Path, fence: str | None) -> None:
+    """Raise FeedsJobError unless ``out/.fence`` holds ``fence`` (``None``: no check)."""
+    if fence is None:
+        return
+    try:
+        current = (out / FENCE).read_text().strip()
+    except FileNotFoundError:
+        current = ""
+    if current != fence:
+        raise FeedsJobError(f"{out}: a later run owns this folder (fence {current or 'gone'})")
+
+
 def done(out: Path, unit: Unit) -> dict[str, Any] | None:
-    """The unit's record when the unit is committed (record present, file of that size)."""
+    """The unit's record when the unit is committed: record present, and its file of the
+    recorded size and sha256 (a damaged shard is not done, and gets written again)."""
     record_path, part = out / f"{unit.name}.json", out / f"{unit.name}.parquet"
     try:
         record = json.loads(record_path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if record.get("unit") != asdict(unit) or not part.exists():
+    if not isinstance(record, dict) or record.get("unit") != asdict(unit) or not part.exists():
         return None
-    return record if part.stat().st_size == record.get("bytes") else None
+    if part.stat().st_size != record.get("bytes") or sha256(part) != record.get("sha256"):
+        log.warning("%s does not match its record: writing it again", part)
+        return None
+    return record
 
 
 @dataclass
@@ -290,9 +323,11 @@ def run_feeds(
     overwrite: bool = False,
     progress: bool = True,
     ray_options: dict[str, Any] | None = None,
+    trust: Trust | None = None,
 ) -> JobResult:
     """Feeds for every user of ``users`` into ``out``, resuming whatever an earlier run of the
-    same job committed (module docstring).
+    same job committed (module docstring). ``trust``: which package signers are trusted
+    (:class:`~pinrank.serving.signing.Trust`; ``None`` trusts none, refusing every package).
 
     ``ray_options`` (engine ``ray``): ``actors`` (default 2), ``cpus_per_actor`` (1),
     ``gpus_per_actor`` (0), ``address`` (``None``: a local Ray instance).
@@ -300,17 +335,24 @@ def run_feeds(
     config = config or JobConfig()
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    trust = trust or Trust()
     t0 = time.perf_counter()
-    package = load_package(package_dir)
+    package = load_package(package_dir, trust)
+    config = _pin_threads(config, engine, ray_options or {})
     scorer = make_scorer(package, config)
+    scorer.probe()  # every graph on a probe before any unit: a bad package writes nothing
     units = plan(users, required_columns(scorer))
-    out = Path(out)
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
-        identity = _identity(package, units, config)
-        _claim(out, identity, overwrite)
         shutil.rmtree(out / TMP, ignore_errors=True)
         (out / TMP).mkdir()
+        for stale in out.glob(".*.json.*"):  # temporary records of older versions
+            stale.unlink()
+        fence = uuid.uuid4().hex
+        _write_json(out / FENCE, {"fence": fence}, raw=fence)
+        identity = _identity(package, units, config, engine)
+        _claim(out, identity, overwrite)
         (out / SUCCESS).unlink(missing_ok=True)
         records = {u.index: r for u in units if (r := done(out, u)) is not None}
         todo = [u for u in units if u.index not in records]
@@ -322,24 +364,69 @@ def run_feeds(
         with bar:
             if engine == "local":
                 for unit in todo:
-                    records[unit.index] = score_unit(scorer, unit, out, config, bar.update)
+                    records[unit.index] = score_unit(scorer, unit, out, config, bar.update, fence)
             else:
                 from pinrank.batch.ray_engine import run_units
 
-                for record in run_units(package_dir, todo, out, config, ray_options or {}):
+                job = {"trust": trust.to_dict(), "version": package.version, "fence": fence}
+                for record in run_units(package.root, todo, out, config, ray_options or {}, job):
                     records[record["unit"]["index"]] = record
                     bar.update(record["unit"]["rows"])
         scoring = time.perf_counter() - t_score
         missing = [u.index for u in units if u.index not in records]
         if missing:  # an engine returned without every unit: never claim success
             raise FeedsJobError(f"units {missing[:10]} were not written")
-        shutil.rmtree(out / TMP, ignore_errors=True)
         seconds = time.perf_counter() - t0
         summary = _summary(
             units, records, config, engine, seconds, scoring, [u.index for u in todo]
         )
         _write_json(out / SUCCESS, summary)
+        shutil.rmtree(out / TMP, ignore_errors=True)
     return JobResult(out, summary)
+
+
+def verify_feeds(out: str | Path) -> dict[str, Any]:
+    """Check a finished job's output as a consumer would before reading it: ``_SUCCESS.json``
+    and ``_job.json`` present, one record per unit, each shard of its recorded size and sha256,
+    no shard without a record, and the totals equal to the records'. Returns the summary;
+    FeedsJobError lists every problem found."""
+    out = Path(out)
+    try:
+        summary = json.loads((out / SUCCESS).read_text())
+        json.loads((out / JOB).read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        raise FeedsJobError(f"{out}: not a finished feeds job ({err})") from None
+    problems: list[str] = []
+    users = rows = 0
+    for i in range(int(summary.get("units", 0))):
+        name = f"part-{i:06d}"
+        try:
+            record = json.loads((out / f"{name}.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            problems.append(f"{name}.json is missing or unreadable")
+            continue
+        part = out / f"{name}.parquet"
+        if not part.is_file():
+            problems.append(f"{part.name} is missing")
+        elif part.stat().st_size != record.get("bytes") or sha256(part) != record.get("sha256"):
+            problems.append(f"{part.name} does not match its record (size or sha256)")
+        users, rows = users + int(record.get("users", 0)), rows + int(record.get("rows", 0))
+    expected = {
+        f"part-{i:06d}.{x}"
+        for i in range(int(summary.get("units", 0)))
+        for x in ("json", "parquet")
+    }
+    extra = sorted(p.name for p in out.glob("part-*") if p.name not in expected)
+    if extra:
+        problems.append(f"files of no unit: {extra[:10]}")
+    if (users, rows) != (summary.get("users"), summary.get("rows")):
+        problems.append(
+            f"records total {users} users / {rows} rows, {SUCCESS} says "
+            f"{summary.get('users')} / {summary.get('rows')}"
+        )
+    if problems:
+        raise FeedsJobError(f"{out}: {len(problems)} problem(s): " + "; ".join(problems))
+    return summary
 
 
 def read_feeds(out: str | Path) -> pa.Table:
@@ -386,7 +473,22 @@ def _summary(
     }
 
 
-def _identity(package: Package, units: list[Unit], config: JobConfig) -> dict[str, Any]:
+def _pin_threads(config: JobConfig, engine: str, ray_options: dict[str, Any]) -> JobConfig:
+    """``config`` with an explicit ONNX Runtime thread count (``threads=None``: the CPUs this
+    process may use, or one Ray actor's share), so the job identity names the count that
+    scored it."""
+    if config.threads is not None or config.backend != "onnx":
+        return config
+    if engine == "ray":
+        threads = max(int(float(ray_options.get("cpus_per_actor", 1))), 1)
+    else:
+        threads = len(os.sched_getaffinity(0))
+    return dataclasses.replace(config, threads=threads)
+
+
+def _identity(
+    package: Package, units: list[Unit], config: JobConfig, engine: str
+) -> dict[str, Any]:
     files: dict[str, dict[str, int]] = {}
     for u in units:
         f = files.setdefault(u.path, {"bytes": Path(u.path).stat().st_size, "row_groups": 0})
@@ -396,10 +498,12 @@ def _identity(package: Package, units: list[Unit], config: JobConfig) -> dict[st
         "version": FORMAT_VERSION,
         "package": {
             "path": str(package.root),
-            "digest": (package.root / MANIFEST_DIGEST).read_text().strip(),
+            "version": package.version,
+            "signer": package.signer,
         },
         "users": [{"path": p, **v} for p, v in files.items()],
         "config": config.to_dict(),
+        "engine": engine,
     }
 
 
@@ -410,7 +514,8 @@ def _claim(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
         previous = json.loads(job.read_text())
         if previous == identity:
             return
-        differ = [k for k in ("package", "users", "config") if previous.get(k) != identity.get(k)]
+        keys = ("package", "users", "config", "engine")
+        differ = [k for k in keys if previous.get(k) != identity.get(k)]
         raise FeedsJobError(
             f"{out} holds feeds of another job (its {', '.join(differ) or 'format'} differ); "
             "pass overwrite to start over, or choose another output folder"
@@ -435,9 +540,12 @@ def _lock(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
+def _write_json(path: Path, data: dict[str, Any], raw: str | None = None) -> None:
+    """Write ``data`` (or the text ``raw``) to ``path`` atomically, by a temporary file under
+    ``.tmp/`` (cleared by every run, so a kill mid-write leaves nothing behind)."""
+    tmp = path.parent / TMP / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
+    tmp.parent.mkdir(exist_ok=True)
+    tmp.write_text(raw if raw is not None else json.dumps(data, indent=2))
     _fsync(tmp)
     os.replace(tmp, path)
 

@@ -1,16 +1,25 @@
 """The ``ray`` engine of :func:`pinrank.batch.feeds.run_feeds`: Ray Data maps the local
 engine's unit function over the units with a pool of actors, each loading the package once.
 
-Every actor commits its units exactly as the local engine does (same files, same records, same
-bytes), so the two engines' outputs are equal and a job may resume under either. CPUs and GPUs
-per actor come from ``ray_options``; ``address`` joins an existing cluster (every node must see
-the package, the input and the output folder, e.g. on a shared file system).
+Every actor commits its units as the local engine does (same files, same records). Each actor
+loads the package under the driver's trust policy and must find the version the driver
+checked; it commits only under the driver's run fence (:func:`pinrank.batch.feeds.check_fence`),
+and it exits as soon as the driver process is gone (a watchdog thread polls the driver's pid
+when the actor runs on the driver's host), so no shard is committed after the driver died.
+The engine and the thread count are part of the job identity: a job started on one engine is
+resumed on the same one. CPUs and GPUs per actor come from ``ray_options``; ``address`` joins an
+existing cluster (every node must see the package, the input and the output folder, e.g. on a
+shared file system).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +29,7 @@ import numpy as np
 
 from pinrank.batch.feeds import FeedsJobError, JobConfig, Unit, make_scorer, score_unit
 from pinrank.serving.package import load_package
+from pinrank.serving.signing import Trust
 
 log = logging.getLogger(__name__)
 OPTIONS = ("actors", "cpus_per_actor", "gpus_per_actor", "address")
@@ -28,23 +38,55 @@ OPTIONS = ("actors", "cpus_per_actor", "gpus_per_actor", "address")
 class UnitWriter:
     """A Ray actor: loads the package once, then scores and commits the units it is given."""
 
-    def __init__(self, package: str, out: str, config: dict[str, Any]) -> None:
+    def __init__(self, package: str, out: str, config: dict[str, Any], job: dict[str, Any]) -> None:
+        watch_driver(job["driver_pid"], job["driver_host"])
         self.config = JobConfig.from_dict(config)
-        self.scorer = make_scorer(load_package(package), self.config)
-        self.out = Path(out)
+        loaded = load_package(package, Trust.from_dict(job["trust"]))
+        if loaded.version != job["version"]:
+            raise FeedsJobError(
+                f"{package} changed under the job: {loaded.version} != {job['version']}"
+            )
+        self.scorer = make_scorer(loaded, self.config)
+        self.out, self.fence = Path(out), job["fence"]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [
-            score_unit(self.scorer, Unit(**json.loads(u)), self.out, self.config)
+            score_unit(self.scorer, Unit(**json.loads(u)), self.out, self.config, None, self.fence)
             for u in batch["unit"]
         ]
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
 
+def watch_driver(pid: int, host: str, every_s: float = 0.5) -> None:
+    """Exit this process as soon as process ``pid`` is gone, when it runs on ``host``."""
+    if host != socket.gethostname():
+        return  # another node: the fence alone keeps a late commit out
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                log.error("the feeds driver (pid %d) is gone: this worker stops", pid)
+                os._exit(1)
+            except PermissionError:
+                pass  # alive, another user's
+            time.sleep(every_s)
+
+    threading.Thread(target=watch, name="pinrank-driver-watch", daemon=True).start()
+
+
 def run_units(
-    package: str | Path, units: list[Unit], out: Path, config: JobConfig, options: dict[str, Any]
+    package: str | Path,
+    units: list[Unit],
+    out: Path,
+    config: JobConfig,
+    options: dict[str, Any],
+    job: dict[str, Any],
 ) -> Iterator[dict[str, Any]]:
-    """Score ``units`` on Ray; yields each unit's record as it is committed."""
+    """Score ``units`` on Ray; yields each unit's record as it is committed. ``job``: the
+    driver's ``trust`` policy (as a dict), the package ``version`` it checked and the run's
+    ``fence``."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown ray options {unknown}; expected some of {OPTIONS}")
@@ -68,12 +110,16 @@ def run_units(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     actor_config = config.to_dict()
-    if config.threads is None and config.backend == "onnx":
-        actor_config["threads"] = max(int(cpus), 1)  # one actor, its share of the cores
+    job = job | {"driver_pid": os.getpid(), "driver_host": socket.gethostname()}
     items = [{"unit": json.dumps(asdict(u))} for u in units]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         UnitWriter,
-        fn_constructor_kwargs={"package": str(package), "out": str(out), "config": actor_config},
+        fn_constructor_kwargs={
+            "package": str(package),
+            "out": str(out),
+            "config": actor_config,
+            "job": job,
+        },
         batch_size=1,
         batch_format="numpy",
         concurrency=min(actors, len(units)),

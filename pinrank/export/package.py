@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import save_model
 
 from pinrank.data.io import read_table
@@ -47,7 +48,9 @@ from pinrank.serving.package import (
     load_package,
     write_manifest,
 )
+from pinrank.serving.probe import probe_graphs
 from pinrank.serving.runtime import OnnxBackend
+from pinrank.serving.signing import Trust
 
 VERSIONED = ("pinrank", "torch", "torchrec", "onnx", "onnxruntime", "faiss-cpu", "numpy", "pyarrow")
 TRACE_ROWS = 256
@@ -60,9 +63,12 @@ def build_package(
     command: str = "",
     context: dict[str, Any] | None = None,
     overwrite: bool = False,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> Package:
     """Export ``runs`` (at most one retrieval and one ranking run, trained on the same prepared
-    data) into the package folder ``out``; returns it loaded and checked.
+    data) into the package folder ``out``, signed with ``signing_key`` (``None``: unsigned, for
+    development; loaders refuse it unless they allow unsigned packages); returns it loaded and
+    checked as any loader would (every file, the signature, every graph on a probe).
 
     ``context``: values of the context columns used when a feed is scored before it is shown
     (position, surface); a column left out takes its most frequent value in train events.
@@ -112,12 +118,20 @@ def build_package(
     }
     if "retrieval" in models:
         manifest["index"] = _write_index(tmp, runs, items, columns)
-    write_manifest(tmp, manifest)
-    load_package(tmp)  # the package we wrote must pass the same checks as any other
+    write_manifest(tmp, manifest, signing_key)
+    own = Trust(
+        keys=(signing_key.public_key(),) if signing_key else (), allow_unsigned=not signing_key
+    )
+    _probe(load_package(tmp, own))  # what we wrote must pass the same checks as any package
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    return load_package(out)
+    return load_package(out, own)
+
+
+def _probe(package: Package) -> None:
+    """Every graph on a probe (:func:`~pinrank.serving.probe.probe_graphs`)."""
+    probe_graphs(package, OnnxBackend(package))
 
 
 def _mkdir(path: Path) -> Path:
@@ -145,7 +159,7 @@ def _parts(
 ) -> dict[str, np.ndarray]:
     """Example inputs of the graphs that take parts (``ranker_feed``, ``ranker_pairs``): the
     exported part graphs' outputs on the sample, with identity indices."""
-    backend = OnnxBackend(Package(root, {"graphs": graphs}))
+    backend = OnnxBackend(Package.unsealed(root, {"graphs": graphs}))
     rows = len(next(iter(arrays.values())))
     out: dict[str, np.ndarray] = {}
     for graph, index in (("ranker_user", "user_index"), ("ranker_items", "item_index")):
@@ -219,9 +233,8 @@ def _write_index(
     factory = str(module.get("index", "Flat"))
     factory = "Flat" if factory in ("exact", "bruteforce") else factory
     params = dict(module.get("index_params") or {})
-    backend = OnnxBackend(
-        Package(root, {"graphs": {"item_tower": {"path": "graphs/item_tower.onnx"}}})
-    )
+    graphs = {"item_tower": {"path": "graphs/item_tower.onnx"}}
+    backend = OnnxBackend(Package.unsealed(root, {"graphs": graphs}))
     item_cols = [c for c in columns if c.side == "item"]
     chunks = [
         backend.run("item_tower", pack(items.slice(i, 8192), item_cols))["embedding"]
@@ -237,8 +250,10 @@ def _write_index(
         entry |= {"temperature": temperature, "prior": "log1p(train impressions)"}
     topk = FaissTopK(factory, params.get("nprobe"), params.get("ef_search"), use_gpu=False)
     topk.index(emb, ids)
-    topk.save(str(_mkdir(root / "index") / "items.faiss"))
+    path = _mkdir(root / "index") / "items.faiss"
+    topk.save(str(path))
     return {
+        "bytes": path.stat().st_size,
         "path": "index/items.faiss",
         "factory": factory,
         "params": params,

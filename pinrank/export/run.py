@@ -3,7 +3,8 @@ prepared data set it trained on, its calibration, metrics and resolved config.
 
 This is where a run directory written by ``train.py`` (``config.json``, ``metrics.json``, the
 best checkpoint, ``calibration.json``) becomes library objects; nothing downstream reads the
-config. Only ``pinrank.*`` targets are instantiated from it.
+config. The network is built from the fixed registry of known networks, never instantiated
+from the config's names.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from pinrank.calibration import Calibration
@@ -22,6 +22,7 @@ from pinrank.data.prepare import Prepared
 from pinrank.features.featurizer import Featurizer
 from pinrank.features.spec import SIDES, FeatureSpec
 from pinrank.features.state import FeatureState
+from pinrank.models.registry import build_network
 
 
 @dataclass
@@ -62,21 +63,8 @@ class TrainedRun:
 
 def build_net(net_config: dict[str, Any], spec: FeatureSpec, state: FeatureState) -> nn.Module:
     """The network a run's ``model.net`` config describes, sized by the fitted state
-    (untrained: load its weights next)."""
-    _check_targets(net_config)
+    (untrained: load its weights next). Built from the fixed registry of known networks
+    (:mod:`pinrank.models.registry`): nothing the config names is imported or called."""
     featurizer = Featurizer(spec, state)
     dense = {s: featurizer.dense_dim(s) for s in SIDES}
-    return instantiate(net_config)(spec=spec, state=state, dense_dims=dense)
-
-
-def _check_targets(node: Any) -> None:
-    """Refuse configs that would instantiate anything outside pinrank (a package is data)."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith("pinrank."):
-            raise ValueError(f"refusing to instantiate {target!r}: only pinrank.* targets")
-        for v in node.values():
-            _check_targets(v)
-    elif isinstance(node, list):
-        for v in node:
-            _check_targets(v)
+    return build_network(net_config, spec, state, dense)

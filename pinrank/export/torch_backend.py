@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from safetensors.torch import load_model
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from torch import nn
 
 from pinrank.calibration import Calibration
 from pinrank.export.graphs import _Graph, graphs_for
 from pinrank.export.run import build_net
 from pinrank.features.state import FeatureState
 from pinrank.features.transforms import MISSING, OOV, VocabLookup
-from pinrank.serving.package import Package
+from pinrank.serving.package import Package, PackageError
 
 
 def label_encode(values: np.ndarray, lookup: VocabLookup, vocab: list[Any]) -> np.ndarray:
@@ -60,15 +62,42 @@ class TorchBackend:
         columns = [c for side in ("user", "item", "context") for c in package.columns(side)]
         self.graphs: dict[str, _Graph] = {}
         for kind, entry in package.manifest["models"].items():
-            net = build_net(entry["net"], spec, self.state)
-            load_model(net, str(package.path(entry["weights"])), strict=True)
+            net = package_net(package, kind)
             cal = Calibration.from_dict(entry["calibration"]) if "calibration" in entry else None
             for name, graph in graphs_for(net, spec, self.state, columns, cal).items():
                 self.graphs[name] = graph.to(self.device).eval()
-            del kind
 
     def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return run_graph(self.graphs[graph], self.state, inputs, self.device)
+
+
+def package_net(package: Package, kind: str) -> nn.Module:
+    """The ``kind`` network of a package with its weights, in eval mode: built from the fixed
+    registry of networks (:func:`pinrank.export.run.build_net`), weights from the package's
+    digest-checked safetensors bytes; PackageError names what does not fit."""
+    entry = package.manifest["models"][kind]
+    where = f"{package.root}: models.{kind}"
+    try:
+        net = build_net(entry["net"], package.spec(), package.state())
+    except (ValueError, TypeError, KeyError) as err:
+        raise PackageError(f"{where}: {err}") from None
+    load_weights(net, package.read(entry["weights"]), where)
+    return net.eval()
+
+
+def load_weights(net: nn.Module, data: bytes, where: str) -> None:
+    """Load safetensors ``data`` into ``net``, strictly: every parameter and buffer is set, by a
+    tensor of the file or by one it is tied to (safetensors stores a shared tensor once)."""
+    try:
+        tensors = load_safetensors(data)
+        missing, unexpected = net.load_state_dict(tensors, strict=False)
+    except (SafetensorError, RuntimeError) as err:
+        raise PackageError(f"{where}: weights do not fit the network ({err})") from None
+    state = net.state_dict()
+    loaded = {state[k].data_ptr() for k in tensors if k in state}
+    unset = [k for k in missing if state[k].data_ptr() not in loaded]
+    if unset or unexpected:
+        raise PackageError(f"{where}: weights lack {unset[:5]} / have unexpected {unexpected[:5]}")
 
 
 @torch.no_grad()

@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from safetensors.torch import load_model
 
 from pinrank.calibration import Calibration
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
-from pinrank.export.run import build_net
+from pinrank.export.torch_backend import package_net
 from pinrank.features.columns import ColumnSpec, pack
 from pinrank.features.featurizer import Featurizer
 from pinrank.serving.package import Package
@@ -80,9 +79,7 @@ def verify(
         arrays |= pack(table, package.columns(side))
     report = ParityReport(backend.name, tables["context"].num_rows, tol)
     for kind, entry in package.manifest["models"].items():
-        net = build_net(entry["net"], spec, state)
-        load_model(net, str(package.path(entry["weights"])), strict=True)
-        net.eval()
+        net = package_net(package, kind)
         with torch.no_grad():
             if kind == "retrieval":
                 _towers(report, net, featurizer, tables, arrays, backend)

@@ -84,11 +84,21 @@ class FeatureState:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureState:
-        data = json.loads(Path(path).read_text())
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"{path}: feature state version {data.get('version')}, expected {STATE_VERSION}"
-            )
+        return cls.from_json(Path(path).read_text(), str(path))
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "feature state") -> FeatureState:
+        """The state from the text :meth:`save` wrote; ValueError naming ``where`` otherwise."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise ValueError(f"{where}: feature state version {version}, expected {STATE_VERSION}")
+        names = {f.name for f in fields(cls)}
+        if set(data) - names:
+            raise ValueError(f"{where}: unknown feature state keys {sorted(set(data) - names)}")
         return cls(**data)
 
 

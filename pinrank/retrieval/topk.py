@@ -257,9 +257,22 @@ class FaissTopK(TopK):
         ef_search: int | None = None,
         use_gpu: bool | None = None,
     ) -> FaissTopK:
-        """An index written by :meth:`save`, with its search knobs (on GPU as in ``__init__``)."""
+        """An index written by :meth:`save`, with its search knobs (on GPU as in ``__init__``).
+        Only for trusted files: a package's index is read with
+        :func:`pinrank.retrieval.index_io.read_index_checked` and given to :meth:`wrap`."""
+        return cls.wrap(faiss.read_index(path), factory, nprobe, ef_search, use_gpu)
+
+    @classmethod
+    def wrap(
+        cls,
+        index: Any,
+        factory: str,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        use_gpu: bool | None = None,
+    ) -> FaissTopK:
+        """A built (CPU) FAISS index with its search knobs (on GPU as in ``__init__``)."""
         self = cls(factory, nprobe, ef_search, use_gpu)
-        index = faiss.read_index(path)
         if self.use_gpu is not False and faiss.get_num_gpus() > 0:
             index, self.on_gpu = self._maybe_to_gpu(index)
         self._set_search_params(index, nprobe, ef_search)

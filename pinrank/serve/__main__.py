@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from pinrank.serving.scorer import FeedConfig
+from pinrank.serving.signing import add_trust_arguments, trust_from_args
 from pinrank.serving.store import TableStore, UserStore
 
 TOKEN_ENV = "PINRANK_ADMIN_TOKEN"
@@ -47,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     settings = Settings(
         package=Path(args.package),
+        trust=trust_from_args(args),
         admin_token=admin_token(args.admin_token_file),
         feed=FeedConfig(candidates=args.candidates),
         threads=args.threads,
@@ -54,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     )
     app = create_app(settings, user_store(args))
     model = app.state.service.model
-    print(f"[serve] {model.path} (version {model.version}) on http://{args.host}:{args.port}"
+    print(f"[serve] {model.path} (version {model.version}, {model.signer}) on "
+          f"http://{args.host}:{args.port}"
           f"{'' if settings.admin_token else ' (admin endpoints disabled: no token)'}")  # fmt: skip
     uvicorn.run(
         app, host=args.host, port=args.port, access_log=args.access_log, log_level="warning"
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "--batch-max", type=int, default=32, help="feed requests scored together (1: off)"
     )
     run.add_argument("--admin-token-file", help=f"default: ${TOKEN_ENV}")
+    add_trust_arguments(run, roots=True)
     run.add_argument("--access-log", action="store_true")
     run.set_defaults(func=cmd_run)
     load = sub.add_parser("load-redis", help="write a users snapshot into Redis")

@@ -58,9 +58,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from pinrank.serving.package import MANIFEST_DIGEST, load_package
+from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.scorer import Feed, FeedConfig, FeedScorer
+from pinrank.serving.signing import Trust
 from pinrank.serving.store import StoreError, UserStore
 
 INT64_MAX = 2**63 - 1
@@ -75,6 +76,10 @@ class Settings:
 
     Args:
         package: the model package served at start.
+        trust: which signing keys are trusted and where packages may lie
+            (:class:`~pinrank.serving.signing.Trust`; the default trusts no key, so every package
+            is refused). Without roots, the folder holding ``package`` is the one model root:
+            a reload may name only packages under it.
         admin_token: the bearer token of ``/admin/*`` (``None``: admin endpoints refuse all).
         feed: how feeds are assembled.
         threads: ONNX Runtime intra-op threads per graph (1 suits many concurrent requests).
@@ -90,6 +95,7 @@ class Settings:
     """
 
     package: Path
+    trust: Trust = field(default_factory=Trust)
     admin_token: str | None = None
     feed: FeedConfig = field(default_factory=FeedConfig)
     threads: int = 1
@@ -111,18 +117,20 @@ class Model:
     path: str
     created_at: str
     loaded_at: float
+    signer: str = ""
 
 
-def load_model(path: str | Path, store: UserStore, settings: Settings) -> Model:
-    """Load and verify a package: every file against the manifest's digests, then every graph
-    run on a probe user (:meth:`FeedScorer.probe`). Raises on any failure."""
-    package = load_package(path)
+def load_model(path: str | Path, store: UserStore, settings: Settings, trust: Trust) -> Model:
+    """Load and verify a package: its location, signature and every file against the manifest's
+    digests (:func:`load_package` under ``trust``), then every graph run on a probe
+    (:meth:`FeedScorer.probe`). Raises on any failure."""
+    package = load_package(path, trust)
     backend = OnnxBackend(package, threads=settings.threads)
     scorer = FeedScorer(package, store, backend, settings.feed)
     scorer.probe()
-    digest = (package.root / MANIFEST_DIGEST).read_text().strip()
     created = str(package.manifest.get("provenance", {}).get("created_at", ""))
-    return Model(scorer, digest[:16], str(package.root), created, time.time())
+    signer = f"signed by {package.signer}" if package.signer else "UNSIGNED"
+    return Model(scorer, package.version, str(package.root), created, time.time(), signer)
 
 
 class Metrics:
@@ -229,7 +237,11 @@ class Service:
 
     def __init__(self, settings: Settings, store: UserStore) -> None:
         self.settings, self.store, self.metrics = settings, store, Metrics()
-        self.model = load_model(settings.package, store, settings)
+        trust = settings.trust
+        self.trust = (
+            trust if trust.roots else trust.with_roots([Path(settings.package).resolve().parent])
+        )
+        self.model = load_model(settings.package, store, settings, self.trust)
         self.metrics.serving(self.model)
         self._reloading = threading.Lock()
         self.batcher = (
@@ -256,7 +268,7 @@ class Service:
         try:
             old = self.model
             try:
-                new = load_model(path or old.path, self.store, self.settings)
+                new = load_model(path or old.path, self.store, self.settings, self.trust)
             except Exception:
                 self.metrics.reloads.labels("refused").inc()
                 raise

@@ -9,13 +9,13 @@ runs the same networks in torch (for GPU machines without onnxruntime-gpu).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-from pinrank.serving.package import Package
+from pinrank.serving.package import Package, PackageError
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 log = logging.getLogger(__name__)
@@ -71,8 +71,14 @@ class OnnxBackend:
             if self.threads:
                 opts.intra_op_num_threads = self.threads
             opts.log_severity_level = 3
-            path = str(self.package.graph_path(graph))
-            self._sessions[graph] = ort.InferenceSession(path, opts, providers=self.providers)
+            where = f"{self.package.root}: graph {graph!r}"
+            data = self.package.read(self.package.graph_file(graph))  # the hashed bytes
+            check_self_contained(data, where)
+            try:
+                session = ort.InferenceSession(data, opts, providers=self.providers)
+            except Exception as err:  # ORT raises its own types for any bad model
+                raise PackageError(f"{where} does not load in ONNX Runtime ({err})") from None
+            self._sessions[graph] = session
         return self._sessions[graph]
 
     def run(self, graph: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -84,3 +90,44 @@ class OnnxBackend:
             raise KeyError(f"graph {graph!r} needs inputs {missing}")
         outs = session.run(None, {n: inputs[n] for n in names})
         return dict(zip([o.name for o in session.get_outputs()], outs, strict=True))
+
+
+def check_self_contained(data: bytes, where: str) -> None:
+    """Refuse an ONNX model whose tensors live in external files: ONNX Runtime would open them
+    by the path the model names (relative to the working directory when the model comes from
+    bytes), outside the package and past its digests. Every tensor (initializers, sparse ones,
+    attribute tensors, subgraphs and functions) must hold its data in the model itself."""
+    from onnx import ModelProto, TensorProto
+
+    model = ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as err:  # protobuf's DecodeError, or anything else a bad file raises
+        raise PackageError(f"{where} is not an ONNX model ({err})") from None
+    for t in _tensors(model):
+        if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+            raise PackageError(
+                f"{where}: tensor {t.name!r} has external data; package graphs must be "
+                "self-contained"
+            )
+
+
+def _tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto of a model: initializers, sparse initializers and attribute tensors, in
+    the main graph, every subgraph and every function."""
+    graphs, nodes = [model.graph], [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            yield from g.initializer
+            for sparse in g.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            nodes.extend(g.node)
+            continue
+        for a in nodes.pop().attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                graphs.append(a.g)
+            graphs.extend(a.graphs)

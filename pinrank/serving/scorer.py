@@ -55,6 +55,7 @@ from pinrank.retrieval.bias import query_vectors
 from pinrank.retrieval.topk import FaissTopK
 from pinrank.serving.blend import Candidates, select
 from pinrank.serving.package import Package, PackageError
+from pinrank.serving.probe import package_index, probe_graphs
 from pinrank.serving.runtime import Backend, OnnxBackend
 from pinrank.serving.store import (
     ID_COLUMN,
@@ -224,8 +225,8 @@ class FeedScorer:
         # the popularity prior chosen on val: queries [u / T, beta] (pinrank.retrieval.bias)
         self.bias = float(spec.get("popularity_bias", 0.0))
         self.temperature = float(spec.get("temperature", 1.0))
-        self.index = FaissTopK.load(
-            str(package.path(spec["path"])),
+        self.index = FaissTopK.wrap(
+            package_index(package),
             spec["factory"],
             nprobe=params.get("nprobe"),
             ef_search=params.get("ef_search"),
@@ -304,11 +305,13 @@ class FeedScorer:
         return self._personalized(users, k, [_EMPTY] * len(users))
 
     def probe(self, user_id: int = 2**62, k: int = 10) -> Feed:
-        """Run every graph once on a new user (an id and nothing else, so every feature takes
+        """Run every graph of the package on a probe (:func:`~pinrank.serving.probe.probe_graphs`),
+        then the feed path once on a new user (an id and nothing else, so every feature takes
         its spec default) through the batch path, which raises on any failure, and check the feed
         is personalized, ``k`` long and scored with probabilities in ``[0, 1]``. A service runs it
         before serving a package; PackageError says what is wrong."""
         uid, k = _check_user_id(user_id), _check_k(k)
+        probe_graphs(self.package, self.backend, self.catalogue)
         feed = self.feeds(self._conform(uid, {self.id_column: uid}), k)[0]
         scores = np.array([i.score for i in feed.items], np.float64)
         if feed.path not in (PERSONALIZED, PERSONALIZED_DEFAULTS) or len(feed.items) != k:

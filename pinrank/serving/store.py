@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pinrank.features.columns import ColumnSpec, pack
-from pinrank.serving.package import Package
+from pinrank.serving.package import Package, PackageError
 
 ID_COLUMN, ITEM_ID, BOARD, INTEREST_COLUMN = "user_id", "item_id", "board_id", "interests"
 MISSING, MALFORMED = "missing", "malformed"
@@ -219,8 +219,8 @@ class Catalogue:
 
     @classmethod
     def from_package(cls, package: Package) -> Catalogue:
-        items = pq.read_table(package.path(package.manifest["catalogue"]["path"]))
-        popular = pq.read_table(package.path(package.manifest["fallback"]["path"]))
+        items = _parquet(package, package.manifest["catalogue"]["path"])
+        popular = _parquet(package, package.manifest["fallback"]["path"])
         return cls(items, popular, package.columns("item"))
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
@@ -297,6 +297,14 @@ class RowInterests(Sequence[np.ndarray]):
         if isinstance(i, slice):
             return [self.catalogue.interests(int(r)) for r in self.rows[i]]
         return self.catalogue.interests(int(self.rows[i]))
+
+
+def _parquet(package: Package, relative: str) -> pa.Table:
+    """A Parquet file of the package, from its digest-checked bytes."""
+    try:
+        return pq.read_table(pa.BufferReader(package.read(relative)))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise PackageError(f"{package.root}: {relative} is not readable Parquet ({err})") from None
 
 
 def _lookup(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -4,20 +4,25 @@ and the Ray engine's output equal to the local engine's."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from package_fixtures import TRUST
 
 from pinrank.batch.feeds import (
     FEED_SCHEMA,
@@ -28,6 +33,7 @@ from pinrank.batch.feeds import (
     JobConfig,
     read_feeds,
     run_feeds,
+    verify_feeds,
 )
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
@@ -35,7 +41,10 @@ from pinrank.serving.scorer import PERSONALIZED_DEFAULTS, FeedConfig, FeedScorer
 from pinrank.serving.store import TableStore
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = JobConfig(k=20, batch_users=64, feed=FeedConfig(candidates=60, interest_candidates=20))
+# one ONNX Runtime thread: the same count the Ray actors get, so both engines' bytes compare
+CONFIG = JobConfig(
+    k=20, batch_users=64, threads=1, feed=FeedConfig(candidates=60, interest_candidates=20)
+)
 
 
 def write_users(table: pa.Table, path: Path, row_group: int = 50) -> Path:
@@ -57,7 +66,7 @@ def users_dir(users: pa.Table, tmp_path_factory: pytest.TempPathFactory) -> Path
 def reference(package_dir: Path, users_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted local run: what every other run must reproduce."""
     out = tmp_path_factory.mktemp("feeds") / "reference"
-    run_feeds(package_dir, users_dir, out, CONFIG, progress=False)
+    run_feeds(package_dir, users_dir, out, CONFIG, progress=False, trust=TRUST)
     return out
 
 
@@ -80,7 +89,7 @@ def test_batch_feeds_equal_the_online_scorer(
     summary = json.loads((reference / SUCCESS).read_text())
     assert summary["users"] == users.num_rows == 300 and summary["units"] == 6
     assert feeds.num_rows == summary["rows"] == 300 * CONFIG.k
-    package = load_package(package_dir)
+    package = load_package(package_dir, TRUST)
     online = FeedScorer(package, TableStore(users), OnnxBackend(package), CONFIG.feed)
     by_user = feeds.group_by("user_id").aggregate([])  # every user once
     assert by_user.num_rows == 300
@@ -107,7 +116,12 @@ def test_dirty_rows_get_defaults_and_counts(
     t = t.set_column(t.column_names.index("user_id"), "user_id", ids.cast(pa.int64()))
     out = tmp_path / "out"
     summary = run_feeds(
-        package_dir, write_users(t, tmp_path / "u.parquet"), out, CONFIG, progress=False
+        package_dir,
+        write_users(t, tmp_path / "u.parquet"),
+        out,
+        CONFIG,
+        progress=False,
+        trust=TRUST,
     ).summary
     assert summary["users"] == 39 and summary["counts"]["skipped.null_id"] == 1
     assert summary["counts"]["replaced.age.missing"] == 10
@@ -138,7 +152,7 @@ def test_bad_input_is_named_before_any_unit_runs(
 ) -> None:
     path = write_users(change(users.slice(0, 60)), tmp_path / "u.parquet")  # type: ignore[operator]
     with pytest.raises((FeedsJobError, TypeError), match=message):
-        run_feeds(package_dir, path, tmp_path / "out", CONFIG, progress=False)
+        run_feeds(package_dir, path, tmp_path / "out", CONFIG, progress=False, trust=TRUST)
     assert not list((tmp_path / "out").glob("part-*.parquet"))
 
 
@@ -146,14 +160,14 @@ def test_resume_redoes_only_what_was_not_committed(
     reference: Path, package_dir: Path, users_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    run_feeds(package_dir, users_dir, out, CONFIG, progress=False)
+    run_feeds(package_dir, users_dir, out, CONFIG, progress=False, trust=TRUST)
     (out / "part-000002.json").unlink()  # killed after the file, before its record
     (out / "part-000004.parquet").write_bytes(b"torn")  # a torn file under a record
     (out / SUCCESS).unlink()
-    summary = run_feeds(package_dir, users_dir, out, CONFIG, progress=False).summary
+    summary = run_feeds(package_dir, users_dir, out, CONFIG, progress=False, trust=TRUST).summary
     assert summary["units_written"] == 2 and summary["units_resumed"] == 4
     same_shards(out, reference)
-    again = run_feeds(package_dir, users_dir, out, CONFIG, progress=False).summary
+    again = run_feeds(package_dir, users_dir, out, CONFIG, progress=False, trust=TRUST).summary
     assert again["units_written"] == 0 and again["users"] == 300
 
 
@@ -161,40 +175,45 @@ def test_another_jobs_output_is_refused(
     package_dir: Path, users_dir: Path, reference: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    run_feeds(package_dir, users_dir, out, CONFIG, progress=False)
+    run_feeds(package_dir, users_dir, out, CONFIG, progress=False, trust=TRUST)
     other = JobConfig(k=10, batch_users=64, feed=CONFIG.feed)
     with pytest.raises(FeedsJobError, match=r"another job.*config"):
-        run_feeds(package_dir, users_dir, out, other, progress=False)
-    summary = run_feeds(package_dir, users_dir, out, other, overwrite=True, progress=False).summary
+        run_feeds(package_dir, users_dir, out, other, progress=False, trust=TRUST)
+    summary = run_feeds(
+        package_dir, users_dir, out, other, overwrite=True, progress=False, trust=TRUST
+    ).summary
     assert summary["rows"] == 300 * 10 and read_feeds(out).num_rows == 300 * 10
     with open(out / LOCK, "w") as fh:  # a job holding the folder
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(FeedsJobError, match="another feeds job"):
-            run_feeds(package_dir, users_dir, out, other, progress=False)
+            run_feeds(package_dir, users_dir, out, other, progress=False, trust=TRUST)
 
 
-def feeds_command(package_dir: Path, users: Path, out: Path) -> list[str]:
+def feeds_command(package_dir: Path, users: Path, out: Path, key: Path) -> list[str]:
     return [
         sys.executable, "-m", "pinrank.cli", "feeds", str(package_dir), "--users", str(users),
         "--out", str(out), "--k", str(CONFIG.k), "--batch-users", str(CONFIG.batch_users),
+        "--threads", "1", "--trusted-key", str(key),
         "--candidates", str(CONFIG.feed.candidates),
         "--interest-candidates", str(CONFIG.feed.interest_candidates), "--no-progress",
     ]  # fmt: skip
 
 
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(
-    package_dir: Path, users: pa.Table, tmp_path: Path
+    package_dir: Path, users: pa.Table, tmp_path: Path, key_files: dict[str, Path]
 ) -> None:
     """Kill the job for real (SIGKILL) once some units are committed, at a different moment
     each time, then finish it: the output equals one uninterrupted run's, byte for byte."""
     users_path = write_users(users, tmp_path / "users.parquet", row_group=20)  # 15 units
     reference = tmp_path / "reference"
-    run_feeds(package_dir, users_path, reference, CONFIG, progress=False)
+    run_feeds(package_dir, users_path, reference, CONFIG, progress=False, trust=TRUST)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     kills = 0
     for committed in (2, 6):
-        proc = subprocess.Popen(feeds_command(package_dir, users_path, out), cwd=ROOT, env=env)
+        proc = subprocess.Popen(
+            feeds_command(package_dir, users_path, out, key_files["public"]), cwd=ROOT, env=env
+        )
         deadline = time.monotonic() + 300
         while len(list(out.glob("part-*.json"))) < committed and proc.poll() is None:
             assert time.monotonic() < deadline, "the job made no progress"
@@ -205,7 +224,9 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(
         proc.wait(timeout=60)
         assert not (out / SUCCESS).exists() or proc.returncode == 0
     assert kills >= 1, "the job finished before it could be killed"
-    done = subprocess.run(feeds_command(package_dir, users_path, out), cwd=ROOT, env=env)
+    done = subprocess.run(
+        feeds_command(package_dir, users_path, out, key_files["public"]), cwd=ROOT, env=env
+    )
     assert done.returncode == 0
     same_shards(out, reference)
     feeds = read_feeds(out)
@@ -230,9 +251,170 @@ def test_ray_engine_equals_the_local_engine(
             CONFIG,
             engine="ray",
             progress=False,
+            trust=TRUST,
             ray_options={"actors": 2, "cpus_per_actor": 1},
         ).summary
     finally:
         ray.shutdown()
     assert summary["engine"] == "ray" and summary["units_written"] == 6
     same_shards(out, reference)
+
+
+def test_a_damaged_shard_is_found_by_verify_and_written_again(
+    package_dir: Path, users_dir: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    assert verify_feeds(out)["units"] == 6
+    part = out / "part-000003.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size: only the sha256 tells
+    part.write_bytes(bytes(data))
+    with pytest.raises(FeedsJobError, match=r"part-000003.parquet does not match its record"):
+        verify_feeds(out)
+    summary = run_feeds(package_dir, users_dir, out, CONFIG, progress=False, trust=TRUST).summary
+    assert summary["units_written"] == 1 and summary["units_resumed"] == 5
+    same_shards(out, reference)
+    verify_feeds(out)
+
+
+def test_the_verify_command(reference: Path, tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "pinrank.cli", "feeds", "--verify", str(reference)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0 and "OK, 6 shards" in ok.stdout, ok.stderr[-2000:]
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / "part-000001.parquet").unlink()
+    bad = subprocess.run(
+        [sys.executable, "-m", "pinrank.cli", "feeds", "--verify", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "part-000001.parquet is missing" in bad.stderr
+
+
+def test_a_job_is_resumed_only_on_its_engine_and_thread_count(
+    package_dir: Path, users_dir: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    identity = json.loads((out / JOB).read_text())
+    assert identity["engine"] == "local" and identity["config"]["threads"] == 1
+    with pytest.raises(FeedsJobError, match="engine differ"):
+        run_feeds(package_dir, users_dir, out, CONFIG, engine="ray", progress=False, trust=TRUST)
+    two = dataclasses.replace(CONFIG, threads=2)
+    with pytest.raises(FeedsJobError, match="config differ"):
+        run_feeds(package_dir, users_dir, out, two, progress=False, trust=TRUST)
+    # threads=None is pinned to the CPUs this process may use, and recorded as such
+    fresh = tmp_path / "fresh"
+    auto = dataclasses.replace(CONFIG, threads=None)
+    run_feeds(package_dir, users_dir, fresh, auto, progress=False, trust=TRUST)
+    threads = json.loads((fresh / JOB).read_text())["config"]["threads"]
+    assert threads == len(os.sched_getaffinity(0))
+
+
+def test_relative_and_absolute_paths_are_one_job(
+    package_dir: Path, users_dir: Path, reference: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    monkeypatch.chdir(users_dir.parent)
+    relative_users = Path(users_dir.name)
+    summary = run_feeds(
+        package_dir, relative_users, Path(tmp_path.name) / "out", CONFIG,
+        progress=False, trust=TRUST,
+    ).summary  # fmt: skip
+    assert summary["units_resumed"] == 6 and summary["units_written"] == 0
+
+
+def test_temporary_records_left_by_a_kill_are_removed(
+    package_dir: Path, users_dir: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / ".part-000002.json.12345").write_text("{")  # the old layout's temporary record
+    (out / ".tmp").mkdir(exist_ok=True)
+    (out / ".tmp" / "part-000002.json.999.1").write_text("{")
+    run_feeds(package_dir, users_dir, out, CONFIG, progress=False, trust=TRUST)
+    assert not list(out.glob(".part-*")) and not (out / ".tmp").exists()
+    same_shards(out, reference)
+
+
+def test_a_unit_never_commits_under_a_stale_fence(
+    package_dir: Path, users_dir: Path, tmp_path: Path
+) -> None:
+    from pinrank.batch.feeds import FENCE, make_scorer, plan, required_columns, score_unit
+
+    scorer = make_scorer(load_package(package_dir, TRUST), CONFIG)
+    unit = plan(users_dir, required_columns(scorer))[0]
+    out = tmp_path / "out"
+    (out / ".tmp").mkdir(parents=True)
+    (out / FENCE).write_text("token-of-a-later-run")
+    with pytest.raises(FeedsJobError, match="a later run owns this folder"):
+        score_unit(scorer, unit, out, CONFIG, fence="token-of-the-killed-run")
+    assert not list(out.glob("part-*"))
+    record = score_unit(scorer, unit, out, CONFIG, fence="token-of-a-later-run")
+    assert (out / record["file"]).exists()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _ray_processes(marker: str) -> list[int]:
+    """Pids of live processes whose command line holds ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                environ = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline or marker.encode() in environ:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_ray_workers_stop_when_the_driver_is_killed_and_the_job_resumes(
+    package_dir: Path, users: pa.Table, key_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """SIGKILL the Ray engine's driver once a shard is committed: no shard is committed after
+    it died, and a rerun ends with the output of an uninterrupted run, byte for byte."""
+    pytest.importorskip("ray")
+    users_path = write_users(users, tmp_path / "users.parquet", row_group=10)  # 30 units
+    reference = tmp_path / "reference"
+    run_feeds(package_dir, users_path, reference, CONFIG, progress=False, trust=TRUST)
+    out = tmp_path / "out"
+    marker = f"PINRANK_TEST_JOB={tmp_path.name}"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PINRANK_TEST_JOB": tmp_path.name}
+    cmd = [*feeds_command(package_dir, users_path, out, key_files["public"]),
+           "--engine", "ray", "--actors", "2", "--cpus-per-actor", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("part-*.json")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the Ray job committed nothing"
+            time.sleep(0.02)
+        assert proc.poll() is None, "the job finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        time.sleep(3)  # the watchdog polls every 0.5 s
+        committed = sorted(p.name for p in out.glob("part-*"))
+        time.sleep(5)
+        assert sorted(p.name for p in out.glob("part-*")) == committed, "committed after death"
+        assert len(committed) < 60, "every unit was committed: the kill came too late"
+        workers = [p for p in _ray_processes(marker) if "UnitWriter" in _cmdline(p)]
+        assert not workers, f"Ray workers still alive: {workers}"
+    finally:
+        for pid in _ray_processes(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=600)
+    assert done.returncode == 0
+    same_shards(out, reference)
+    verify_feeds(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from package_fixtures import ROOT, train
+from package_fixtures import ROOT, SIGNING_KEY, train
 
 from pinrank.export.package import build_package
 from pinrank.export.run import TrainedRun
@@ -35,7 +35,9 @@ def test_movielens_package_matches_the_training_path(ml100k: Path, tmp_path: Pat
         train([*_short(tmp_path, "ml100k_wide_deep", ml100k), "model.module.logreg_grid=[1e-4]"],
               tmp_path / "logs" / "ml100k_wide_deep"),
     ]  # fmt: skip
-    package = build_package([TrainedRun.load(r) for r in runs], tmp_path / "pkg")
+    package = build_package(
+        [TrainedRun.load(r) for r in runs], tmp_path / "pkg", signing_key=SIGNING_KEY
+    )
     assert package.manifest["context_defaults"] == {}  # MovieLens has no context features
     prepared = TrainedRun.load(runs[0]).prepared
     for split in ("test", "cold"):  # cold-start users: ids and histories unknown to the model

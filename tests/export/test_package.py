@@ -16,6 +16,7 @@ import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from package_fixtures import TRUST
 
 from pinrank.data.prepare import Prepared
 from pinrank.export.torch_backend import TorchBackend
@@ -38,7 +39,9 @@ GRAPH_OUTPUTS = {
 
 
 def _prepared(package_dir: Path) -> Prepared:
-    return Prepared.load(load_package(package_dir).manifest["provenance"]["data"]["prepared"])
+    return Prepared.load(
+        load_package(package_dir, TRUST).manifest["provenance"]["data"]["prepared"]
+    )
 
 
 def _set(table: pa.Table, name: str, values: list, type_: pa.DataType) -> pa.Table:
@@ -84,7 +87,7 @@ def corrupt(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_every_graph_matches_the_training_path(package_dir: Path, backend: str) -> None:
-    package = load_package(package_dir)
+    package = load_package(package_dir, TRUST)
     tables = held_out_rows(_prepared(package_dir), "test", 700)
     be = OnnxBackend(package) if backend == "onnx" else TorchBackend(package, "cpu")
     report = verify(package, tables, be)
@@ -94,7 +97,7 @@ def test_every_graph_matches_the_training_path(package_dir: Path, backend: str) 
 
 
 def test_parity_holds_on_corrupted_rows(package_dir: Path) -> None:
-    package = load_package(package_dir)
+    package = load_package(package_dir, TRUST)
     tables = corrupt(held_out_rows(_prepared(package_dir), "val", 300))
     arrays = pack(tables["user"], package.columns("user"))
     assert arrays["user.age"][0] == INT_NULL and arrays["user.country"][0] == ""
@@ -104,7 +107,7 @@ def test_parity_holds_on_corrupted_rows(package_dir: Path) -> None:
 
 def test_a_wrong_network_fails_verification(package_dir: Path, tmp_path: Path) -> None:
     """The check can fail: scoring the ranker with the other model's weights is caught."""
-    package = load_package(package_dir)
+    package = load_package(package_dir, TRUST)
     tables = held_out_rows(_prepared(package_dir), "test", 200)
 
     class Shifted(OnnxBackend):
@@ -117,7 +120,7 @@ def test_a_wrong_network_fails_verification(package_dir: Path, tmp_path: Path) -
 
 
 def test_graphs_take_raw_typed_columns(package_dir: Path) -> None:
-    package = load_package(package_dir)
+    package = load_package(package_dir, TRUST)
     manifest = package.manifest
     kinds = {f"{c['side']}.{c['column']}": c["kind"] for c in manifest["columns"]}
     assert kinds["user.country"] == "string" and kinds["user.history"] == "int_list"
@@ -135,7 +138,7 @@ def test_graphs_take_raw_typed_columns(package_dir: Path) -> None:
 
 
 def test_manifest_carries_features_calibration_metrics_and_provenance(package_dir: Path) -> None:
-    m = load_package(package_dir).manifest
+    m = load_package(package_dir, TRUST).manifest
     assert m["features"]["names"][0] == "user.user_id"
     assert m["models"]["ranking"]["calibration"]["method"] in ("platt", "isotonic", "identity")
     assert "test/auc" in m["models"]["ranking"]["metrics"]
@@ -184,7 +187,7 @@ def test_a_changed_package_is_refused(package_dir: Path, tmp_path: Path, damage:
         (pkg / "MANIFEST.sha256").unlink()
         match = "altered"
     with pytest.raises(PackageError, match=match):
-        load_package(pkg)
+        load_package(pkg, TRUST)
 
 
 NO_TORCH = """
@@ -194,12 +197,13 @@ import numpy as np, pyarrow.parquet as pq
 from pinrank.features.columns import pack
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
+from pinrank.serving.signing import Trust
 try:
     import torch  # noqa
     raise SystemExit("torch imported")
 except ImportError:
     pass
-package = load_package(sys.argv[1])
+package = load_package(sys.argv[1], Trust.from_files([sys.argv[4]]))
 arrays = {}
 for side in ("user", "item", "context"):
     arrays |= pack(pq.read_table(f"{sys.argv[2]}/{side}.parquet"), package.columns(side))
@@ -211,16 +215,17 @@ assert not [m for m, v in sys.modules.items() if v is not None and m.startswith(
 
 
 def test_ranker_graph_runs_where_torch_cannot_be_imported(
-    package_dir: Path, tmp_path: Path
+    package_dir: Path, tmp_path: Path, key_files: dict[str, Path]
 ) -> None:
-    package = load_package(package_dir)
+    package = load_package(package_dir, TRUST)
     tables = held_out_rows(_prepared(package_dir), "test", 100)
     for side, table in tables.items():
         pq.write_table(table, tmp_path / f"{side}.parquet")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     out = tmp_path / "p.npy"
     proc = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, str(package_dir), str(tmp_path), str(out)],
+        [sys.executable, "-c", NO_TORCH, str(package_dir), str(tmp_path), str(out),
+         str(key_files["public"])],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -231,9 +236,10 @@ def test_ranker_graph_runs_where_torch_cannot_be_imported(
     assert np.abs(np.load(out) - expected).max() <= 1e-5
 
 
-def test_verify_command_passes_and_fails(package_dir: Path) -> None:
+def test_verify_command_passes_and_fails(package_dir: Path, key_files: dict[str, Path]) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "pinrank.cli", "verify", str(package_dir), "--rows", "200"]
+    cmd = [sys.executable, "-m", "pinrank.cli", "verify", str(package_dir), "--rows", "200",
+           "--trusted-key", str(key_files["public"])]  # fmt: skip
     ok = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "OK: max abs diff" in ok.stdout and "ranker_feed/probability" in ok.stdout
@@ -242,18 +248,19 @@ def test_verify_command_passes_and_fails(package_dir: Path) -> None:
 
 
 def test_export_command_writes_a_verified_package(
-    trained_runs: dict[str, Path], tmp_path: Path
+    trained_runs: dict[str, Path], tmp_path: Path, key_files: dict[str, Path]
 ) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     out = tmp_path / "ranker_only"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "export.py"), f"run_dir={trained_runs['ranking']}",
-         f"out={out}", "verify.rows=100", "+context.position=2"],
+         f"out={out}", "verify.rows=100", "+context.position=2",
+         f"signing_key={key_files['private']}"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK: max abs diff" in proc.stdout
-    package = load_package(out)
+    package = load_package(out, TRUST)
     assert set(package.manifest["graphs"]) == {
         "ranker",
         "ranker_user",
@@ -270,8 +277,14 @@ def test_export_command_writes_a_verified_package(
     assert again.returncode != 0 and "exists" in again.stderr
 
 
-def test_feed_command_serves_known_and_unknown_users(package_dir: Path) -> None:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def test_feed_command_serves_known_and_unknown_users(
+    package_dir: Path, key_files: dict[str, Path]
+) -> None:
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "PINRANK_TRUSTED_KEYS": str(key_files["public"]),
+    }
     data = str(_prepared(package_dir).root)
     cmd = [
         sys.executable,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from package_fixtures import SIGNING_KEY
 
 from pinrank.serving.package import MANIFEST, write_manifest
 
@@ -26,7 +27,7 @@ def packages(package_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         shutil.copytree(package_dir, root / name)
         manifest = json.loads((root / name / MANIFEST).read_text())
         manifest["provenance"]["release"] = name
-        write_manifest(root / name, manifest)
+        write_manifest(root / name, manifest, SIGNING_KEY)
         out[name] = root / name
     graph = out["tampered"] / "graphs" / "ranker_pairs.onnx"
     graph.write_bytes(graph.read_bytes()[:-16] + b"\0" * 16)

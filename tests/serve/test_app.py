@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from package_fixtures import TRUST
 
 from pinrank.serve.app import Settings, create_app
 from pinrank.serving.package import load_package
@@ -39,13 +40,13 @@ def store(users_path: Path) -> TableStore:
 
 @pytest.fixture(scope="module")
 def client(packages: dict[str, Path], store: TableStore) -> TestClient:
-    return TestClient(create_app(Settings(packages["a"], admin_token=TOKEN), store))
+    return TestClient(create_app(Settings(packages["a"], trust=TRUST, admin_token=TOKEN), store))
 
 
 @pytest.fixture(scope="module")
 def reference(packages: dict[str, Path], store: TableStore) -> FeedScorer:
     """The embedded scorer on the same package, built outside the service."""
-    package = load_package(packages["a"])
+    package = load_package(packages["a"], TRUST)
     return FeedScorer(package, store, OnnxBackend(package, threads=1))
 
 
@@ -95,7 +96,7 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(
 ) -> None:
     """With a 300 ms batching window, 16 concurrent requests share graph runs (fewer batches
     than requests), and each answer is still that user's own feed."""
-    app = create_app(Settings(packages["a"], batch_wait_ms=300, batch_max=32), store)
+    app = create_app(Settings(packages["a"], trust=TRUST, batch_wait_ms=300, batch_max=32), store)
     client = TestClient(app)
     ids = user_ids(users, 16)
     answers: dict[int, Any] = {}
@@ -191,10 +192,12 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(
 
 
 def test_admin_reload_needs_the_token(packages: dict[str, Path], store: TableStore) -> None:
-    closed = TestClient(create_app(Settings(packages["a"]), store))  # no token configured
+    closed = TestClient(
+        create_app(Settings(packages["a"], trust=TRUST), store)
+    )  # no token configured
     got = closed.post("/admin/reload", headers=AUTH)
     assert got.status_code == 403 and "disabled" in got.json()["error"]["message"]
-    client = TestClient(create_app(Settings(packages["a"], admin_token=TOKEN), store))
+    client = TestClient(create_app(Settings(packages["a"], trust=TRUST, admin_token=TOKEN), store))
     assert client.post("/admin/reload").status_code == 401
     assert client.post("/admin/reload").headers["www-authenticate"] == "Bearer"
     assert client.post("/admin/reload", headers={"Authorization": TOKEN}).status_code == 401
@@ -210,7 +213,7 @@ def test_admin_reload_needs_the_token(packages: dict[str, Path], store: TableSto
 def test_reload_swaps_versions_and_refuses_bad_packages(
     packages: dict[str, Path], store: TableStore, users: pa.Table, tmp_path: Path
 ) -> None:
-    client = TestClient(create_app(Settings(packages["a"], admin_token=TOKEN), store))
+    client = TestClient(create_app(Settings(packages["a"], trust=TRUST, admin_token=TOKEN), store))
     uid = user_ids(users, 1)[0]
     version_a = client.get(f"/v1/feed/{uid}").json()["model_version"]
     got = client.post("/admin/reload", headers=AUTH, json={"package": str(packages["b"])})
@@ -252,7 +255,7 @@ def test_a_request_in_flight_finishes_on_the_model_it_started_with(
 ) -> None:
     uid = user_ids(users, 1)[0]
     store = GatedStore(users, held=uid)
-    client = TestClient(create_app(Settings(packages["a"], admin_token=TOKEN), store))
+    client = TestClient(create_app(Settings(packages["a"], trust=TRUST, admin_token=TOKEN), store))
     version_a = client.get("/readyz").json()["model_version"]
     answers: list[httpx.Response] = []
     flight = threading.Thread(target=lambda: answers.append(client.get(f"/v1/feed/{uid}")))
@@ -285,7 +288,9 @@ class FailingStore(TableStore):
 def test_a_failed_store_degrades_feeds_never_the_service(
     packages: dict[str, Path], users: pa.Table
 ) -> None:
-    client = TestClient(create_app(Settings(packages["a"]), FailingStore(users, "timeout")))
+    client = TestClient(
+        create_app(Settings(packages["a"], trust=TRUST), FailingStore(users, "timeout"))
+    )
     uid = user_ids(users, 1)[0]
     for _ in range(3):
         got = client.get(f"/v1/feed/{uid}", params={"k": 20})
@@ -306,7 +311,7 @@ def test_reload_under_load_loses_no_request(
     packages: dict[str, Path], store: TableStore, users: pa.Table, port: int
 ) -> None:
     """A real server: 8 clients send feeds for 4 s while the package is reloaded 4 times."""
-    app = create_app(Settings(packages["a"], admin_token=TOKEN), store)
+    app = create_app(Settings(packages["a"], trust=TRUST, admin_token=TOKEN), store)
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -349,7 +354,9 @@ def test_reload_under_load_loses_no_request(
     assert len({v for _, v in results}) == 2  # requests were served by both packages
 
 
-def test_the_service_never_imports_torch(packages: dict[str, Path], users_path: Path) -> None:
+def test_the_service_never_imports_torch(
+    packages: dict[str, Path], users_path: Path, key_files: dict[str, Path]
+) -> None:
     code = f"""
         import sys
         for name in ("torch", "torchrec", "pytorch_lightning", "lightning", "hydra"):
@@ -357,9 +364,11 @@ def test_the_service_never_imports_torch(packages: dict[str, Path], users_path: 
         from fastapi.testclient import TestClient
         from pinrank.serve.app import Settings, create_app
         from pinrank.serving.redis_store import RedisStore
+        from pinrank.serving.signing import Trust
         from pinrank.serving.store import TableStore
         store = TableStore.from_parquet({str(users_path)!r})
-        app = create_app(Settings({str(packages["a"])!r}), store)
+        trust = Trust.from_files([{str(key_files["public"])!r}])
+        app = create_app(Settings({str(packages["a"])!r}, trust=trust), store)
         r = TestClient(app).get("/v1/feed/1")
         assert r.status_code == 200, r.text
         print("ok", r.json()["path"])
@@ -388,7 +397,7 @@ def test_the_embedded_store_memory_maps_an_arrow_snapshot(users: pa.Table, tmp_p
 def test_a_failing_batch_answers_500_and_the_worker_lives_on(
     packages: dict[str, Path], store: TableStore, users: pa.Table, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = create_app(Settings(packages["a"], batch_workers=1), store)
+    app = create_app(Settings(packages["a"], trust=TRUST, batch_workers=1), store)
     client = TestClient(app, raise_server_exceptions=False)  # answer as a server would
     scorer = app.state.service.model.scorer
     uid = user_ids(users, 1)[0]

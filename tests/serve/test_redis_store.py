@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
+from package_fixtures import TRUST
 
 from pinrank.serve.app import Settings, create_app
 from pinrank.serving.package import load_package
@@ -47,7 +48,7 @@ def test_redis_store_answers_as_the_table_store(redis_users: RedisStore, users: 
 def test_feeds_from_redis_equal_feeds_from_the_table_store(
     redis_users: RedisStore, users: pa.Table, package_dir: Path
 ) -> None:
-    package = load_package(package_dir)
+    package = load_package(package_dir, TRUST)
     backend = OnnxBackend(package, threads=1)
     via_redis = FeedScorer(package, redis_users, backend)
     via_table = FeedScorer(package, TableStore(users), backend)
@@ -69,7 +70,7 @@ def test_malformed_and_corrupt_records(
     raw.set("test:user:777000003", "[1, 2]")
     assert redis_users.row(777000001)["age"] == "abc"  # handed over raw
     assert redis_users.get(np.array([777000001])).column("age").to_pylist() == [None]
-    package = load_package(package_dir)
+    package = load_package(package_dir, TRUST)
     scorer = FeedScorer(package, redis_users, OnnxBackend(package, threads=1))
     feed = scorer.feed(777000001, 10)
     assert feed.path == PERSONALIZED_DEFAULTS and feed.replaced.get("age") == "malformed"
@@ -89,7 +90,7 @@ def test_paused_then_dead_redis_degrades_feeds_within_the_deadline(
     stays ready throughout and counts the fallbacks by reason. Runs last in this module."""
     write_users(client(redis_server.url, timeout_s=10), users, prefix="down:user:")
     store = RedisStore.connect(redis_server.url, prefix="down:user:", timeout_s=TIMEOUT_S)
-    http = TestClient(create_app(Settings(packages["a"]), store))
+    http = TestClient(create_app(Settings(packages["a"], trust=TRUST), store))
     uid = int(users.column("user_id").to_numpy()[0])
     assert http.get(f"/v1/feed/{uid}").json()["fallback"] is None
     os.kill(redis_server.proc.pid, signal.SIGSTOP)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from package_fixtures import SIGNING_KEY, TRUST
 
 from pinrank.features.columns import ColumnSpec, pack
 from pinrank.serving.package import MANIFEST, Package, load_package, write_manifest
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def package(package_dir: Path) -> Package:
-    return load_package(package_dir)
+    return load_package(package_dir, TRUST)
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +371,7 @@ def test_catalogue_filtered_away_gives_no_candidates(
 ) -> None:
     config = FeedConfig(candidates=20, interest_candidates=0)
     uid = clean_user["user_id"]
-    original = FeedScorer(load_package(package_dir), store, config=config)
+    original = FeedScorer(load_package(package_dir, TRUST), store, config=config)
     retrieved = original.candidates(uid, k=5).item_ids.tolist()
     assert len(retrieved) == 20
     # a copy whose catalogue lost every pin retrieval finds (taken down after indexing)
@@ -378,8 +379,8 @@ def test_catalogue_filtered_away_gives_no_candidates(
     shutil.copytree(package_dir, root)
     kept = items.filter(pc.invert(pc.is_in(items.column("item_id"), pa.array(retrieved))))
     pq.write_table(kept, root / "catalogue" / "items.parquet")
-    write_manifest(root, json.loads((root / MANIFEST).read_text()))
-    feed = FeedScorer(load_package(root), store, config=config).feed(uid, k=5)
+    write_manifest(root, json.loads((root / MANIFEST).read_text()), SIGNING_KEY)
+    feed = FeedScorer(load_package(root, TRUST), store, config=config).feed(uid, k=5)
     assert feed.path == NO_CANDIDATES and feed.counts["candidates.retrieval"] == 0
     unseen = [i for i in popular if i not in retrieved and i not in clean_user["seen"]]
     assert feed.item_ids.tolist() == unseen[:5]
@@ -506,7 +507,7 @@ def test_table_store(users: pa.Table, tmp_path: Path) -> None:
 
 
 def test_serving_imports_no_torch(
-    package_dir: Path, users_path: Path, clean_user: dict[str, Any]
+    package_dir: Path, users_path: Path, clean_user: dict[str, Any], key_files: dict[str, Path]
 ) -> None:
     code = textwrap.dedent(
         f"""
@@ -515,8 +516,10 @@ def test_serving_imports_no_torch(
             sys.modules[name] = None  # any import of them now raises ImportError
         from pinrank.serving.package import load_package
         from pinrank.serving.scorer import FeedScorer
+        from pinrank.serving.signing import Trust
         from pinrank.serving.store import TableStore
-        scorer = FeedScorer(load_package({str(package_dir)!r}),
+        trust = Trust.from_files([{str(key_files["public"])!r}])
+        scorer = FeedScorer(load_package({str(package_dir)!r}, trust),
                             TableStore.from_parquet({str(users_path)!r}))
         feed = scorer.feed({clean_user["user_id"]}, k=5)
         print(feed.path, len(feed.items))
