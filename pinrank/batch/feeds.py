@@ -33,7 +33,9 @@ Engines: ``local`` (this process, units in order) and ``ray`` (a Ray Data actor 
 same unit function over the units, one package load per actor; see :func:`run_feeds`).
 Bad input: a missing or mistyped column stops the job before any unit starts, naming it; null
 ids are skipped and counted; null or malformed values get the spec's defaults (the feed's
-``path`` says ``personalized_defaults``) and are counted per column.
+``path`` says ``personalized_defaults``), and every value the spec's policy replaces is counted
+per feature and reason (``replaced.age.out_of_range``, ``replaced.history.oov``, ...) by the
+training featurizer's own transforms (:class:`Policy`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pinrank.features.spec import FeatureSpec
+from pinrank.features.state import FeatureState, transform_side
 from pinrank.serving.package import Package, load_package, sha256
 from pinrank.serving.scorer import SEEN, Feed, FeedConfig, FeedScorer
 from pinrank.serving.signing import Trust
@@ -219,6 +223,33 @@ def feeds_table(feeds: Sequence[Feed]) -> pa.Table:
     )
 
 
+@dataclass(frozen=True)
+class Policy:
+    """The feature spec's bad-value policy, to count what it replaces in user rows."""
+
+    spec: FeatureSpec
+    state: FeatureState
+
+    @classmethod
+    def of(cls, package: Package) -> Policy:
+        """The package's policy, parsed once per package version in a process."""
+        key = (str(package.root), package.version)
+        if key not in _POLICIES:
+            _POLICIES[key] = cls(package.spec(), package.state())
+        return _POLICIES[key]
+
+    def counts(self, users: pa.Table) -> Counter[str]:
+        """``replaced.{feature}.{reason}``: every value of the user features that the spec's
+        policy replaces (null, nan, negative, out_of_range, oov, malformed, truncated), counted
+        by the training featurizer's own transforms, so batch and training count alike."""
+        counts: Counter[tuple[str, str]] = Counter()
+        transform_side(self.spec, self.state, "user", users, counts)
+        return Counter({f"replaced.{f}.{why}": n for (f, why), n in counts.items() if n})
+
+
+_POLICIES: dict[tuple[str, str], Policy] = {}
+
+
 def score_unit(
     scorer: FeedScorer,
     unit: Unit,
@@ -232,6 +263,7 @@ def score_unit(
     ``fence``: the run's token (:func:`run_feeds`); the unit commits only while ``.fence`` still
     holds it (FeedsJobError otherwise: a later run owns the folder)."""
     t0 = time.perf_counter()
+    policy = Policy.of(scorer.package)
     tmp = out / TMP / f"{unit.name}.parquet.{os.getpid()}"
     counts: Counter[str] = Counter()
     users = rows = 0
@@ -253,10 +285,10 @@ def score_unit(
                 part = feeds_table(feeds)
                 writer.write_table(part)
                 users, rows = users + len(feeds), rows + part.num_rows
+                counts.update(policy.counts(table))
                 for f in feeds:
                     counts[f"path.{f.path}"] += 1
                     counts["short_feeds"] += f.counts.get("short", 0) > 0
-                    counts.update(f"replaced.{c}.{why}" for c, why in f.replaced.items())
             if on_batch is not None:
                 on_batch(batch.num_rows)
     _fsync(tmp)

@@ -107,6 +107,7 @@ def build_package(
             "spec": prepared.spec_path.read_text(),  # the YAML text: its order is meaningful
             "names": [f"{f.side}.{f.name}" for f in spec.features] + [c.name for c in spec.crosses],
             "state": "features/state.json",
+            "units": {f.name: f.unit for f in spec.features if f.unit is not None},
         },
         "columns": [c.to_dict() for c in columns],
         "context_defaults": _context_defaults(prepared, spec, context or {}),

@@ -112,7 +112,7 @@ def pack(table: pa.Table | pa.RecordBatch, columns: list[ColumnSpec]) -> dict[st
         if c.kind == "int":
             out[c.name] = pc.fill_null(col.cast(pa.int64()), INT_NULL).to_numpy().copy()
         elif c.kind == "float":
-            out[c.name] = pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy().copy()
+            out[c.name] = pc.fill_null(col.cast(pa.float64(), safe=False), np.nan).to_numpy().copy()
         elif c.kind == "string":
             values = pc.fill_null(col.cast(pa.string()), "").to_numpy(zero_copy_only=False)
             out[c.name] = values.astype(object)
@@ -140,6 +140,6 @@ def _vectors(col: pa.Array, dim: int) -> np.ndarray:
     lengths = pc.fill_null(pc.list_value_length(col), -1).to_numpy()
     ok = lengths == dim
     out = np.full((len(col), dim), np.nan)
-    flat = pc.list_flatten(col.filter(pa.array(ok))).cast(pa.float64())
+    flat = pc.list_flatten(col.filter(pa.array(ok))).cast(pa.float64(), safe=False)
     out[ok] = pc.fill_null(flat, np.nan).to_numpy().reshape(-1, dim)
     return out

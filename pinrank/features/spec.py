@@ -38,6 +38,11 @@ import yaml
 SIDES = ("user", "item", "context")
 KINDS = ("categorical", "multi_categorical", "sequence", "numeric")
 NUMERIC_TRANSFORMS = ("log1p", "clip", "standardize")
+# plausible ranges of time units: 1990-01-01 to 2100-01-01
+UNITS: dict[str, tuple[float, float]] = {
+    "epoch_s": (631_152_000.0, 4_102_444_800.0),
+    "epoch_ms": (631_152_000_000.0, 4_102_444_800_000.0),
+}
 POOLINGS = ("sum", "mean")
 HASH_PRIME = 2_147_483_647  # 2^31 - 1: (x mod P) * a + b stays below 2^62, no int64 overflow
 
@@ -68,6 +73,11 @@ class Feature:
         shares: reuse another categorical feature's state (e.g. history items use item_id's
             vocabulary, and the model can share the embedding table).
         valid: ``[lo, hi]`` raw values outside it are treated as missing (counted out_of_range).
+        unit: the unit of a numeric time column, one of :data:`UNITS` (``epoch_s``: seconds
+            since 1970, ``epoch_ms``: milliseconds); without ``valid``, the unit's plausible
+            range (1990 to 2100) becomes ``valid``, so a column in the wrong unit (milliseconds
+            where the model was fitted on seconds) is replaced by the default and counted
+            ``out_of_range`` instead of scoring every user at the extremes.
         transforms: numeric steps in order: ``log1p``, ``{clip: [lo, hi]}``, ``standardize``.
         default: numeric fill for null/NaN/out-of-range raw values; ``None`` = the train mean.
         dim: width of a numeric feature (a list column when > 1).
@@ -85,12 +95,17 @@ class Feature:
     bucketize: tuple[float, ...] | None = None
     shares: str | None = None
     valid: tuple[float, float] | None = None
+    unit: str | None = None
     transforms: tuple[Any, ...] = ()
     default: float | None = None
     dim: int = 1
     max_len: int | None = None
     pooling: str = "mean"
     embedding_dim: int = 16
+
+    def __post_init__(self) -> None:
+        if self.unit is not None and self.valid is None and self.unit in UNITS:
+            object.__setattr__(self, "valid", UNITS[self.unit])
 
     @property
     def is_sparse(self) -> bool:
@@ -238,6 +253,8 @@ def _validate_feature(f: Feature, by_name: dict[str, Feature]) -> None:
         raise SpecError(f"{where}: side must be one of {SIDES}, got {f.side!r}")
     if f.kind not in KINDS:
         raise SpecError(f"{where}: kind must be one of {KINDS}, got {f.kind!r}")
+    if f.unit is not None and (f.kind != "numeric" or f.unit not in UNITS):
+        raise SpecError(f"{where}: unit must be one of {sorted(UNITS)} on a numeric feature")
     if f.kind == "numeric":
         for t in f.transforms:
             step = next(iter(t)) if isinstance(t, dict) else t

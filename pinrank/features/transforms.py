@@ -184,7 +184,7 @@ def numeric_column(
     rows = len(col)
     if dim == 1:
         valid = col.is_valid().to_numpy(zero_copy_only=False)
-        x = pc.fill_null(col.cast(pa.float64()), 0.0).to_numpy().reshape(rows, 1).copy()
+        x = pc.fill_null(col.cast(pa.float64(), safe=False), 0.0).to_numpy().reshape(rows, 1).copy()
     else:
         lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy()
         valid = col.is_valid().to_numpy(zero_copy_only=False) & (lengths == dim)
@@ -192,7 +192,7 @@ def numeric_column(
             (col.is_valid().to_numpy(zero_copy_only=False) & (lengths != dim)).sum()
         )
         x = np.zeros((rows, dim))
-        flat = pc.list_flatten(col.filter(pa.array(valid))).cast(pa.float64())
+        flat = pc.list_flatten(col.filter(pa.array(valid))).cast(pa.float64(), safe=False)
         x[valid] = pc.fill_null(flat, np.nan).to_numpy().reshape(-1, dim)
     counts[(name, "null")] += int((~col.is_valid().to_numpy(zero_copy_only=False)).sum())
     finite = np.isfinite(x).all(axis=1)

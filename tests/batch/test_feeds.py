@@ -124,7 +124,8 @@ def test_dirty_rows_get_defaults_and_counts(
         trust=TRUST,
     ).summary
     assert summary["users"] == 39 and summary["counts"]["skipped.null_id"] == 1
-    assert summary["counts"]["replaced.age.missing"] == 10
+    assert summary["counts"]["replaced.age.null"] == 10
+    assert summary["counts"]["replaced.age_bucket.null"] == 10
     feeds = read_feeds(out)
     defaults = feeds.filter(pc.equal(feeds["path"], PERSONALIZED_DEFAULTS))
     assert (
@@ -418,3 +419,48 @@ def test_ray_workers_stop_when_the_driver_is_killed_and_the_job_resumes(
     assert done.returncode == 0
     same_shards(out, reference)
     verify_feeds(out)
+
+
+def dirty_users(users: pa.Table) -> pa.Table:
+    """40 users with every kind of bad value the spec has a policy for, in the first rows."""
+    t = users.slice(0, 40)
+
+    def put(name: str, values: dict[int, Any]) -> None:
+        nonlocal t
+        col = t.column(name).to_pylist()
+        for row, v in values.items():
+            col[row] = v
+        t = t.set_column(t.column_names.index(name), name, pa.array(col, t.schema.field(name).type))
+
+    put("age", {0: -7, 1: 2_000_000_000, 2: 150})
+    put("country", {3: "", 4: "Atlantis"})
+    put("gender", {5: ""})
+    put("history", {6: [None, 5, None], 7: [-3, 10**12], 8: None, 9: list(range(400))})
+    put("seen", {10: [2**62], 11: None})
+    put("last_ts", {12: 1_700_000_000_000, 13: 2**60, 14: -1})  # ms, above 2^53, negative
+    return t
+
+
+def test_every_replaced_value_is_counted_as_training_counts_it(
+    package_dir: Path, users: pa.Table, tmp_path: Path
+) -> None:
+    """Batch counts equal the training featurizer's counts on the same rows, reason by reason,
+    including ages out of range, empty strings, null list elements, unknown and negative item
+    ids, null histories, millisecond timestamps and integers above 2^53."""
+    from pinrank.features.featurizer import Featurizer
+
+    t = dirty_users(users)
+    summary = run_feeds(
+        package_dir, write_users(t, tmp_path / "u.parquet"), tmp_path / "out", CONFIG,
+        progress=False, trust=TRUST,
+    ).summary  # fmt: skip
+    package = load_package(package_dir, TRUST)
+    training = Featurizer(package.spec(), package.state())({"user": t}).counts
+    expected = {f"replaced.{f}.{why}": n for (f, why), n in training.items() if n}
+    got = {k: v for k, v in summary["counts"].items() if k.startswith("replaced.")}
+    assert got == expected
+    for key in ("age.out_of_range", "age_bucket.negative", "country.null", "country.oov",
+                "gender.null", "history.null", "history.negative", "history.oov",
+                "history.truncated", "seen.oov", "last_active.out_of_range"):  # fmt: skip
+        assert got.get(f"replaced.{key}", 0) >= 1, key
+    assert got["replaced.last_active.out_of_range"] >= 2  # the ms and the 2^60 timestamps

@@ -22,6 +22,7 @@ from pinrank.data.prepare import Prepared
 from pinrank.export.torch_backend import TorchBackend
 from pinrank.export.verify import held_out_rows, verify
 from pinrank.features.columns import INT_NULL, pack
+from pinrank.features.featurizer import Featurizer
 from pinrank.serving.package import PackageError, load_package
 from pinrank.serving.runtime import OnnxBackend
 
@@ -64,6 +65,17 @@ def corrupt(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
     hist = u.column("history").to_pylist()
     hist[0], hist[1], hist[2] = [None, -3, 10**12], None, list(range(400))  # long: truncated
     u = _set(u, "history", hist, u.schema.field("history").type)
+    last = u.column("last_ts").to_pylist()
+    last[3:5] = [1_700_000_000_000, 2**60]  # milliseconds where seconds are expected; > 2^53
+    u = _set(u, "last_ts", last, u.schema.field("last_ts").type)
+    age[3:5] = [2_000_000_000, -7]
+    u = _set(u, "age", age, u.schema.field("age").type)
+    events = i.column("train_events").to_pylist()
+    events[4] = 2**60 + 1
+    i = _set(i, "train_events", events, i.schema.field("train_events").type)
+    mean_ts = i.column("mean_ts").to_pylist()
+    mean_ts[5] = 1_700_000_000_000.0
+    i = _set(i, "mean_ts", mean_ts, i.schema.field("mean_ts").type)
     q = i.column("quality").to_pylist()
     q[:3] = [None, float("nan"), 7.0]
     i = _set(i, "quality", q, i.schema.field("quality").type)
@@ -103,6 +115,15 @@ def test_parity_holds_on_corrupted_rows(package_dir: Path) -> None:
     assert arrays["user.age"][0] == INT_NULL and arrays["user.country"][0] == ""
     report = verify(package, tables)
     assert report.ok, str(report)
+    # same outcome: the out-of-unit and huge values take the defaults in both paths
+    counts = Featurizer(package.spec(), package.state())(tables).counts
+    assert counts[("last_active", "out_of_range")] >= 2
+    assert counts[("in_fashion", "out_of_range")] >= 1
+    assert counts[("age", "out_of_range")] >= 2
+    assert package.manifest["features"]["units"] == {
+        "last_active": "epoch_s",
+        "in_fashion": "epoch_s",
+    }
 
 
 def test_a_wrong_network_fails_verification(package_dir: Path, tmp_path: Path) -> None:

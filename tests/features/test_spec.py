@@ -70,3 +70,22 @@ def test_duplicate_names_are_refused() -> None:
     data = {**_one(), "crosses": {"f": {"features": ["f", "f"], "buckets": 3}}}
     with pytest.raises(SpecError, match="duplicate feature names"):
         FeatureSpec.from_dict(data)
+
+
+def _numeric(**extra: object) -> dict:
+    body = {"side": "user", "source": "last_ts", "kind": "numeric", **extra}
+    return {"features": {"last_active": body}}
+
+
+def test_a_time_unit_declares_its_plausible_range() -> None:
+    seconds = FeatureSpec.from_dict(_numeric(unit="epoch_s")).features[0]
+    assert seconds.valid == (631_152_000.0, 4_102_444_800.0)
+    millis = FeatureSpec.from_dict(_numeric(unit="epoch_ms")).features[0]
+    assert millis.valid == (631_152_000_000.0, 4_102_444_800_000.0)
+    explicit = FeatureSpec.from_dict(_numeric(unit="epoch_s", valid=[0, 10])).features[0]
+    assert explicit.valid == (0, 10)
+    with pytest.raises(SpecError, match="unit must be one of"):
+        FeatureSpec.from_dict(_numeric(unit="hours"))
+    body = {"side": "user", "source": "gender", "kind": "categorical", "vocab": {}}
+    with pytest.raises(SpecError, match="unit must be one of"):
+        FeatureSpec.from_dict({"features": {"gender": {**body, "unit": "epoch_s"}}})
