@@ -54,10 +54,18 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
+from pinrank.serve.http import (
+    BodyLimit,
+    Measure,
+    SafeJSONResponse,
+    error,
+    json_body,
+    strict_params,
+)
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.scorer import Feed, FeedConfig, FeedScorer
@@ -154,9 +162,7 @@ class Metrics:
             "pinrank_fallbacks", "feeds not personalized, by reason", ["reason"], registry=r
         )
         self.reloads = Counter("pinrank_reloads", "reloads by outcome", ["outcome"], registry=r)
-        self.model = Gauge(
-            "pinrank_model_info", "the model being served", ["version", "path"], registry=r
-        )
+        self.model = Gauge("pinrank_model_info", "the model being served", ["version"], registry=r)
         self.loaded = Gauge(
             "pinrank_model_loaded_timestamp_seconds", "when it was loaded", registry=r
         )
@@ -169,8 +175,12 @@ class Metrics:
 
     def serving(self, model: Model) -> None:
         self.model.clear()
-        self.model.labels(model.version, model.path).set(1)
+        self.model.labels(model.version).set(1)
         self.loaded.set(model.loaded_at)
+
+    def observe(self, endpoint: str, status: str, seconds: float) -> None:
+        self.requests.labels(endpoint, status).inc()
+        self.latency.labels(endpoint).observe(seconds)
 
 
 @dataclass
@@ -324,8 +334,7 @@ class ReloadOut(BaseModel):
     seconds: float
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message, **extra}}, status)
+_error = error
 
 
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -352,6 +361,8 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         title="pinrank feed service",
         version="1",
         description=(__doc__ or "").split("\n\n")[0],
+        default_response_class=SafeJSONResponse,
+        redirect_slashes=False,  # a redirect's Location would be built from the Host header
     )
     app.state.service = service
 
@@ -382,7 +393,10 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
             raise HTTPException(403, "wrong admin token")
 
-    feed_query = [Depends(only("k", "interests"))]
+    feed_query = [
+        Depends(only("k", "interests")),
+        Depends(strict_params(path=["user_id"], ints=["k"], lists=["interests"])),
+    ]
     interests_query = Query(
         max_length=settings.max_interests, description="repeat: ?interests=3&interests=7"
     )
@@ -404,8 +418,15 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
             model_version=model.version, items=items,
         )  # fmt: skip
 
-    @app.post("/v1/score", response_model=ScoreOut, dependencies=[Depends(only())])
-    def score(body: ScoreIn) -> ScoreOut | JSONResponse:
+    @app.post(
+        "/v1/score",
+        response_model=ScoreOut,
+        dependencies=[Depends(only()), Depends(strict_params())],
+        openapi_extra=_json_body_schema(ScoreIn, required=True),
+        responses={413: {}, 415: {}},
+    )
+    def score(raw: Annotated[Any, Depends(json_body)]) -> ScoreOut | JSONResponse:
+        body = _validate(ScoreIn, raw)
         model = service.model
         ids = np.array(body.item_ids, np.int64)
         unknown = ids[model.scorer.catalogue.rows(ids) < 0]
@@ -417,11 +438,13 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
             return _error(503, f"user store {err.reason}: {err}", reason=f"store_{err.reason}")
         return ScoreOut(user_id=body.user_id, model_version=model.version, scores=scores.tolist())
 
-    @app.get("/healthz", dependencies=[Depends(only())])
+    plain = [Depends(only()), Depends(strict_params())]
+
+    @app.api_route("/healthz", methods=["GET", "HEAD"], dependencies=plain)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", dependencies=[Depends(only())])
+    @app.api_route("/readyz", methods=["GET", "HEAD"], dependencies=plain)
     def readyz() -> JSONResponse:
         model = service.model
         try:
@@ -429,20 +452,29 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
             store = "ok"
         except StoreError as err:
             store = f"{err.reason}: {err}"
-        body = {"ready": True, "model_version": model.version, "package": model.path}
-        return JSONResponse(body | {"store": store}, 200)
+        body = {"ready": True, "model_version": model.version, "signer": model.signer}
+        return SafeJSONResponse(body | {"store": store}, 200)  # no filesystem path: public
 
-    @app.get("/metrics", dependencies=[Depends(only())])
+    @app.get("/metrics", dependencies=plain)
     def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/admin/reload",
         response_model=ReloadOut,
-        dependencies=[Depends(admin), Depends(only())],
-        responses={401: {}, 403: {}, 409: {}, 422: {}},
+        dependencies=[Depends(admin), Depends(only()), Depends(strict_params())],
+        openapi_extra=_json_body_schema(ReloadIn, required=False),
+        responses={401: {}, 403: {}, 409: {}, 413: {}, 415: {}, 422: {}},
     )
-    def reload(body: ReloadIn | None = None) -> ReloadOut | JSONResponse:
+    async def reload(request: Request) -> ReloadOut | JSONResponse:
+        # the token is checked (a dependency) before any byte of the body is parsed
+        has_body = (
+            request.headers.get("content-length", "0") != "0" or "content-type" in request.headers
+        )
+        body = _validate(ReloadIn, await json_body(request)) if has_body else None
+        return await run_in_threadpool(_reload, body)
+
+    def _reload(body: ReloadIn | None) -> ReloadOut | JSONResponse:
         t0 = time.perf_counter()
         try:
             old, new = service.reload(body.package if body else None)
@@ -473,21 +505,25 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         log.exception("unhandled error on %s", request.url.path)
         return _error(500, f"internal error: {type(exc).__name__}")
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        t0 = time.perf_counter()
-        endpoint = _endpoint(app, request.scope)
-        try:
-            response: Response = await call_next(request)
-        except Exception:
-            service.metrics.requests.labels(endpoint, "500").inc()
-            raise
-        service.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return response
-
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # outermost: counts the body limit's 413s, the handlers' 4xx and unhandled 500s alike
+    app.add_middleware(Measure, routes=lambda: app.router.routes, observe=service.metrics.observe)
     return app
+
+
+def _json_body_schema(model: type[BaseModel], required: bool) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses its JSON itself (:func:`json_body`)."""
+    schema = {"application/json": {"schema": model.model_json_schema()}}
+    return {"requestBody": {"content": schema, "required": required}}
+
+
+def _validate(model: type[BaseModel], raw: Any) -> Any:
+    """``raw`` as ``model`` (strict); RequestValidationError located under ``body``."""
+    try:
+        return model.model_validate(raw, strict=True)
+    except ValidationError as err:
+        errors = [e | {"loc": ("body", *e["loc"])} for e in err.errors()]
+        raise RequestValidationError(errors) from None
 
 
 def jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -503,52 +539,3 @@ def jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
                 e["input"] = repr(e["input"])
         out.append(e)
     return out
-
-
-def _endpoint(app: FastAPI, scope: Scope) -> str:
-    """The route template a request matches (bounded label values), else ``other``."""
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "other"
-
-
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed, before the app
-    parses them; the body read here is replayed to the app."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        too_large = _error(413, f"request body over {self.max_bytes} bytes")
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await too_large(scope, receive, send)
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body, sent = b"".join(chunks), False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)

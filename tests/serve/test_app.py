@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from package_fixtures import TRUST
+from package_fixtures import ROOT, TRUST
 
 from pinrank.serve.app import Settings, create_app
 from pinrank.serving.package import load_package
@@ -127,10 +127,8 @@ def test_health_metrics_and_openapi(client: TestClient, users: pa.Table) -> None
     assert 'pinrank_requests_total{endpoint="/v1/feed/{user_id}",status="200"}' in text
     assert 'pinrank_requests_total{endpoint="/v1/feed/{user_id}",status="422"}' in text
     assert 'pinrank_request_seconds_bucket{endpoint="/v1/feed/{user_id}",le="0.5"}' in text
-    assert (
-        f'pinrank_model_info{{path="{ready["package"]}",version="{ready["model_version"]}"}} 1.0'
-        in text
-    )
+    assert f'pinrank_model_info{{version="{ready["model_version"]}"}} 1.0' in text
+    assert "package" not in ready and str(ROOT) not in text and "/tmp" not in text
     paths = json.loads(json.dumps(client.get("/openapi.json").json()["paths"]))
     assert {"/v1/feed/{user_id}", "/v1/score", "/admin/reload", "/readyz"} <= set(paths)
 
@@ -138,17 +136,25 @@ def test_health_metrics_and_openapi(client: TestClient, users: pa.Table) -> None
 BIG = 2**63
 BAD = [
     # (method, url, json body or raw bytes, status, fragment of error.message)
-    ("GET", "/v1/feed/abc", None, 422, "path.user_id: Input should be a valid integer"),
-    ("GET", "/v1/feed/-1", None, 422, "path.user_id: Input should be greater than or equal to 0"),
+    ("GET", "/v1/feed/abc", None, 422, "path.user_id: not a plain decimal integer: 'abc'"),
+    ("GET", "/v1/feed/-1", None, 422, "path.user_id: not a plain decimal integer: '-1'"),
     ("GET", f"/v1/feed/{BIG}", None, 422, "path.user_id: Input should be less than or equal to"),
-    ("GET", "/v1/feed/1.5", None, 422, "path.user_id: Input should be a valid integer"),
+    ("GET", "/v1/feed/1.5", None, 422, "path.user_id: not a plain decimal integer"),
+    ("GET", "/v1/feed/7.0", None, 422, "path.user_id: not a plain decimal integer: '7.0'"),
+    ("GET", "/v1/feed/1_000", None, 422, "path.user_id: not a plain decimal integer: '1_000'"),
+    ("GET", "/v1/feed/007", None, 422, "path.user_id: not a plain decimal integer: '007'"),
     ("GET", "/v1/feed/1?k=0", None, 422, "query.k: Input should be greater than or equal to 1"),
     ("GET", "/v1/feed/1?k=501", None, 422, "query.k: Input should be less than or equal to 500"),
-    ("GET", "/v1/feed/1?k=ten", None, 422, "query.k: Input should be a valid integer"),
-    ("GET", "/v1/feed/1?k=NaN", None, 422, "query.k: Input should be a valid integer"),
+    ("GET", "/v1/feed/1?k=ten", None, 422, "query.k: not a plain decimal integer: 'ten'"),
+    ("GET", "/v1/feed/1?k=NaN", None, 422, "query.k: not a plain decimal integer"),
+    ("GET", "/v1/feed/1?k=5.0", None, 422, "query.k: not a plain decimal integer: '5.0'"),
+    ("GET", "/v1/feed/1?k=%2B5", None, 422, "query.k: not a plain decimal integer: '+5'"),
+    ("GET", "/v1/feed/1?k=600&k=2", None, 422, "query.k: given 2 times; give it once"),
     ("GET", "/v1/feed/1?kk=5", None, 422, "unknown query parameters ['kk']"),
-    ("GET", "/v1/feed/1?interests=x", None, 422, "query.interests.0: Input should be a valid"),
-    ("GET", "/v1/feed/1?interests=-3", None, 422, "query.interests.0: Input should be greater"),
+    ("GET", "/v1/feed/1?interests=x", None, 422, "query.interests: not a plain decimal integer"),
+    ("GET", "/v1/feed/1?interests=-3", None, 422, "query.interests: not a plain decimal"),
+    ("GET", "/healthz/", None, 404, "Not Found"),  # no redirect built from the Host header
+    ("GET", "/healthz?x=1&x=2", None, 422, "unknown query parameters ['x']"),
     ("GET", "/v1/feed/1?" + "&".join(["interests=1"] * 101), None, 422,
      "query.interests: List should have at most 100 items"),
     ("POST", "/v1/score", {"user_id": 1}, 422, "body.item_ids: Field required"),
@@ -165,7 +171,14 @@ BAD = [
     ("POST", "/v1/score", {"user_id": 1, "item_ids": [BIG]}, 422, "body.item_ids.0: Input should"),
     ("POST", "/v1/score", {"user_id": 1, "item_ids": [987654321]}, 404,
      "items not in the catalogue: [987654321]"),
-    ("POST", "/v1/score", b"not json", 422, "JSON decode error"),
+    ("POST", "/v1/score", b"not json", 422, "body: JSON decode error: Expecting value (line 1"),
+    ("POST", "/v1/score", b'{"user_id": 1,', 422, "body: JSON decode error"),
+    ("POST", "/v1/score", b"\xff\xfe{}", 422, "body: not UTF-8 (byte 0)"),
+    ("POST", "/v1/score", b'{"user_id": "\\ud800", "item_ids": [1]}', 422,
+     "body.user_id: Input should be a valid integer"),
+    ("POST", "/v1/score", b'{"user_id": 1, "item_ids": ["\\udfff"]}', 422, "body.item_ids.0"),
+    ("POST", "/v1/score", b"[" * 100_000 + b"]" * 100_000, 413, "request body over"),
+    ("POST", "/v1/score", b"[" * 30_000 + b"]" * 30_000, 422, "body: JSON nested too deeply"),
     ("POST", "/v1/score", [1, 2], 422, "body: Input should be a valid dictionary"),
     ("POST", "/v1/score", b"", 422, "body: Field required"),
     ("POST", "/v1/score", b"x" * 70_000, 413, "request body over 65536 bytes"),
@@ -173,6 +186,8 @@ BAD = [
     ("GET", "/v1/nothing", None, 404, "Not Found"),
     ("DELETE", "/v1/feed/1", None, 405, "Method Not Allowed"),
     ("POST", "/admin/reload", None, 401, "admin endpoints need 'Authorization: Bearer <token>'"),
+    ("POST", "/admin/reload", b"{not json", 401, "admin endpoints need"),  # token first
+    ("POST", "/admin/reload", b'{"package": "\\ud800"}', 401, "admin endpoints need"),
 ]  # fmt: skip
 
 
@@ -409,3 +424,58 @@ def test_a_failing_batch_answers_500_and_the_worker_lives_on(
             and got.json()["error"]["message"] == "internal error: RuntimeError"
         )
     assert client.get(f"/v1/feed/{uid}").status_code == 200  # the one worker survived
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "Content-Type must be application/json (got none)"),
+        (
+            {"Content-Type": "text/plain"},
+            "Content-Type must be application/json (got 'text/plain')",
+        ),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, "must be application/json"),
+    ],
+)
+def test_a_body_without_the_json_content_type_gets_415(
+    client: TestClient, headers: dict[str, str], message: str
+) -> None:
+    got = client.post("/v1/score", content=b'{"user_id": 1, "item_ids": [1]}', headers=headers)
+    assert got.status_code == 415 and message in got.json()["error"]["message"], got.text
+
+
+def test_health_endpoints_answer_head(client: TestClient) -> None:
+    for path in ("/healthz", "/readyz"):
+        got = client.head(path)
+        assert got.status_code == 200 and got.content == b""
+
+
+def test_errors_echoing_input_always_encode(client: TestClient) -> None:
+    """A lone surrogate in the body: a 422 whose JSON escapes it, never a 500."""
+    got = client.post(
+        "/v1/score",
+        content=b'{"user_id": "\\ud800", "item_ids": [1]}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert got.status_code == 422
+    assert b"\\ud800" in got.content  # escaped in the JSON text
+    json.loads(got.content)
+
+
+def test_metrics_count_413_405_and_500(packages: dict[str, Path], store: TableStore) -> None:
+    app = create_app(Settings(packages["a"], trust=TRUST, max_body_bytes=100), store)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.post("/v1/score", content=b"x" * 200).status_code == 413
+    assert client.delete("/v1/feed/1").status_code == 405
+    assert client.get("/boom").status_code == 500
+    text = client.get("/metrics").text
+    assert 'pinrank_requests_total{endpoint="/v1/score",status="413"} 1.0' in text
+    assert 'pinrank_requests_total{endpoint="/v1/feed/{user_id}",status="405"} 1.0' in text
+    assert 'pinrank_requests_total{endpoint="/boom",status="500"} 1.0' in text
+    assert 'pinrank_request_seconds_count{endpoint="/boom"} 1.0' in text
+    assert 'pinrank_request_seconds_count{endpoint="/v1/score"} 1.0' in text

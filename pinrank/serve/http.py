@@ -1,0 +1,188 @@
+"""The service's HTTP layer below the routes: strict parsing of what a request carries, JSON
+errors that always encode, and the ASGI middleware that bounds bodies and measures every
+response.
+
+- :class:`SafeJSONResponse` writes JSON with every non-ASCII character escaped, so an error that
+  echoes input (a lone surrogate ``"\\ud800"`` included) always encodes; NaN is never written.
+- :func:`strict_params` refuses ids and counts that are not plain decimal integers
+  (``7.0``, ``1_000``, ``+5``, `` 5``, ``0x10``) and repeated scalar query parameters
+  (``?k=600&k=2``) before FastAPI's lenient conversion sees them.
+- :func:`json_body` reads a JSON body itself: 415 for a missing or other Content-Type, 422 naming
+  the problem for bytes that are not UTF-8 or not JSON (with the position), so the admin
+  endpoint can check its token before it parses anything.
+- :class:`Measure` (outermost) counts every response by route template and status and observes
+  its latency, 413s, 500s and 405s included; :class:`BodyLimit` answers 413 before the app reads
+  an oversized body.
+
+What comes from the HTTP server (uvicorn and h11) rather than the API: a request that is not
+HTTP, headers over the server's limits, or a connection that times out get the server's own
+plain-text answer (or none: the connection is closed); everything the API says is JSON of the
+shape ``{"error": {"status": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.routing import Match
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+DECIMAL = re.compile(r"(0|[1-9][0-9]{0,18})")  # no sign, no spaces, no separators, <= 19 digits
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped (``\\uXXXX``), so any string, even a lone surrogate,
+    encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, default=repr).encode()
+
+
+def error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> SafeJSONResponse:
+    return SafeJSONResponse(
+        {"error": {"status": status, "message": message, **extra}}, status, headers=headers
+    )
+
+
+def strict_params(
+    path: Iterable[str] = (), ints: Iterable[str] = (), lists: Iterable[str] = ()
+) -> Callable[[Request], None]:
+    """A dependency that refuses path parameters ``path`` and query parameters ``ints`` that are
+    not plain decimal integers, and any query parameter not in ``lists`` given more than once."""
+    path, ints, lists = tuple(path), tuple(ints), set(lists)
+
+    def check(request: Request) -> None:
+        for name in path:
+            raw = request.path_params.get(name)
+            if raw is not None and not DECIMAL.fullmatch(str(raw)):
+                raise HTTPException(
+                    422, f"path.{name}: not a plain decimal integer: {str(raw)!r:.40}"
+                )
+        for name in request.query_params:
+            values = request.query_params.getlist(name)
+            if name not in lists and len(values) > 1:
+                raise HTTPException(422, f"query.{name}: given {len(values)} times; give it once")
+            if name in ints or name in lists:
+                bad = [v for v in values if not DECIMAL.fullmatch(v)]
+                if bad:
+                    raise HTTPException(
+                        422, f"query.{name}: not a plain decimal integer: {bad[0]!r:.40}"
+                    )
+
+    return check
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body; HTTPException 415 or 422 naming what is wrong."""
+    ctype = request.headers.get("content-type")
+    media = (ctype or "").split(";")[0].strip().lower()
+    if media != "application/json":
+        shown = f"{ctype!r:.60}" if ctype else "none"
+        raise HTTPException(415, f"Content-Type must be application/json (got {shown})")
+    data = await request.body()
+    if not data.strip():
+        raise HTTPException(422, "body: Field required (the body is empty)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HTTPException(422, f"body: not UTF-8 (byte {err.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise HTTPException(
+            422, f"body: JSON decode error: {err.msg} (line {err.lineno}, column {err.colno})"
+        ) from None
+    except RecursionError:
+        raise HTTPException(422, "body: JSON nested too deeply") from None
+
+
+def route_template(routes: Iterable[Any], scope: Scope) -> str:
+    """The route template a request matches (a full match, else a path match such as a 405's),
+    else ``other``: bounded label values."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "other"))
+        if match == Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", "other"))
+    return partial or "other"
+
+
+class Measure:
+    """Count every response by route and status and observe its latency, whatever produced it
+    (the routes, the body limit, the error handlers) and whether it raised (counted as 500)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Callable[[], Iterable[Any]],
+        observe: Callable[[str, str, float], None],
+    ) -> None:
+        self.app, self.routes, self.observe = app, routes, observe
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), "500"
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.observe(route_template(self.routes(), scope), status, time.perf_counter() - t0)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed, before the app
+    parses them; the body read here is replayed to the app."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        too_large = error(413, f"request body over {self.max_bytes} bytes")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await too_large(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
