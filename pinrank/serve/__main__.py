@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+from pinrank.serve.http import timed_h11
 from pinrank.serving.scorer import FeedConfig
 from pinrank.serving.signing import add_trust_arguments, trust_from_args
 from pinrank.serving.store import TableStore, UserStore
@@ -53,6 +54,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         feed=FeedConfig(candidates=args.candidates),
         threads=args.threads,
         batch_max=args.batch_max,
+        max_queue=args.max_queue,
+        queue_deadline_ms=args.queue_deadline_ms,
+        body_timeout_s=args.body_timeout_s,
     )
     app = create_app(settings, user_store(args))
     model = app.state.service.model
@@ -60,7 +64,14 @@ def cmd_run(args: argparse.Namespace) -> None:
           f"http://{args.host}:{args.port}"
           f"{'' if settings.admin_token else ' (admin endpoints disabled: no token)'}")  # fmt: skip
     uvicorn.run(
-        app, host=args.host, port=args.port, access_log=args.access_log, log_level="warning"
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=args.access_log,
+        log_level="warning",
+        http=timed_h11(args.header_timeout_s),
+        timeout_keep_alive=args.keepalive_timeout_s,
+        limit_concurrency=args.max_connections,
     )
 
 
@@ -93,6 +104,16 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--admin-token-file", help=f"default: ${TOKEN_ENV}")
     add_trust_arguments(run, roots=True)
     run.add_argument("--access-log", action="store_true")
+    run.add_argument("--max-queue", type=int, default=64, help="feed requests waiting, at most")
+    run.add_argument(
+        "--queue-deadline-ms", type=float, default=500.0, help="longest wait before 503"
+    )
+    run.add_argument("--header-timeout-s", type=float, default=5.0, help="request line + headers")
+    run.add_argument("--body-timeout-s", type=float, default=10.0, help="a request body (408)")
+    run.add_argument("--keepalive-timeout-s", type=float, default=5.0, help="idle connections")
+    run.add_argument(
+        "--max-connections", type=int, default=1024, help="open connections at most (503 above)"
+    )
     run.set_defaults(func=cmd_run)
     load = sub.add_parser("load-redis", help="write a users snapshot into Redis")
     load.add_argument("--users", required=True)

@@ -29,6 +29,7 @@ in the catalogue (404), bodies over ``max_body_bytes`` (413). The service never 
 
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations at run time,
 # and they close over `settings`
+import asyncio
 import hmac
 import json
 import logging
@@ -100,6 +101,13 @@ class Settings:
         batch_wait_ms: how long a worker waits for more requests before scoring what it has.
         batch_workers: threads scoring batches (ONNX Runtime releases the GIL, so 2 use both
             cores of a 2-core machine).
+        max_queue: admission control: feed requests waiting to be scored beyond this many are
+            answered 503 with ``Retry-After`` at once (``queue_full``).
+        queue_deadline_ms: a feed request that waited this long without being scored is
+            answered 503 with ``Retry-After`` (``deadline``), so admitted requests keep a bounded
+            latency under overload instead of every request slowing down.
+        body_timeout_s: a request body not received within this long gets 408 (the header
+            timeout is the HTTP server's: :func:`pinrank.serve.http.timed_h11`).
     """
 
     package: Path
@@ -114,6 +122,9 @@ class Settings:
     batch_max: int = 32
     batch_wait_ms: float = 2.0
     batch_workers: int = 2
+    max_queue: int = 64
+    queue_deadline_ms: float = 500.0
+    body_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,9 @@ class Metrics:
             "pinrank_fallbacks", "feeds not personalized, by reason", ["reason"], registry=r
         )
         self.reloads = Counter("pinrank_reloads", "reloads by outcome", ["outcome"], registry=r)
+        self.shed = Counter(
+            "pinrank_shed", "feed requests refused by admission control", ["reason"], registry=r
+        )
         self.model = Gauge("pinrank_model_info", "the model being served", ["version"], registry=r)
         self.loaded = Gauge(
             "pinrank_model_loaded_timestamp_seconds", "when it was loaded", registry=r
@@ -190,6 +204,15 @@ class _Job:
     k: int
     interests: list[int] | None
     result: Future[Feed] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Overloaded(Exception):
+    """A feed request shed by admission control: ``queue_full`` or ``deadline``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Batcher:
@@ -198,28 +221,51 @@ class Batcher:
     most ``max_wait_s`` for more), group them by model and ``k`` and score each group with one
     :meth:`FeedScorer.feed_many`. A job keeps the model its request started with."""
 
-    def __init__(self, metrics: Metrics, max_batch: int, max_wait_s: float, workers: int) -> None:
-        if max_batch < 1 or workers < 1 or max_wait_s < 0:
-            raise ValueError(f"bad batching: {max_batch=}, {workers=}, {max_wait_s=}")
+    def __init__(
+        self,
+        metrics: Metrics,
+        max_batch: int,
+        max_wait_s: float,
+        workers: int,
+        max_queue: int = 64,
+        deadline_s: float = 0.5,
+    ) -> None:
+        if max_batch < 1 or workers < 1 or max_wait_s < 0 or max_queue < 1 or deadline_s <= 0:
+            raise ValueError(
+                f"bad batching: {max_batch=}, {workers=}, {max_wait_s=}, {max_queue=}, "
+                f"{deadline_s=}"
+            )
         self.metrics, self.max_batch, self.max_wait_s = metrics, max_batch, max_wait_s
+        self.max_queue, self.deadline_s = max_queue, deadline_s
         self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         for i in range(workers):
             threading.Thread(target=self._work, name=f"pinrank-batch-{i}", daemon=True).start()
 
-    def feed(self, model: Model, user_id: int, k: int, interests: list[int] | None) -> Feed:
+    def submit(
+        self, model: Model, user_id: int, k: int, interests: list[int] | None
+    ) -> Future[Feed]:
+        """Queue a feed request; Overloaded at once when ``max_queue`` requests wait already."""
+        if self.jobs.qsize() >= self.max_queue:
+            raise Overloaded("queue_full")
         job = _Job(model, user_id, k, interests)
         self.jobs.put(job)
-        return job.result.result()
+        return job.result
+
+    def feed(self, model: Model, user_id: int, k: int, interests: list[int] | None) -> Feed:
+        return self.submit(model, user_id, k, interests).result()
 
     def _work(self) -> None:
         while True:
-            jobs = [self.jobs.get()]
+            jobs = self._fresh([self.jobs.get()])
             deadline = time.monotonic() + self.max_wait_s
             while len(jobs) < self.max_batch:
                 try:
-                    jobs.append(self.jobs.get(timeout=max(deadline - time.monotonic(), 1e-6)))
+                    more = self.jobs.get(timeout=max(deadline - time.monotonic(), 1e-6))
                 except queue.Empty:
                     break
+                jobs += self._fresh([more])
+            if not jobs:
+                continue
             try:
                 self._score(jobs)
             except Exception as err:  # a bug: every waiting request must still get an answer,
@@ -227,6 +273,16 @@ class Batcher:
                 for j in jobs:
                     if not j.result.done():
                         j.result.set_exception(err)
+
+    def _fresh(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs still within their deadline; the others are answered Overloaded unscored."""
+        now, kept = time.monotonic(), []
+        for j in jobs:
+            if now - j.queued_at > self.deadline_s:
+                j.result.set_exception(Overloaded("deadline"))
+            else:
+                kept.append(j)
+        return kept
 
     def _score(self, jobs: list[_Job]) -> None:
         self.metrics.batch.observe(len(jobs))
@@ -260,15 +316,42 @@ class Service:
                 settings.batch_max,
                 settings.batch_wait_ms / 1e3,
                 settings.batch_workers,
+                settings.max_queue,
+                settings.queue_deadline_ms / 1e3,
             )
             if settings.batch_max > 1
             else None
         )
+        self._unbatched = threading.BoundedSemaphore(settings.batch_workers)
+        self._waiting = 0
 
     def feed(self, model: Model, user_id: int, k: int, interests: list[int] | None) -> Feed:
         if self.batcher is None:
             return model.scorer.feed(user_id, k, interests)
         return self.batcher.feed(model, user_id, k, interests)
+
+    async def feed_async(
+        self, model: Model, user_id: int, k: int, interests: list[int] | None
+    ) -> Feed:
+        """A feed under admission control, awaited without holding a thread while it waits;
+        Overloaded when shed."""
+        if self.batcher is not None:
+            return await asyncio.wrap_future(self.batcher.submit(model, user_id, k, interests))
+        if self._waiting >= self.settings.max_queue:
+            raise Overloaded("queue_full")
+        self._waiting += 1  # the event loop's thread alone changes it
+        try:
+            got = await run_in_threadpool(
+                self._unbatched.acquire, timeout=self.settings.queue_deadline_ms / 1e3
+            )
+        finally:
+            self._waiting -= 1
+        if not got:
+            raise Overloaded("deadline")
+        try:
+            return await run_in_threadpool(model.scorer.feed, user_id, k, interests)
+        finally:
+            self._unbatched.release()
 
     def reload(self, path: str | None) -> tuple[Model, Model]:
         """Swap to the package at ``path`` (default: the current one's); returns (old, new).
@@ -401,14 +484,25 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         max_length=settings.max_interests, description="repeat: ?interests=3&interests=7"
     )
 
-    @app.get("/v1/feed/{user_id}", response_model=FeedOut, dependencies=feed_query)
-    def feed(
+    @app.get(
+        "/v1/feed/{user_id}",
+        response_model=FeedOut,
+        dependencies=feed_query,
+        responses={503: {"description": "overloaded: retry after Retry-After seconds"}},
+    )
+    async def feed(
         user_id: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
         k: Annotated[int, Query(ge=1, le=settings.max_k)] = 50,
         interests: Annotated[list[UserId] | None, interests_query] = None,
-    ) -> FeedOut:
+    ) -> FeedOut | JSONResponse:
         model = service.model  # this request's model, whatever reloads happen meanwhile
-        f = service.feed(model, user_id, k, interests)
+        try:
+            f = await service.feed_async(model, user_id, k, interests)
+        except Overloaded as err:
+            service.metrics.shed.labels(err.reason).inc()
+            return _error(
+                503, f"overloaded ({err.reason}): retry later", headers={"Retry-After": "1"}
+            )
         service.metrics.paths.labels(f.path).inc()
         if f.fallback is not None:
             service.metrics.fallbacks.labels(f.fallback).inc()
@@ -441,7 +535,7 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
     plain = [Depends(only()), Depends(strict_params())]
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], dependencies=plain)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:  # on the event loop: never queued behind feeds
         return {"status": "ok"}
 
     @app.api_route("/readyz", methods=["GET", "HEAD"], dependencies=plain)
@@ -505,7 +599,9 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         log.exception("unhandled error on %s", request.url.path)
         return _error(500, f"internal error: {type(exc).__name__}")
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     # outermost: counts the body limit's 413s, the handlers' 4xx and unhandled 500s alike
     app.add_middleware(Measure, routes=lambda: app.router.routes, observe=service.metrics.observe)
     return app

@@ -22,6 +22,7 @@ shape ``{"error": {"status": ..., "message": ...}}``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -150,10 +151,11 @@ class Measure:
 
 class BodyLimit:
     """Refuse request bodies over ``max_bytes`` with 413, declared or streamed, before the app
-    parses them; the body read here is replayed to the app."""
+    parses them, and bodies not received within ``timeout_s`` with 408; the body read here is
+    replayed to the app."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
@@ -165,8 +167,15 @@ class BodyLimit:
             await too_large(scope, receive, send)
             return
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                late = error(408, f"request body not received within {self.timeout_s:g} s")
+                late.headers["Connection"] = "close"
+                await late(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -186,3 +195,40 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def timed_h11(header_timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request line and headers are not
+    complete ``header_timeout_s`` after it opened or after its last response: half-sent headers
+    cannot hold a connection (uvicorn's keep-alive timeout covers only idle connections)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            timer = getattr(self, "_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            timer = getattr(self, "_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _header_timeout(self) -> None:
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return  # closed, or a request is being read or answered
+            self.logger.info("closing a connection whose request headers did not arrive in time")
+            self.transport.close()
+
+    return TimedH11Protocol

@@ -88,8 +88,30 @@ class OnnxBackend:
         missing = [n for n in names if n not in inputs]
         if missing:
             raise KeyError(f"graph {graph!r} needs inputs {missing}")
-        outs = session.run(None, {n: inputs[n] for n in names})
+        feed = {n: inputs[n] for n in names}
+        if any(np.shape(v)[:1] == (0,) for v in feed.values()):
+            return _empty_outputs(session)  # ORT fails on 0-row inputs; there is nothing to do
+        outs = session.run(None, feed)
         return dict(zip([o.name for o in session.get_outputs()], outs, strict=True))
+
+
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _empty_outputs(session: ort.InferenceSession) -> dict[str, np.ndarray]:
+    """Each output with 0 rows: its declared element type and its fixed trailing dims (a
+    symbolic trailing dim counts 0)."""
+    out: dict[str, np.ndarray] = {}
+    for o in session.get_outputs():
+        tail = [d if isinstance(d, int) else 0 for d in o.shape[1:]]
+        out[o.name] = np.zeros((0, *tail), ORT_TYPES.get(o.type, np.float32))
+    return out
 
 
 def check_self_contained(data: bytes, where: str) -> None:

@@ -407,6 +407,8 @@ class FeedScorer:
         )
 
     def _personalized(self, users: UserBatch, k: int, wanted: list[np.ndarray]) -> list[Feed]:
+        if len(users) == 0:  # an empty batch: nothing to run (graphs refuse 0-row inputs)
+            return []
         feeds = []
         for b, cands in enumerate(self._candidates(users, k, wanted)):
             uid, replaced = int(users.ids[b]), users.replaced[b]

@@ -6,11 +6,13 @@ feeds, and the service does not import torch."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -479,3 +481,119 @@ def test_metrics_count_413_405_and_500(packages: dict[str, Path], store: TableSt
     assert 'pinrank_requests_total{endpoint="/boom",status="500"} 1.0' in text
     assert 'pinrank_request_seconds_count{endpoint="/boom"} 1.0' in text
     assert 'pinrank_request_seconds_count{endpoint="/v1/score"} 1.0' in text
+
+
+@pytest.mark.parametrize("batch_max", [8, 1])
+def test_overload_is_shed_with_503_and_admitted_requests_stay_bounded(
+    packages: dict[str, Path],
+    store: TableStore,
+    users: pa.Table,
+    monkeypatch: pytest.MonkeyPatch,
+    batch_max: int,
+) -> None:
+    """A scorer slowed to 0.2 s per graph run, 40 concurrent requests, at most 4 waiting and a
+    300 ms deadline: the rest get 503 with Retry-After at once or at the deadline, counted in
+    /metrics; /healthz answers meanwhile; nothing else fails."""
+    settings = Settings(
+        packages["a"], trust=TRUST, batch_max=batch_max, batch_workers=1, max_queue=4,
+        queue_deadline_ms=300,
+    )  # fmt: skip
+    app = create_app(settings, store)
+    client = TestClient(app)
+    scorer = app.state.service.model.scorer
+    slow_many, slow_one = scorer.feed_many, scorer.feed
+
+    def sleepy_many(*a: Any, **kw: Any) -> Any:
+        time.sleep(0.2)
+        return slow_many(*a, **kw)
+
+    def sleepy_one(*a: Any, **kw: Any) -> Any:
+        time.sleep(0.2)
+        return slow_one(*a, **kw)
+
+    monkeypatch.setattr(scorer, "feed_many", sleepy_many)
+    monkeypatch.setattr(scorer, "feed", sleepy_one)
+    uid = user_ids(users, 1)[0]
+    answers: list[Any] = []
+    health: list[float] = []
+
+    def ask() -> None:
+        t0 = time.perf_counter()
+        r = client.get(f"/v1/feed/{uid}", params={"k": 5})
+        answers.append(
+            (r.status_code, r.headers.get("retry-after"), r.json(), time.perf_counter() - t0)
+        )
+
+    threads = [threading.Thread(target=ask) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for _ in range(5):
+        t0 = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        health.append(time.perf_counter() - t0)
+    for t in threads:
+        t.join(60)
+    codes = [a[0] for a in answers]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1
+    for status, retry, body, _ in answers:
+        if status == 503:
+            assert retry == "1" and "overloaded" in body["error"]["message"]
+        else:
+            assert len(body["items"]) == 5
+    text = client.get("/metrics").text
+    shed = sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("pinrank_shed_total{")
+    )
+    assert shed == codes.count(503)
+    assert 'pinrank_requests_total{endpoint="/v1/feed/{user_id}",status="503"}' in text
+
+
+def test_half_sent_headers_and_bodies_are_cut_off_by_the_server(
+    packages: dict[str, Path], users_path: Path, key_files: dict[str, Path], port: int
+) -> None:
+    """The real server (uvicorn with the timed protocol): 200 connections that never finish
+    their headers are closed within the header timeout; a body that never arrives gets 408."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pinrank.serve", "run", str(packages["a"]), "--users",
+         str(users_path), "--port", str(port), "--trusted-key", str(key_files["public"]),
+         "--header-timeout-s", "1", "--body-timeout-s", "1"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+                time.sleep(0.2)
+        socks = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line
+            socks.append(s)
+        t0 = time.monotonic()
+        closed = 0
+        for s in socks:
+            s.settimeout(max(3.0 - (time.monotonic() - t0), 0.1))
+            try:
+                closed += s.recv(1024) == b""
+            except (ConnectionResetError, TimeoutError):
+                closed += 0
+            finally:
+                s.close()
+        assert closed == 200, f"{200 - closed} half-open connections still open after 3 s"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"user_id\"")  # fmt: skip
+            s.settimeout(5)
+            reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200  # the server lives on
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

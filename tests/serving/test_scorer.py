@@ -530,3 +530,24 @@ def test_serving_imports_no_torch(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == [PERSONALIZED, "5"]
+
+
+def test_empty_batches_are_answered_empty_by_every_entry_point(
+    package_dir: Path, users: pa.Table, tmp_path: Path
+) -> None:
+    """0 rows: every graph gives 0-row outputs of its declared type and width (ONNX Runtime
+    alone fails with 'Shape mismatch attempting to re-use buffer'), and the scorer's batch
+    entry points give no feeds."""
+    package = load_package(package_dir, TRUST)
+    backend = OnnxBackend(package)
+    arrays = pack(users.slice(0, 0), package.columns("user"))
+    scorer = FeedScorer(package, TableStore(users))
+    empty_items = {k: v[:0] for k, v in scorer.catalogue.arrays.items()}
+    context = {k: np.repeat(v, 0, axis=0) for k, v in scorer.context.items()}
+    rows = arrays | empty_items | context
+    for graph in ("user_tower", "ranker_user", "item_tower", "ranker", "ranker_items"):
+        out = backend.run(graph, rows)
+        assert out and all(v.shape[0] == 0 for v in out.values()), graph
+    assert backend.run("user_tower", rows)["embedding"].shape[1] > 0
+    assert scorer.feeds(scorer.user_batch(users.slice(0, 0)), k=5) == []
+    assert scorer.feed_many([], k=5) == []
