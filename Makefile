@@ -49,6 +49,7 @@ bench:  ## benchmarks print and save their numbers (JSON, PNG) under benchmarks/
 	$(PY) benchmarks/ranker_serving.py --package $(PACKAGE) --data $(DATA)/prepared
 	$(PY) benchmarks/batch_feeds.py --package $(PACKAGE)
 	$(PY) benchmarks/serve_load.py --package $(PACKAGE) --users $(DATA)/users
+	$(PY) benchmarks/serve_overload.py --package $(PACKAGE) --users $(DATA)/users
 
 clean:
 	rm -rf data/demo outputs .pytest_cache

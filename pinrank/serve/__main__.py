@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from pinrank.serve.http import timed_h11
@@ -63,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"[serve] {model.path} (version {model.version}, {model.signer}) on "
           f"http://{args.host}:{args.port}"
           f"{'' if settings.admin_token else ' (admin endpoints disabled: no token)'}")  # fmt: skip
+    # the batch workers' Python (blending, diversity) and the event loop share one GIL: a
+    # shorter switch interval lets the loop answer /healthz and admission decisions sooner
+    sys.setswitchinterval(0.001)
     uvicorn.run(
         app,
         host=args.host,
