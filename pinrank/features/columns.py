@@ -20,7 +20,7 @@ Nothing here imports torch: the serving side packs requests with :func:`pack`.
 
 Example::
 
-    >>> from pinrank.features.spec import FeatureSpec
+    >>> from pinrank.features.spec import Feature, FeatureSpec
     >>> spec = FeatureSpec.from_dict({"features": {
     ...     "tags": {"side": "item", "source": "tags", "kind": "multi_categorical", "vocab": {}},
     ...     "q": {"side": "item", "source": "quality", "kind": "numeric"}}})
@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrank.features.spec import FeatureSpec
+from pinrank.features.spec import Feature, FeatureSpec
 
 INT_NULL = np.iinfo(np.int64).min
 COLUMN_KINDS = ("int", "float", "string", "int_list", "vector")
@@ -51,12 +51,20 @@ COLUMN_KINDS = ("int", "float", "string", "int_list", "vector")
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One raw input column of a graph: ``kind`` one of :data:`COLUMN_KINDS`."""
+    """One raw input column of a graph: ``kind`` one of :data:`COLUMN_KINDS`.
+
+    ``max_len`` (``int_list`` columns whose every feature keeps at most that many values):
+    :func:`pack` drops the values every such feature drops (nulls and negative ids), then keeps
+    the last (``keep_last``: sequences) or first ``max_len`` of each row before padding, so one
+    long row cannot set the padded width of a whole batch; the graphs' outputs are unchanged.
+    """
 
     side: str
     column: str
     kind: str
     dim: int = 1
+    max_len: int | None = None
+    keep_last: bool = False
 
     @property
     def name(self) -> str:
@@ -67,7 +75,12 @@ class ColumnSpec:
         return f"{self.name}.lengths"
 
     def to_dict(self) -> dict[str, object]:
-        return {"side": self.side, "column": self.column, "kind": self.kind, "dim": self.dim}
+        out: dict[str, object] = {
+            "side": self.side, "column": self.column, "kind": self.kind, "dim": self.dim
+        }  # fmt: skip
+        if self.max_len is not None:
+            out |= {"max_len": self.max_len, "keep_last": self.keep_last}
+        return out
 
 
 def column_kind(spec: FeatureSpec, side: str, column: str, arrow_type: pa.DataType) -> ColumnSpec:
@@ -81,7 +94,8 @@ def column_kind(spec: FeatureSpec, side: str, column: str, arrow_type: pa.DataTy
     if is_list:
         if not pa.types.is_integer(value_type):
             raise TypeError(f"{side}.{column}: list columns must hold integers, got {arrow_type}")
-        return ColumnSpec(side, column, "int_list")
+        max_len, keep_last = _trim(feats)
+        return ColumnSpec(side, column, "int_list", max_len=max_len, keep_last=keep_last)
     if pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
         return ColumnSpec(side, column, "string")
     if pa.types.is_integer(value_type):
@@ -89,6 +103,26 @@ def column_kind(spec: FeatureSpec, side: str, column: str, arrow_type: pa.DataTy
     if pa.types.is_floating(value_type):
         return ColumnSpec(side, column, "float")
     raise TypeError(f"{side}.{column}: unsupported column type {arrow_type}")
+
+
+def trimmed(spec: FeatureSpec, column: ColumnSpec) -> ColumnSpec:
+    """``column`` with the trimming its features allow (:class:`ColumnSpec`), from ``spec``."""
+    if column.kind != "int_list":
+        return column
+    feats = [f for f in spec.side(column.side) if f.source == column.column]
+    max_len, keep_last = _trim(feats)
+    return ColumnSpec(column.side, column.column, column.kind, column.dim, max_len, keep_last)
+
+
+def _trim(feats: list[Feature]) -> tuple[int | None, bool]:
+    """How a list column may be trimmed before padding: when every feature reading it keeps at
+    most ``max_len`` values from the same end and has no ``valid`` range (which could drop more
+    values than nulls and negative ids), the largest ``max_len``; else nothing."""
+    lens = [f.max_len for f in feats if f.max_len is not None and f.valid is None]
+    ends = {f.kind == "sequence" for f in feats}
+    if not feats or len(lens) != len(feats) or len(ends) != 1:
+        return None, False
+    return max(lens), ends.pop()
 
 
 def columns_for(spec: FeatureSpec, side: str, schema: pa.Schema) -> list[ColumnSpec]:
@@ -117,22 +151,50 @@ def pack(table: pa.Table | pa.RecordBatch, columns: list[ColumnSpec]) -> dict[st
             values = pc.fill_null(col.cast(pa.string()), "").to_numpy(zero_copy_only=False)
             out[c.name] = values.astype(object)
         elif c.kind == "int_list":
-            out[c.name], out[c.lengths_name] = _pad_ints(col)
+            out[c.name], out[c.lengths_name] = _pad_ints(col, c.max_len, c.keep_last)
         else:
             out[c.name] = _vectors(col, c.dim)
     return out
 
 
-def _pad_ints(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """[B, L] int64 padded values (L = the longest row, at least 1) and [B] lengths."""
+def _pad_ints(
+    col: pa.Array, max_len: int | None = None, keep_last: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """[B, L] int64 padded values (L = the longest row, at least 1) and [B] lengths; with
+    ``max_len``, rows lose their null and negative values and keep at most ``max_len`` (the
+    last ones with ``keep_last``) first (:class:`ColumnSpec`)."""
     lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
     flat = pc.fill_null(pc.list_flatten(col).cast(pa.int64()), INT_NULL).to_numpy()
+    if max_len is not None:
+        flat, lengths = _keep(flat, lengths, max_len, keep_last)
     width = max(int(lengths.max()) if lengths.size else 0, 1)
     out = np.zeros((len(lengths), width), np.int64)
     row = np.repeat(np.arange(len(lengths)), lengths)
     within = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     out[row, within] = flat
     return out, lengths
+
+
+def _keep(
+    flat: np.ndarray, lengths: np.ndarray, max_len: int, keep_last: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop null (INT_NULL) and negative values, then keep at most ``max_len`` per row.
+
+    Example::
+
+        >>> _keep(np.array([1, -5, 2, 3, 4, 9]), np.array([5, 1]), 2, True)
+        (array([3, 4, 9]), array([2, 1]))
+    """
+    row = np.repeat(np.arange(lengths.size), lengths)
+    ok = flat >= 0
+    flat, row = flat[ok], row[ok]
+    lengths = np.bincount(row, minlength=lengths.size).astype(np.int64)
+    if not lengths.size or lengths.max() <= max_len:
+        return flat, lengths
+    within = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    position = np.repeat(lengths, lengths) - 1 - within if keep_last else within
+    kept = position < max_len
+    return flat[kept], np.minimum(lengths, max_len)
 
 
 def _vectors(col: pa.Array, dim: int) -> np.ndarray:

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from pinrank.features.columns import ColumnSpec
+from pinrank.features.columns import ColumnSpec, trimmed
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
 from pinrank.serving.signing import SIGNATURE, SignatureError, Trust
@@ -156,8 +156,12 @@ class Package:
         return FeatureState.from_json(self.read(self.manifest["features"]["state"]).decode())
 
     def columns(self, side: str) -> list[ColumnSpec]:
-        """The raw input columns of one side, as the graphs expect them."""
-        return [ColumnSpec(**c) for c in self.manifest["columns"] if c["side"] == side]
+        """The raw input columns of one side, as the graphs expect them (list columns with the
+        trimming their features allow, from the spec)."""
+        spec = self.spec()
+        return [
+            trimmed(spec, ColumnSpec(**c)) for c in self.manifest["columns"] if c["side"] == side
+        ]
 
 
 def safe_relative(relative: Any, where: str) -> str:

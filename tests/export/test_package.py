@@ -4,6 +4,7 @@ in a process without torch, and the command lines."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -366,3 +367,34 @@ def test_a_package_with_the_popularity_prior_retrieves_by_the_biased_score(
     cands = FeedScorer(package, TableStore(users), config=config).candidates(uid, k=10)
     retrieved = cands.item_ids[cands.sources == "retrieval"]
     assert len(retrieved) == 40 and np.isin(retrieved, expected).mean() >= 0.95
+
+
+def test_a_long_list_does_not_set_the_padded_width(package_dir: Path) -> None:
+    """One user with 10,000 history pins (nulls and negative ids among them) in a batch: the
+    packed lists are at most max_len wide, and every ranker graph gives what it gives on the
+    untrimmed, 10,000-wide input."""
+    package = load_package(package_dir, TRUST)
+    tables = held_out_rows(_prepared(package_dir), "test", 64)
+    u = tables["user"]
+    hist = u.column("history").to_pylist()
+    hist[0] = [None, -1, *range(10_000)][::-1]
+    u = _set(u, "history", hist, u.schema.field("history").type)
+    uid = u.column("user_id").to_pylist()
+    uid[0] = 10**9 + 7  # its own id: one row per user id, as in real data
+    tables["user"] = _set(u, "user_id", uid, pa.int64())
+    trimmed: dict[str, np.ndarray] = {}
+    full: dict[str, np.ndarray] = {}
+    for side, table in tables.items():
+        cols = package.columns(side)
+        trimmed |= pack(table, cols)
+        full |= pack(table, [dataclasses.replace(c, max_len=None) for c in cols])
+    history = next(c for c in package.columns("user") if c.column == "history")
+    assert history.max_len == 50 and history.keep_last
+    assert trimmed["user.history"].shape[1] <= 50 < full["user.history"].shape[1]
+    backend = OnnxBackend(package)
+    for graph in ("ranker", "user_tower"):
+        a, b = backend.run(graph, trimmed), backend.run(graph, full)
+        for name in a:
+            assert np.abs(a[name] - b[name]).max() <= 1e-6, (graph, name)
+    report = verify(package, tables)
+    assert report.ok, str(report)
