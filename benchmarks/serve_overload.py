@@ -34,28 +34,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from serve_load import free_port, wait_ready  # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(base: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("the service did not become ready")
-        time.sleep(0.5)
 
 
 async def request(

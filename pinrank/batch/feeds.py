@@ -382,7 +382,7 @@ def run_feeds(
         for stale in out.glob(".*.json.*"):  # temporary records of older versions
             stale.unlink()
         fence = uuid.uuid4().hex
-        _write_json(out / FENCE, {"fence": fence}, raw=fence)
+        _write_atomic(out / FENCE, fence)
         identity = _identity(package, units, config, engine)
         _claim(out, identity, overwrite)
         (out / SUCCESS).unlink(missing_ok=True)
@@ -572,12 +572,16 @@ def _lock(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_json(path: Path, data: dict[str, Any], raw: str | None = None) -> None:
-    """Write ``data`` (or the text ``raw``) to ``path`` atomically, by a temporary file under
-    ``.tmp/`` (cleared by every run, so a kill mid-write leaves nothing behind)."""
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _write_atomic(path, json.dumps(data, indent=2))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, by a temporary file under ``.tmp/`` (cleared by
+    every run, so a kill mid-write leaves nothing behind)."""
     tmp = path.parent / TMP / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
     tmp.parent.mkdir(exist_ok=True)
-    tmp.write_text(raw if raw is not None else json.dumps(data, indent=2))
+    tmp.write_text(text)
     _fsync(tmp)
     os.replace(tmp, path)
 

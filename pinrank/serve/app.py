@@ -38,7 +38,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +78,6 @@ from pinrank.serving.store import StoreError, UserStore
 INT64_MAX = 2**63 - 1
 WORKER_NICENESS = 5  # the batch workers' nice value (Linux: per thread)
 log = logging.getLogger("pinrank.serve")
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -254,9 +252,6 @@ class Batcher:
         self.jobs.put(job)
         return job.result
 
-    def feed(self, model: Model, user_id: int, k: int, interests: list[int] | None) -> Feed:
-        return self.submit(model, user_id, k, interests).result()
-
     def _work(self) -> None:
         # scoring yields the CPU to the event loop (health checks, admission, I/O) under load
         with contextlib.suppress(OSError, AttributeError):
@@ -330,11 +325,6 @@ class Service:
         )
         self._unbatched = threading.BoundedSemaphore(settings.batch_workers)
         self._waiting = 0
-
-    def feed(self, model: Model, user_id: int, k: int, interests: list[int] | None) -> Feed:
-        if self.batcher is None:
-            return model.scorer.feed(user_id, k, interests)
-        return self.batcher.feed(model, user_id, k, interests)
 
     async def feed_async(
         self, model: Model, user_id: int, k: int, interests: list[int] | None
@@ -423,9 +413,6 @@ class ReloadOut(BaseModel):
     seconds: float
 
 
-_error = error
-
-
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in loc) or "request"
 
@@ -460,17 +447,6 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         user_id: UserId
         item_ids: list[UserId] = Field(min_length=1, max_length=settings.max_items)
 
-    # the dependencies are async: run on the event loop, not hopped to the threadpool
-    def only(*allowed: str) -> Callable[[Request], Awaitable[None]]:
-        async def check(request: Request) -> None:
-            unknown = sorted(set(request.query_params) - set(allowed))
-            if unknown:
-                raise HTTPException(
-                    422, f"unknown query parameters {unknown} (allowed: {list(allowed)})"
-                )
-
-        return check
-
     async def admin(request: Request) -> None:
         if settings.admin_token is None:
             raise HTTPException(403, "admin endpoints are disabled: no admin token configured")
@@ -484,7 +460,6 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
             raise HTTPException(403, "wrong admin token")
 
     feed_query = [
-        Depends(only("k", "interests")),
         Depends(strict_params(path=["user_id"], ints=["k"], lists=["interests"])),
     ]
     interests_query = Query(
@@ -507,7 +482,7 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
             f = await service.feed_async(model, user_id, k, interests)
         except Overloaded as err:
             service.metrics.shed.labels(err.reason).inc()
-            return _error(
+            return error(
                 503, f"overloaded ({err.reason}): retry later", headers={"Retry-After": "1"}
             )
         service.metrics.paths.labels(f.path).inc()
@@ -524,7 +499,7 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
     @app.post(
         "/v1/score",
         response_model=ScoreOut,
-        dependencies=[Depends(only()), Depends(strict_params())],
+        dependencies=[Depends(strict_params())],
         openapi_extra=_json_body_schema(ScoreIn, required=True),
         responses={413: {}, 415: {}},
     )
@@ -534,14 +509,14 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         ids = np.array(body.item_ids, np.int64)
         unknown = ids[model.scorer.catalogue.rows(ids) < 0]
         if unknown.size:
-            return _error(404, f"items not in the catalogue: {unknown[:20].tolist()}")
+            return error(404, f"items not in the catalogue: {unknown[:20].tolist()}")
         try:
             scores = model.scorer.score(body.user_id, ids)
         except StoreError as err:
-            return _error(503, f"user store {err.reason}: {err}", reason=f"store_{err.reason}")
+            return error(503, f"user store {err.reason}: {err}", reason=f"store_{err.reason}")
         return ScoreOut(user_id=body.user_id, model_version=model.version, scores=scores.tolist())
 
-    plain = [Depends(only()), Depends(strict_params())]
+    plain = [Depends(strict_params())]
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], dependencies=plain)
     async def healthz() -> dict[str, str]:  # on the event loop: never queued behind feeds
@@ -565,7 +540,7 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
     @app.post(
         "/admin/reload",
         response_model=ReloadOut,
-        dependencies=[Depends(admin), Depends(only()), Depends(strict_params())],
+        dependencies=[Depends(admin), Depends(strict_params())],
         openapi_extra=_json_body_schema(ReloadIn, required=False),
         responses={401: {}, 403: {}, 409: {}, 413: {}, 415: {}, 422: {}},
     )
@@ -582,10 +557,10 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
         try:
             old, new = service.reload(body.package if body else None)
         except _Busy:
-            return _error(409, "a reload is already running")
+            return error(409, "a reload is already running")
         except Exception as err:
             log.warning("reload refused: %s", err)
-            return _error(422, f"package refused, still serving the old one: {err}")
+            return error(422, f"package refused, still serving the old one: {err}")
         return ReloadOut(
             previous={"version": old.version, "path": old.path},
             serving={"version": new.version, "path": new.path, "created_at": new.created_at},
@@ -595,18 +570,18 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = jsonable(exc.errors())
-        return _error(422, validation_message(errors), details=errors)
+        return error(422, validation_message(errors), details=errors)
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's, and the router's 404 / 405
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        response = _error(exc.status_code, str(exc.detail))
+    async def httperror(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = error(exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:  # a bug, logged
         log.exception("unhandled error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}")
+        return error(500, f"internal error: {type(exc).__name__}")
 
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s

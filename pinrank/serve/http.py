@@ -4,9 +4,10 @@ response.
 
 - :class:`SafeJSONResponse` writes JSON with every non-ASCII character escaped, so an error that
   echoes input (a lone surrogate ``"\\ud800"`` included) always encodes; NaN is never written.
-- :func:`strict_params` refuses ids and counts that are not plain decimal integers
-  (``7.0``, ``1_000``, ``+5``, `` 5``, ``0x10``) and repeated scalar query parameters
-  (``?k=600&k=2``) before FastAPI's lenient conversion sees them.
+- :func:`strict_params` refuses query parameters a route does not take, ids and counts that are
+  not plain decimal integers (``7.0``, ``1_000``, ``+5``, `` 5``, ``0x10``) and repeated scalar
+  query parameters (``?k=600&k=2``) before FastAPI's lenient conversion sees them; it is async,
+  so it runs on the event loop instead of a threadpool hop.
 - :func:`json_body` reads a JSON body itself: 415 for a missing or other Content-Type, 422 naming
   the problem for bytes that are not UTF-8 or not JSON (with the position), so the admin
   endpoint can check its token before it parses anything.
@@ -39,8 +40,8 @@ DECIMAL = re.compile(r"(0|[1-9][0-9]{0,18})")  # no sign, no spaces, no separato
 
 
 class SafeJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped (``\\uXXXX``), so any string, even a lone surrogate,
-    encodes."""
+    """JSON with every non-ASCII character written as a ``\\u`` escape, so any string, even a
+    lone surrogate, encodes."""
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, default=repr).encode()
@@ -57,11 +58,16 @@ def error(
 def strict_params(
     path: Iterable[str] = (), ints: Iterable[str] = (), lists: Iterable[str] = ()
 ) -> Callable[[Request], Awaitable[None]]:
-    """A dependency that refuses path parameters ``path`` and query parameters ``ints`` that are
-    not plain decimal integers, and any query parameter not in ``lists`` given more than once."""
+    """A dependency that refuses query parameters other than ``ints`` and ``lists``, path
+    parameters ``path`` and query parameters ``ints`` / ``lists`` that are not plain decimal
+    integers, and any query parameter not in ``lists`` given more than once."""
     path, ints, lists = tuple(path), tuple(ints), set(lists)
+    allowed = [*ints, *sorted(lists)]
 
-    async def check(request: Request) -> None:  # async: no threadpool hop for a string check
+    async def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - set(allowed))
+        if unknown:
+            raise HTTPException(422, f"unknown query parameters {unknown} (allowed: {allowed})")
         for name in path:
             raw = request.path_params.get(name)
             if raw is not None and not DECIMAL.fullmatch(str(raw)):
