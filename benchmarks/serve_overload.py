@@ -4,7 +4,9 @@
         --users data/demo/users --clients 128 --seconds 60
 
 Starts ``python -m pinrank.serve run`` on loopback (one uvicorn process, the default admission
-settings unless given) and drives it from this process with ``--clients`` keep-alive HTTP/1.1
+settings unless given; ``--scoring threads`` scores in threads of that process instead of the
+default worker processes, and writes ``serve_overload_threads.json``) and drives it from this
+process with ``--clients`` keep-alive HTTP/1.1
 connections, each asking for feeds of random known users back to back for ``--seconds``, while
 a prober asks ``/healthz`` ten times a second. The client is a minimal asyncio HTTP/1.1 reader
 (no HTTP library), so that it takes as little of the 2 cores as it can. Reports, separately for
@@ -167,6 +169,8 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--queue-deadline-ms", type=float, default=500)
     parser.add_argument("--header-timeout-s", type=float, default=5.0)
+    parser.add_argument("--batch-workers", type=int, default=2)
+    parser.add_argument("--scoring", choices=["processes", "threads"], default="processes")
     parser.add_argument("--half-open", type=int, default=200)
     args = parser.parse_args()
     port = free_port()
@@ -175,7 +179,8 @@ def main() -> None:
         [sys.executable, "-m", "pinrank.serve", "run", args.package, "--users", args.users,
          "--port", str(port), "--trusted-key", args.trusted_key,
          "--max-queue", str(args.max_queue), "--queue-deadline-ms", str(args.queue_deadline_ms),
-         "--header-timeout-s", str(args.header_timeout_s)],
+         "--header-timeout-s", str(args.header_timeout_s),
+         "--batch-workers", str(args.batch_workers), "--scoring", args.scoring],
         cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )  # fmt: skip
     try:
@@ -193,7 +198,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    out = ROOT / "benchmarks" / "results" / "serve_overload.json"
+    suffix = "" if args.scoring == "processes" else f"_{args.scoring}"
+    out = ROOT / "benchmarks" / "results" / f"serve_overload{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     a, s, h = result["admitted_latency"], result["shed_latency"], result["healthz"]

@@ -68,7 +68,7 @@ from pinrank.features.state import FeatureState, transform_side
 from pinrank.serving.package import Package, load_package, sha256
 from pinrank.serving.scorer import SEEN, Feed, FeedConfig, FeedScorer
 from pinrank.serving.signing import Trust
-from pinrank.serving.store import INTEREST_COLUMN
+from pinrank.serving.store import INTEREST_COLUMN, TOO_LONG
 
 FORMAT, FORMAT_VERSION = "pinrank-feeds", 2  # 2: engine and threads in the job identity
 JOB, SUCCESS, LOCK, TMP, FENCE = "_job.json", "_SUCCESS.json", ".lock", ".tmp", ".fence"
@@ -288,6 +288,9 @@ def score_unit(
                 counts.update(policy.counts(table))
                 for f in feeds:
                     counts[f"path.{f.path}"] += 1
+                    for column, why in f.replaced.items():
+                        if why == TOO_LONG:  # over its limit: not counted by the featurizer
+                            counts[f"too_long.{column}"] += 1
                     counts["short_feeds"] += f.counts.get("short", 0) > 0
             if on_batch is not None:
                 on_batch(batch.num_rows)

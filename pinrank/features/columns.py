@@ -20,7 +20,7 @@ Nothing here imports torch: the serving side packs requests with :func:`pack`.
 
 Example::
 
-    >>> from pinrank.features.spec import Feature, FeatureSpec
+    >>> from pinrank.features.spec import LIST_LIMIT, Feature, FeatureSpec
     >>> spec = FeatureSpec.from_dict({"features": {
     ...     "tags": {"side": "item", "source": "tags", "kind": "multi_categorical", "vocab": {}},
     ...     "q": {"side": "item", "source": "quality", "kind": "numeric"}}})
@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrank.features.spec import Feature, FeatureSpec
+from pinrank.features.spec import LIST_LIMIT, Feature, FeatureSpec
 
 INT_NULL = np.iinfo(np.int64).min
 COLUMN_KINDS = ("int", "float", "string", "int_list", "vector")
@@ -57,6 +57,9 @@ class ColumnSpec:
     :func:`pack` drops the values every such feature drops (nulls and negative ids), then keeps
     the last (``keep_last``: sequences) or first ``max_len`` of each row before padding, so one
     long row cannot set the padded width of a whole batch; the graphs' outputs are unchanged.
+    ``limit`` (the other ``int_list`` columns): the most values a served row may hold; the
+    serving conformers replace a longer list by null, counted ``too_long``
+    (:attr:`Feature.limit`).
     """
 
     side: str
@@ -65,6 +68,7 @@ class ColumnSpec:
     dim: int = 1
     max_len: int | None = None
     keep_last: bool = False
+    limit: int | None = None
 
     @property
     def name(self) -> str:
@@ -94,8 +98,8 @@ def column_kind(spec: FeatureSpec, side: str, column: str, arrow_type: pa.DataTy
     if is_list:
         if not pa.types.is_integer(value_type):
             raise TypeError(f"{side}.{column}: list columns must hold integers, got {arrow_type}")
-        max_len, keep_last = _trim(feats)
-        return ColumnSpec(side, column, "int_list", max_len=max_len, keep_last=keep_last)
+        max_len, keep_last, limit = _bounds(feats)
+        return ColumnSpec(side, column, "int_list", 1, max_len, keep_last, limit)
     if pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
         return ColumnSpec(side, column, "string")
     if pa.types.is_integer(value_type):
@@ -106,12 +110,22 @@ def column_kind(spec: FeatureSpec, side: str, column: str, arrow_type: pa.DataTy
 
 
 def trimmed(spec: FeatureSpec, column: ColumnSpec) -> ColumnSpec:
-    """``column`` with the trimming its features allow (:class:`ColumnSpec`), from ``spec``."""
+    """``column`` with the trimming its features allow or their limit (:class:`ColumnSpec`),
+    from ``spec``."""
     if column.kind != "int_list":
         return column
     feats = [f for f in spec.side(column.side) if f.source == column.column]
+    return ColumnSpec(column.side, column.column, column.kind, column.dim, *_bounds(feats))
+
+
+def _bounds(feats: list[Feature]) -> tuple[int | None, bool, int | None]:
+    """``(max_len, keep_last, limit)`` of a list column read by ``feats``: trimmed when they all
+    allow it (:func:`_trim`), else limited (the largest :attr:`Feature.limit`, default
+    :data:`LIST_LIMIT`)."""
     max_len, keep_last = _trim(feats)
-    return ColumnSpec(column.side, column.column, column.kind, column.dim, max_len, keep_last)
+    if max_len is not None:
+        return max_len, keep_last, None
+    return None, False, max((f.limit or LIST_LIMIT for f in feats), default=LIST_LIMIT)
 
 
 def _trim(feats: list[Feature]) -> tuple[int | None, bool]:

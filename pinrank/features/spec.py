@@ -44,6 +44,7 @@ UNITS: dict[str, tuple[float, float]] = {
     "epoch_ms": (631_152_000_000.0, 4_102_444_800_000.0),
 }
 POOLINGS = ("sum", "mean")
+LIST_LIMIT = 1024  # the most values a served list without max_len may hold (Feature.limit)
 HASH_PRIME = 2_147_483_647  # 2^31 - 1: (x mod P) * a + b stays below 2^62, no int64 overflow
 
 
@@ -82,6 +83,10 @@ class Feature:
         default: numeric fill for null/NaN/out-of-range raw values; ``None`` = the train mean.
         dim: width of a numeric feature (a list column when > 1).
         max_len: keep at most this many values of a list (sequence: the last ones).
+        limit: for a list without ``max_len``: at serving, a row whose list holds more values
+            is refused (the value is replaced by null and counted ``too_long``), so one row
+            cannot set the padded width, memory and time of its whole batch; default
+            :data:`LIST_LIMIT`. Training data is not limited.
         pooling: how the model pools a bag (``sum`` or ``mean``).
         embedding_dim: suggested embedding width for the model (models may override).
     """
@@ -102,8 +107,15 @@ class Feature:
     max_len: int | None = None
     pooling: str = "mean"
     embedding_dim: int = 16
+    limit: int | None = None
 
     def __post_init__(self) -> None:
+        if self.limit is not None and (
+            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        ):
+            raise SpecError(
+                f"feature {self.name!r}: limit must be an integer >= 1, got {self.limit!r}"
+            )
         if self.unit is not None and self.valid is None and self.unit in UNITS:
             object.__setattr__(self, "valid", UNITS[self.unit])
 

@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from pinrank.serve.batcher import SCORING
 from pinrank.serve.http import timed_h11
 from pinrank.serving.scorer import FeedConfig
 from pinrank.serving.signing import add_trust_arguments, trust_from_args
@@ -55,6 +56,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         feed=FeedConfig(candidates=args.candidates),
         threads=args.threads,
         batch_max=args.batch_max,
+        batch_workers=args.batch_workers,
+        scoring=args.scoring,
+        score_timeout_s=args.score_timeout_s,
         max_queue=args.max_queue,
         queue_deadline_ms=args.queue_deadline_ms,
         body_timeout_s=args.body_timeout_s,
@@ -64,9 +68,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"[serve] {model.path} (version {model.version}, {model.signer}) on "
           f"http://{args.host}:{args.port}"
           f"{'' if settings.admin_token else ' (admin endpoints disabled: no token)'}")  # fmt: skip
-    # the batch workers' Python (blending, diversity) and the event loop share one GIL: a
-    # shorter switch interval lets the loop answer /healthz and admission decisions sooner
-    sys.setswitchinterval(0.001)
+    if settings.scoring == "threads":
+        # the batch threads' Python (blending, diversity) and the event loop share one GIL: a
+        # shorter switch interval lets the loop answer /healthz and admission decisions sooner
+        sys.setswitchinterval(0.001)
     uvicorn.run(
         app,
         host=args.host,
@@ -104,6 +109,18 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--candidates", type=int, default=500, help="retrieval depth per feed")
     run.add_argument(
         "--batch-max", type=int, default=32, help="feed requests scored together (1: off)"
+    )
+    run.add_argument(
+        "--batch-workers", type=int, default=2, help="batches of feed requests scored at once"
+    )
+    run.add_argument(
+        "--scoring",
+        choices=SCORING,
+        default="processes",
+        help="score in worker processes (the event loop keeps its GIL) or in threads",
+    )
+    run.add_argument(
+        "--score-timeout-s", type=float, default=30.0, help="a batch's limit (processes: 503)"
     )
     run.add_argument("--admin-token-file", help=f"default: ${TOKEN_ENV}")
     add_trust_arguments(run, roots=True)

@@ -64,10 +64,19 @@ class RedisStore(UserStore):
     ) -> None:
         self.client, self.prefix, self.id_column = client, prefix, id_column
         self._schema: pa.Schema | None = None
+        self._connected: tuple[str, str, float] | None = None
 
     @classmethod
     def connect(cls, url: str, prefix: str = DEFAULT_PREFIX, timeout_s: float = 0.05) -> RedisStore:
-        return cls(client(url, timeout_s), prefix)
+        store = cls(client(url, timeout_s), prefix)
+        store._connected = (url, prefix, timeout_s)
+        return store
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as a recipe (URL, prefix, timeout): another process connects itself."""
+        if type(self) is not RedisStore or self._connected is None:
+            raise TypeError("only a RedisStore made by RedisStore.connect opens in another process")
+        return (RedisStore.connect, self._connected)
 
     def key(self, user_id: int) -> str:
         return f"{self.prefix}{int(user_id)}"

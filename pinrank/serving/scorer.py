@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -124,6 +124,14 @@ class FeedConfig:
             raise ValueError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
         object.__setattr__(self, "quotas", MappingProxyType(dict(self.quotas)))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # a read-only mapping does not pickle
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return (_feed_config, (values | {"quotas": dict(self.quotas)},))
+
+
+def _feed_config(values: dict[str, Any]) -> FeedConfig:
+    return FeedConfig(**values)
+
 
 @dataclass(frozen=True)
 class FeedItem:
@@ -138,7 +146,7 @@ class FeedItem:
 class Feed:
     """A served feed, best first.
 
-    ``replaced``: user columns replaced by null, ``{column: "missing" | "malformed"}``.
+    ``replaced``: user columns replaced by null, ``{column: "missing" | "malformed" | "too_long"}``.
     ``counts``: ``candidates.{source}`` (personalized paths), ``backfilled`` (pins added past
     the quotas and caps) and ``short`` (``k`` minus the pins served). ``error``: the failure
     behind ``error_popular``; ``reason``: what failed (:attr:`fallback`).

@@ -46,7 +46,7 @@ from pinrank.features.columns import ColumnSpec, pack
 from pinrank.serving.package import Package, PackageError
 
 ID_COLUMN, ITEM_ID, BOARD, INTEREST_COLUMN = "user_id", "item_id", "board_id", "interests"
-MISSING, MALFORMED = "missing", "malformed"
+MISSING, MALFORMED, TOO_LONG = "missing", "malformed", "too_long"
 ARROW_TYPES = {
     "int": pa.int64(),
     "float": pa.float64(),
@@ -134,6 +134,16 @@ class TableStore(UserStore):
         dup = self._sorted[1:][self._sorted[1:] == self._sorted[:-1]]
         if dup.size:
             raise ValueError(f"duplicate {id_column} values in the user table: {dup[:5].tolist()}")
+        self.source: Path | None = None  # the file it was read from (from_path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as a recipe: the path it was read from (another process, e.g. a scoring
+        process, maps or reads the file itself), else the table."""
+        if type(self) is not TableStore:
+            raise TypeError(f"{type(self).__name__} does not say how to open it in another process")
+        if self.source is not None:
+            return (TableStore.from_path, (self.source, self.id_column))
+        return (TableStore, (self.table, self.id_column))
 
     @classmethod
     def from_parquet(
@@ -154,8 +164,11 @@ class TableStore(UserStore):
     def from_path(cls, path: str | Path, id_column: str = ID_COLUMN) -> TableStore:
         """An Arrow IPC file (``.arrow``, memory-mapped), else Parquet (a file or a folder)."""
         if Path(path).suffix in (".arrow", ".feather", ".ipc"):
-            return cls.from_arrow(path, id_column)
-        return cls.from_parquet(path, id_column)
+            store = cls.from_arrow(path, id_column)
+        else:
+            store = cls.from_parquet(path, id_column)
+        store.source = Path(path).resolve()
+        return store
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -333,7 +346,7 @@ def conform(
     row: Mapping[str, Any], columns: Sequence[ColumnSpec], optional: Collection[str] = ()
 ) -> tuple[pa.Table, dict[str, str]]:
     """One raw row as a one-row table typed for ``columns`` (by :data:`ARROW_TYPES`), and the
-    problems found, ``{column: "missing" | "malformed"}``.
+    problems found, ``{column: "missing" | "malformed" | "too_long"}``.
 
     A column absent from ``row`` or null is ``missing`` (not reported for ``optional`` columns,
     whose null is a normal state); a value of the wrong type is ``malformed`` and becomes null. In
@@ -347,6 +360,8 @@ def conform(
         if c.column in values:
             continue
         value, problem = _typed(row.get(c.column), c)
+        if c.limit is not None and value is not None and len(value) > c.limit:
+            value, problem = None, TOO_LONG
         if problem is not None and not (problem == MISSING and c.column in optional):
             problems[c.column] = problem
         values[c.column] = pa.array([value], ARROW_TYPES[c.kind])
@@ -364,7 +379,8 @@ def conform_batch(
     a column the rows lack is a KeyError. Values are then checked as :func:`conform` checks them,
     row by row the same outcome: null or NaN is ``missing``; an infinite float, a wrong-length
     or non-finite vector, or the int64 minimum (the missing marker) is ``malformed`` and becomes
-    null (in an ``int_list``, only that element).
+    null (in an ``int_list``, only that element); a list longer than its column's ``limit`` is
+    ``too_long`` and becomes null.
     """
     n = table.num_rows
     problems: list[dict[str, str]] = [{} for _ in range(n)]
@@ -392,6 +408,13 @@ def conform_batch(
             malformed = pc.fill_null(pc.equal(col, _INT64[0]), False).to_numpy(zero_copy_only=False)
             col = pa.array(pc.fill_null(col, 0).to_numpy(), pa.int64(), mask=missing | malformed)
         elif c.kind == "int_list":
+            if c.limit is not None:
+                too_long = pc.fill_null(pc.greater(pc.list_value_length(col), c.limit), False)
+                too_long_rows = np.asarray(too_long.to_numpy(zero_copy_only=False), bool)
+                if too_long_rows.any():  # before anything reads the values
+                    col = pc.if_else(too_long, pa.nulls(n, col.type), col)
+                    for row in np.flatnonzero(too_long_rows):
+                        problems[row][c.column] = TOO_LONG
             flat = pc.list_flatten(col)
             bad = pc.fill_null(pc.equal(flat, _INT64[0]), False).to_numpy(zero_copy_only=False)
             if bad.any():

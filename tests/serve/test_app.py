@@ -597,3 +597,30 @@ def test_half_sent_headers_and_bodies_are_cut_off_by_the_server(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_list_over_its_limit_is_refused_not_padded(
+    packages: dict[str, Path], users: pa.Table
+) -> None:
+    """A stored user whose interest bag (no max_len) holds 50,000 values is served with that
+    column replaced by null, named in ``replaced``; the feed equals the one of the same user with
+    the column null."""
+    from pinrank.features.spec import LIST_LIMIT
+
+    column = "seen_interests"
+    bags = users.column(column).to_pylist()
+    uid = int(users.column("user_id")[0].as_py())
+    long_bag, null_bag = bags.copy(), bags.copy()
+    long_bag[0], null_bag[0] = list(range(50_000)), None
+    kind = users.schema.field(column).type
+    index = users.schema.get_field_index(column)
+    long_users = users.set_column(index, column, pa.array(long_bag, kind))
+    null_users = users.set_column(index, column, pa.array(null_bag, kind))
+    with TestClient(create_app(Settings(packages["a"], trust=TRUST), TableStore(long_users))) as c:
+        got = c.get(f"/v1/feed/{uid}", params={"k": 10}).json()
+        many = [c.get(f"/v1/feed/{u}", params={"k": 10}) for u in user_ids(users, 8)]
+    assert all(r.status_code == 200 for r in many)
+    assert got["path"] == "personalized_defaults" and got["replaced"] == {column: "too_long"}
+    with TestClient(create_app(Settings(packages["a"], trust=TRUST), TableStore(null_users))) as c:
+        want = c.get(f"/v1/feed/{uid}", params={"k": 10}).json()
+    assert got["items"] == want["items"] and LIST_LIMIT < 50_000

@@ -106,3 +106,51 @@ def test_popular_matches_a_scan_of_the_whole_catalogue() -> None:
         assert got.tolist() == expected.tolist(), (trial, limit, wanted)
     assert cat.interests(3).tolist() == [5]
     assert cat.row_interests(np.array([3, 3])).tags(1) == (5,)
+
+
+def test_a_list_over_its_limit_is_too_long_in_both_conformers() -> None:
+    """Lists without max_len are bounded at serving: a row over the column's limit is replaced
+    by null and reported ``too_long`` (before its values are read: a malformed value in it is
+    not reported twice); at the limit it passes."""
+    columns = [ColumnSpec("user", "user_id", "int"), ColumnSpec("user", "bag", "int_list", limit=4)]
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 2, 3, 4], pa.int64()),
+            "bag": pa.array(
+                [[1, 2, 3, 4], [1, 2, 3, 4, 5], None, [INT_NULL, 1, 2, 3, 4]], pa.list_(pa.int64())
+            ),
+        }
+    )
+    typed, problems = conform_batch(table, columns)
+    assert problems == [{}, {"bag": "too_long"}, {"bag": "missing"}, {"bag": "too_long"}]
+    assert typed.column("bag").to_pylist() == [[1, 2, 3, 4], None, None, None]
+    for r, row in enumerate(table.to_pylist()):
+        one, expected = conform(row, columns)
+        assert (
+            expected == problems[r]
+            and one.column("bag").to_pylist()[0] == typed.column("bag").to_pylist()[r]
+        )
+    assert pack(typed, columns)["user.bag"].shape == (4, 4)  # the refused rows set no width
+
+
+def test_every_list_column_of_a_spec_is_trimmed_or_limited() -> None:
+    from pinrank.features.columns import column_kind
+    from pinrank.features.spec import LIST_LIMIT, FeatureSpec, SpecError
+
+    spec = FeatureSpec.from_yaml("conf/features/synthetic.yaml")
+    lists = pa.list_(pa.int64())
+    kinds = {
+        c: column_kind(spec, "user", c, lists)
+        for c in ("history", "seen", "interests", "seen_interests", "history_interests")
+    }
+    assert kinds["history"].max_len == 50 and kinds["history"].limit is None
+    assert all(kinds[c].limit == LIST_LIMIT and kinds[c].max_len is None for c in (
+        "interests", "seen_interests", "history_interests"))  # fmt: skip
+
+    def bag(limit: int) -> dict[str, object]:
+        feature = {"side": "user", "source": "b", "kind": "multi_categorical", "vocab": {}}
+        return {"features": {"bag": feature | {"limit": limit}}}
+
+    assert column_kind(FeatureSpec.from_dict(bag(5000)), "user", "b", lists).limit == 5000
+    with pytest.raises(SpecError, match="limit must be an integer >= 1"):
+        FeatureSpec.from_dict(bag(0))
