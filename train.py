@@ -1,8 +1,8 @@
 """Train a pinrank model: ``python train.py [data=...] [model=...] [trainer=...] [experiment=...]``.
 
 A thin Hydra shell: it builds the objects the config names and hands them to the library; no
-library code sees the config. Writes ``metrics.json`` (and checkpoints, CSV logs) in the run
-directory.
+library code sees the config. Writes ``metrics.json``, checkpoints and CSV logs in the run
+directory, and last ``run.json`` (:mod:`pinrank.runs`), the one file export reads.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pinrank.training import fit_and_evaluate, summary_table
+from pinrank.training import fit_and_evaluate, summary_table, write_run_record
 
 # Our streams split row groups between workers, so their __len__ is exact; Lightning cannot know.
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
@@ -47,8 +48,11 @@ def main(cfg: DictConfig) -> float | None:
     )  # fmt: skip
     if trainer.is_global_zero:
         Path(out_dir, "config.json").write_text(json.dumps(config, indent=2))
+        command = " ".join(["python train.py", *HydraConfig.get().overrides.task])
+        net = OmegaConf.to_container(cfg.model.net, resolve=True)
+        write_run_record(out_dir, module, net, prepared, metrics, command, config)  # type: ignore[arg-type]
         print(summary_table(metrics, "test"))
-        print(f"metrics.json: {Path(out_dir, 'metrics.json')}")
+        print(f"run.json: {Path(out_dir, 'run.json')}")
     value = metrics.get(cfg.model.monitor.replace("val/", "test/"))
     return float(value) if value is not None else None
 

@@ -3,6 +3,7 @@
     python benchmarks/serve_load.py                  # 32 clients, 60 s, 5 reloads, embedded store
     python benchmarks/serve_load.py --redis          # users from a redis-server started here
     python benchmarks/serve_load.py --batch-max 1 --tag unbatched   # each request scored alone
+    python benchmarks/serve_load.py --scoring threads --tag threads  # in the server's threads
 
 Starts ``python -m pinrank.serve run`` on loopback (one uvicorn process) on a copy of the package,
 drives it with wrk (``--clients`` connections, one wrk thread) requesting ``/v1/feed/{id}?k=50``
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--redis", action="store_true", help="serve users from redis-server")
     parser.add_argument("--batch-max", type=int, default=32, help="the service's batching (1: off)")
+    parser.add_argument("--scoring", choices=["processes", "threads"], default="processes")
     parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--signing-key", default="outputs/keys/signing.key", help="re-signs copies")
     parser.add_argument("--trusted-key", default="outputs/keys/signing.pub")
@@ -145,7 +147,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
             [sys.executable, "-m", "pinrank.serve", "run", str(packages[0]), *store,
-             "--port", str(port), "--batch-max", str(args.batch_max),
+             "--port", str(port), "--batch-max", str(args.batch_max), "--scoring", args.scoring,
              "--trusted-key", args.trusted_key],
             cwd=ROOT, env={**os.environ, "PINRANK_ADMIN_TOKEN": token},
         )  # fmt: skip

@@ -186,7 +186,8 @@ def cmd_users(args: argparse.Namespace) -> None:
 def cmd_feeds(args: argparse.Namespace) -> None:
     import logging
 
-    from pinrank.batch.feeds import FeedsJobError, JobConfig, run_feeds, verify_feeds
+    from pinrank.batch.feeds import run_feeds, verify_feeds
+    from pinrank.batch.units import FeedsJobError, JobConfig
     from pinrank.serving.scorer import FeedConfig
 
     logging.basicConfig(level=logging.WARNING)

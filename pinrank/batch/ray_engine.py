@@ -20,14 +20,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pinrank.batch.feeds import FeedsJobError, JobConfig, Unit, make_scorer, score_unit
+from pinrank.batch.units import FeedsJobError, Job, JobConfig, Unit, make_scorer, score_unit
 from pinrank.serving.package import load_package
 from pinrank.serving.signing import Trust
 
@@ -128,3 +128,18 @@ def run_units(
     )
     for row in ds.iter_rows():
         yield json.loads(row["record"])
+
+
+class RayEngine:
+    """Units on a Ray Data actor pool (:func:`run_units`); ``options`` as :data:`OPTIONS`."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def run(
+        self, job: Job, units: list[Unit], out: Path, progress: Callable[[int], None]
+    ) -> Iterator[dict[str, Any]]:
+        plain = {"trust": job.trust.to_dict(), "version": job.package.version, "fence": job.fence}
+        for record in run_units(job.package.root, units, out, job.config, self.options, plain):
+            progress(record["unit"]["rows"])
+            yield record

@@ -13,18 +13,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pinrank.features.columns import (
+    EVENT_DERIVED_USER_COLUMNS,
+    HISTORY,
+    HISTORY_INTERESTS,
+    LAST_TS,
+    SEEN,
+    SEEN_INTERESTS,
+)
 from pinrank.features.transforms import Counts
 
-HISTORY = "history"  # engaged train pins of a user
-SEEN = "seen"  # impressed train pins of a user, any label
-LAST_TS = "last_ts"  # time of a user's last train event
-SEEN_INTERESTS = "seen_interests"  # the interests of a user's seen pins, one entry per pin
-HISTORY_INTERESTS = "history_interests"  # the same for engaged pins
+__all__ = [
+    "EVENT_DERIVED_USER_COLUMNS",
+    "HISTORY",
+    "HISTORY_INTERESTS",
+    "LAST_TS",
+    "SEEN",
+    "SEEN_INTERESTS",
+]  # fmt: skip (re-exported: the data layer's names)
+
 # interest-profile columns: bag column -> the user column of the pins whose interests it holds
 INTEREST_BAGS = {SEEN_INTERESTS: SEEN, HISTORY_INTERESTS: HISTORY}
 ITEM_INTERESTS = "interests"  # the items' column the bags read
-# user columns derived from train events: what a new (cold-start) user does not have
-EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS, SEEN_INTERESTS, HISTORY_INTERESTS)
 TRAIN_EVENTS = "train_events"  # impressions of a pin in train
 TRAIN_ENGAGED = "train_engaged"  # engaged impressions of a pin in train
 

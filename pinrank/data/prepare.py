@@ -62,6 +62,12 @@ class Prepared:
     def spec(self) -> FeatureSpec:
         return FeatureSpec.from_yaml(self.spec_path)
 
+    def fingerprint(self) -> str:
+        """sha256 over the training split's files and the fitted state: what a model saw."""
+        from pinrank.runs import data_fingerprint
+
+        return data_fingerprint([*sorted(self.split("train").rglob("*.parquet")), self.state_path])
+
     def state(self) -> FeatureState:
         return FeatureState.load(self.state_path)
 

@@ -88,7 +88,7 @@ def linear1(module: nn.Module, feats: dict[str, Sparse], rows: torch.Tensor) -> 
     return sparse_arch(arch, feats, rows).sum(dim=1)
 
 
-class _Graph(nn.Module):
+class Graph(nn.Module):
     """Positional tensor inputs -> a dict by name (string inputs are not torch inputs)."""
 
     output_names: tuple[str, ...] = ()
@@ -111,7 +111,7 @@ class _Graph(nn.Module):
         return dict(zip([i.name for i in self.torch_inputs], args, strict=True))
 
 
-class TowerGraph(_Graph):
+class TowerGraph(Graph):
     """Raw columns of one side -> the tower's normalised embedding [B, D]."""
 
     output_names = ("embedding",)
@@ -413,7 +413,7 @@ def cross_features(
     return list(dict.fromkeys(names))
 
 
-class RankerGraph(_Graph):
+class RankerGraph(Graph):
     """Raw user, item and context columns (one row per pair) -> calibrated ``probability`` and
     ``logit`` [B]."""
 
@@ -436,7 +436,7 @@ class RankerGraph(_Graph):
         return calibrate(logit, self.calibration), logit
 
 
-class _SidePartsGraph(_Graph):
+class _SidePartsGraph(Graph):
     """Raw columns of one side [R] -> that side's part of the ranker (``{prefix}.first`` [R, H],
     ``.proj`` [R, K], ``.wide`` [R], on the candidate side of a ranker with an examination tower
     ``.exam`` [R], per feature a pair-wise cross reads ``.{f}.indices`` int64 [R, L] and
@@ -484,7 +484,7 @@ class RankerUserGraph(_SidePartsGraph):
         super().__init__(features, net, user=True)
 
 
-class RankerFeedGraph(_Graph):
+class RankerFeedGraph(Graph):
     """Users' parts (from :class:`RankerUserGraph`), ``user_index`` int64 [N] and raw
     candidate columns [N] -> calibrated ``probability`` and ``logit`` [N]."""
 
@@ -515,7 +515,7 @@ class RankerItemsGraph(_SidePartsGraph):
         super().__init__(features, net, user=False)
 
 
-class RankerPairsGraph(_Graph):
+class RankerPairsGraph(Graph):
     """Users' parts (:class:`RankerUserGraph`) and candidates' parts (:class:`RankerItemsGraph`)
     with ``user_index`` and ``item_index`` int64 [N] -> calibrated ``probability`` and ``logit``
     [N]: per pair only the crosses, the MLP above the first layer and the projection product."""
@@ -558,7 +558,7 @@ def graphs_for(
     state: FeatureState,
     columns: list[ColumnSpec],
     calibration: Calibration | None = None,
-) -> dict[str, _Graph]:
+) -> dict[str, Graph]:
     """Every graph of a trained network by package name: the towers of a ``TwoTower``; the
     ranker per pair, ``ranker_user`` and ``ranker_feed`` of a ``WideDeep`` (which needs its
     ``calibration``)."""

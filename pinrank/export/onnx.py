@@ -19,7 +19,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from pinrank.export.graphs import GraphInput, _Graph
+from pinrank.export.graphs import Graph, GraphInput
 
 ML_DOMAIN, ML_OPSET, OPSET = "ai.onnx.ml", 3, 18
 ONNX_TYPES = {
@@ -32,7 +32,7 @@ ONNX_TYPES = {
 NUMPY_TYPES = {"int64": np.int64, "float64": np.float64, "float32": np.float32, "bool": np.bool_}
 
 
-def example_inputs(graph: _Graph, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+def example_inputs(graph: Graph, arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
     """Torch inputs for tracing from real arrays; symbolic axes are widened to at least 2 so
     that the exporter does not specialise them to 0 or 1."""
     out = []
@@ -57,7 +57,7 @@ def _grown(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return tuple(2 if i == axis else s for i, s in enumerate(shape))
 
 
-def export_graph(graph: _Graph, arrays: dict[str, np.ndarray], path: str | Path) -> Path:
+def export_graph(graph: Graph, arrays: dict[str, np.ndarray], path: str | Path) -> Path:
     """Export ``graph`` (traced on ``arrays``, packed raw columns) to ``path``."""
     graph.eval()
     symbols: dict[str, torch.export.Dim] = {}
@@ -90,7 +90,7 @@ def export_graph(graph: _Graph, arrays: dict[str, np.ndarray], path: str | Path)
     return path
 
 
-def with_label_encoders(model: onnx.ModelProto, graph: _Graph) -> onnx.ModelProto:
+def with_label_encoders(model: onnx.ModelProto, graph: Graph) -> onnx.ModelProto:
     """Replace the vocabulary-index inputs by LabelEncoders over the raw columns; the model's
     inputs become ``graph.inputs``, in that order."""
     g = model.graph

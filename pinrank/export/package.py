@@ -12,7 +12,6 @@ beside ``out`` and renames it at the end, so a failed export leaves no half pack
 from __future__ import annotations
 
 import getpass
-import hashlib
 import importlib.metadata
 import shutil
 import socket
@@ -27,14 +26,13 @@ import onnx
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import save_model
 
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
 from pinrank.evaluation.retrieval import popularity_scores
-from pinrank.export.graphs import _Graph, graphs_for
+from pinrank.export.graphs import Graph, graphs_for
 from pinrank.export.onnx import export_graph
 from pinrank.export.run import TrainedRun
 from pinrank.export.verify import held_out_rows
@@ -54,7 +52,6 @@ from pinrank.serving.signing import Trust
 
 VERSIONED = ("pinrank", "torch", "torchrec", "onnx", "onnxruntime", "faiss-cpu", "numpy", "pyarrow")
 TRACE_ROWS = 256
-BIAS_KEY = "retrieval/popularity_bias"  # chosen on val by the retrieval report
 
 
 def build_package(
@@ -169,7 +166,7 @@ def _parts(
     return out
 
 
-def _graph_entry(path: Path, graph: _Graph) -> dict[str, Any]:
+def _graph_entry(path: Path, graph: Graph) -> dict[str, Any]:
     """Where a graph is and what it takes and gives: names, element types and shapes."""
     model = onnx.load(str(path), load_external_data=False)
     outputs = []
@@ -188,9 +185,9 @@ def _model_entry(run: TrainedRun) -> dict[str, Any]:
     entry = {
         "kind": run.kind,
         "weights": f"weights/{run.kind}.safetensors",
-        "net": run.config["model"]["net"],
+        "net": run.record.net,
         "metrics": run.metrics,
-        "config": run.config,
+        "config": run.record.config,
         "run_dir": str(run.root),
     }
     if run.calibration is not None:
@@ -230,10 +227,9 @@ def _write_index(
     """Embed every catalogue item through the exported item tower and index it with the
     retrieval run's FAISS factory string and search parameters."""
     run = next(r for r in runs if r.kind == "retrieval")
-    module = run.config["model"]["module"]
-    factory = str(module.get("index", "Flat"))
-    factory = "Flat" if factory in ("exact", "bruteforce") else factory
-    params = dict(module.get("index_params") or {})
+    settings = run.record.retrieval
+    assert settings is not None  # a retrieval record has them (RunRecord)
+    factory, params = settings.index, dict(settings.index_params)
     graphs = {"item_tower": {"path": "graphs/item_tower.onnx"}}
     backend = OnnxBackend(Package.unsealed(root, {"graphs": graphs}))
     item_cols = [c for c in columns if c.side == "item"]
@@ -243,7 +239,7 @@ def _write_index(
     ]
     emb = np.concatenate(chunks).astype(np.float32)
     ids = items.column("item_id").to_numpy().astype(np.int64)
-    entry: dict[str, Any] = {"popularity_bias": float(run.metrics.get(BIAS_KEY, 0.0))}
+    entry: dict[str, Any] = {"popularity_bias": settings.popularity_bias}
     if entry["popularity_bias"]:  # the prior chosen on val: searched on augmented vectors
         train = read_table(run.prepared.split("train"), "events", ["item_id"])
         emb = item_vectors(emb, impression_counts(train.column("item_id").to_numpy(), ids))
@@ -276,10 +272,10 @@ def provenance(runs: list[TrainedRun], prepared: Prepared, command: str) -> dict
         "data": {
             "prepared": str(prepared.root),
             "raw": str(prepared.raw),
-            "fingerprint": _data_fingerprint(prepared),
+            "fingerprint": prepared.fingerprint(),
         },
         "export_command": command,
-        "train_commands": {r.kind: _train_command(r) for r in runs},
+        "train_commands": {r.kind: r.record.train_command for r in runs},
     }
 
 
@@ -300,21 +296,6 @@ def _version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _data_fingerprint(prepared: Prepared) -> str:
-    """sha256 over the training split's files and the fitted state: what the models saw."""
-    h = hashlib.sha256()
-    for path in [*sorted(prepared.split("train").rglob("*.parquet")), prepared.state_path]:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def _train_command(run: TrainedRun) -> str:
-    overrides = run.root / ".hydra" / "overrides.yaml"
-    args = yaml.safe_load(overrides.read_text()) if overrides.exists() else []
-    return " ".join(["python train.py", *(str(a) for a in args or [])])
 
 
 DTYPES = {1: "float32", 7: "int64", 9: "bool", 11: "float64", 8: "string"}

@@ -1,15 +1,15 @@
-"""A finished training run, loaded back as objects: its network with the best weights, the
-prepared data set it trained on, its calibration, metrics and resolved config.
+"""A finished training run, loaded back as objects from its ``run.json`` alone
+(:class:`~pinrank.runs.RunRecord`): its network with the best weights, the prepared data set it
+trained on, its calibration and metrics.
 
-This is where a run directory written by ``train.py`` (``config.json``, ``metrics.json``, the
-best checkpoint, ``calibration.json``) becomes library objects; nothing downstream reads the
-config. The network is built from the fixed registry of known networks, never instantiated
-from the config's names.
+Nothing else of the run directory is read (no ``metrics.json``, no Hydra files, no resolved
+config), and the network is built from the fixed registry of known networks, never
+instantiated from names in a file. The prepared data must still be the data the run trained on
+(its fingerprint is checked).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from pinrank.features.featurizer import Featurizer
 from pinrank.features.spec import SIDES, FeatureSpec
 from pinrank.features.state import FeatureState
 from pinrank.models.registry import build_network
+from pinrank.runs import RunError, RunRecord
 
 
 @dataclass
@@ -30,35 +31,41 @@ class TrainedRun:
     """One training run. ``kind`` is ``retrieval`` (a TwoTower) or ``ranking`` (a WideDeep)."""
 
     root: Path
-    kind: str
+    record: RunRecord
     net: nn.Module
     prepared: Prepared
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    calibration: Calibration | None
+
+    @property
+    def kind(self) -> str:
+        return self.record.kind
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.record.metrics
+
+    @property
+    def calibration(self) -> Calibration | None:
+        c = self.record.calibration
+        return Calibration.from_dict(c) if c is not None else None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TrainedRun:
         root = Path(run_dir)
-        for name in ("config.json", "metrics.json"):
-            if not (root / name).exists():
-                raise FileNotFoundError(f"{root} is not a finished training run (no {name})")
-        config = json.loads((root / "config.json").read_text())
-        metrics = json.loads((root / "metrics.json").read_text())
-        prepared = Prepared.load(Path(config["data"]["source"]["root"]) / "prepared")
-        net = build_net(config["model"]["net"], prepared.spec(), prepared.state())
-        ckpt = metrics.get("train/best_checkpoint") or ""
-        if not ckpt or not Path(ckpt).exists():
-            raise FileNotFoundError(f"{root}: best checkpoint {ckpt!r} not found")
+        record = RunRecord.read(root)
+        prepared = Prepared.load(Path(record.prepared))
+        if prepared.fingerprint() != record.data:
+            raise RunError(
+                f"{root}: the prepared data at {record.prepared} changed since this run trained "
+                "(its fingerprint differs from run.json's): prepare it again or retrain"
+            )
+        net = build_net(record.net, prepared.spec(), prepared.state())
+        ckpt = record.checkpoint_path(root)
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{root}: best checkpoint {str(ckpt)!r} not found")
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
         net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
         net.eval()
-        cal_path = root / "calibration.json"
-        calibration = (
-            Calibration.from_dict(json.loads(cal_path.read_text())) if cal_path.exists() else None
-        )
-        kind = "ranking" if hasattr(net, "score_feed") else "retrieval"
-        return cls(root, kind, net, prepared, config, metrics, calibration)
+        return cls(root, record, net, prepared)
 
 
 def build_net(net_config: dict[str, Any], spec: FeatureSpec, state: FeatureState) -> nn.Module:

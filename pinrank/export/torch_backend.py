@@ -21,7 +21,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from pinrank.calibration import Calibration
-from pinrank.export.graphs import _Graph, graphs_for
+from pinrank.export.graphs import Graph, graphs_for
 from pinrank.export.run import build_net
 from pinrank.features.state import FeatureState
 from pinrank.features.transforms import MISSING, OOV, VocabLookup
@@ -60,7 +60,7 @@ class TorchBackend:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         spec, self.state = package.spec(), package.state()
         columns = [c for side in ("user", "item", "context") for c in package.columns(side)]
-        self.graphs: dict[str, _Graph] = {}
+        self.graphs: dict[str, Graph] = {}
         for kind, entry in package.manifest["models"].items():
             net = package_net(package, kind)
             cal = Calibration.from_dict(entry["calibration"]) if "calibration" in entry else None
@@ -102,7 +102,7 @@ def load_weights(net: nn.Module, data: bytes, where: str) -> None:
 
 @torch.no_grad()
 def run_graph(
-    g: _Graph,
+    g: Graph,
     state: FeatureState,
     inputs: dict[str, np.ndarray],
     device: torch.device | str = "cpu",

@@ -21,6 +21,15 @@ Nothing here imports torch: the serving side packs requests with :func:`pack`.
 Example::
 
     >>> from pinrank.features.spec import LIST_LIMIT, Feature, FeatureSpec
+
+# user columns derived from train events (pinrank.data.examples), shared by training and serving
+HISTORY = "history"  # engaged train pins of a user
+SEEN = "seen"  # impressed train pins of a user, any label
+LAST_TS = "last_ts"  # time of a user's last train event
+SEEN_INTERESTS = "seen_interests"  # the interests of a user's seen pins, one entry per pin
+HISTORY_INTERESTS = "history_interests"  # the same for engaged pins
+# what a new (cold-start) user does not have: null in these is normal, not "missing"
+EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS, SEEN_INTERESTS, HISTORY_INTERESTS)
     >>> spec = FeatureSpec.from_dict({"features": {
     ...     "tags": {"side": "item", "source": "tags", "kind": "multi_categorical", "vocab": {}},
     ...     "q": {"side": "item", "source": "quality", "kind": "numeric"}}})
@@ -44,6 +53,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinrank.features.spec import LIST_LIMIT, Feature, FeatureSpec
+
+# user columns derived from train events (pinrank.data.examples), shared by training and serving
+HISTORY = "history"  # engaged train pins of a user
+SEEN = "seen"  # impressed train pins of a user, any label
+LAST_TS = "last_ts"  # time of a user's last train event
+SEEN_INTERESTS = "seen_interests"  # the interests of a user's seen pins, one entry per pin
+HISTORY_INTERESTS = "history_interests"  # the same for engaged pins
+# what a new (cold-start) user does not have: null in these is normal, not "missing"
+EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS, SEEN_INTERESTS, HISTORY_INTERESTS)
 
 INT_NULL = np.iinfo(np.int64).min
 COLUMN_KINDS = ("int", "float", "string", "int_list", "vector")

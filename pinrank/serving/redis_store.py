@@ -30,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pinrank.serving.store import ID_COLUMN, StoreError, UserStore, _ids
+from pinrank.serving.store import ID_COLUMN, StoreError, UserStore, as_ids
 
 DEFAULT_PREFIX = "pinrank:user:"
 SCHEMA_KEY = "__schema__"
@@ -92,7 +92,7 @@ class RedisStore(UserStore):
         ]
 
     def get(self, user_ids: np.ndarray) -> pa.Table:
-        records = self.records(_ids(user_ids).tolist())
+        records = self.records(as_ids(user_ids).tolist())
         return pa.table(
             {f.name: _column([r and r.get(f.name) for r in records], f.type) for f in self.schema}
         )

@@ -49,8 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrank.data.examples import EVENT_DERIVED_USER_COLUMNS
-from pinrank.features.columns import ColumnSpec, pack
+from pinrank.features.columns import EVENT_DERIVED_USER_COLUMNS, SEEN, ColumnSpec, pack
 from pinrank.retrieval.bias import query_vectors
 from pinrank.retrieval.topk import FaissTopK
 from pinrank.serving.blend import Candidates, select
@@ -81,7 +80,7 @@ RETRIEVAL, INTERESTS, POPULAR = "retrieval", "interests", "popular"
 SOURCES = (RETRIEVAL, INTERESTS, POPULAR)
 DIVERSITY = ("cap", "mmr", "none")
 GRAPHS = ("user_tower", "ranker_user", "ranker_feed")
-INTEREST_COLUMN, SEEN = "interests", "seen"
+INTEREST_COLUMN = "interests"
 _EMPTY = np.empty(0, np.int64)
 log = logging.getLogger(__name__)
 

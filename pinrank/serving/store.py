@@ -175,7 +175,7 @@ class TableStore(UserStore):
 
     def rows(self, user_ids: np.ndarray) -> np.ndarray:
         """``[N]`` int64 row of each id in :attr:`table`, ``-1`` where unknown."""
-        return _lookup(self._sorted, self._order, _ids(user_ids))
+        return _lookup(self._sorted, self._order, as_ids(user_ids))
 
     def get(self, user_ids: np.ndarray) -> pa.Table:
         rows = self.rows(user_ids)
@@ -335,7 +335,8 @@ def _ints(table: pa.Table, column: str) -> np.ndarray:
     return pc.fill_null(table.column(column).cast(pa.int64()), -1).to_numpy().astype(np.int64)
 
 
-def _ids(user_ids: np.ndarray) -> np.ndarray:
+def as_ids(user_ids: np.ndarray) -> np.ndarray:
+    """``user_ids`` as a 1-D int64 array; ValueError for anything else."""
     ids = np.asarray(user_ids)
     if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
         raise ValueError(f"user_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")

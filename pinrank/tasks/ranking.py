@@ -166,6 +166,10 @@ class RankingModule(pl.LightningModule):
             cross_rows(crosses, _cross_cardinalities(dm)) if crosses else None,
         )
 
+    def run_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """This run's part of ``run.json``: the calibration ``full_report`` fitted on val."""
+        return {"kind": "ranking", "calibration": self.calibration.to_dict()}
+
     def full_report(
         self,
         dm: PinrankDataModule,

@@ -28,10 +28,12 @@ from pinrank.features.featurizer import FeatureBatch
 from pinrank.models.towers import TwoTower
 from pinrank.retrieval import build_topk, recall_vs_exact
 from pinrank.retrieval.bias import impression_counts, item_vectors, query_vectors
+from pinrank.runs import RetrievalSettings
 from pinrank.tasks.losses import StreamingFrequency, sampled_softmax_loss
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 EVENT_COLUMNS = ["user_id", "item_id", "ts", "engaged"]
+POPULARITY_BIAS_KEY = "retrieval/popularity_bias"  # the metric holding the beta chosen on val
 
 
 class RetrievalModule(pl.LightningModule):
@@ -174,6 +176,13 @@ class RetrievalModule(pl.LightningModule):
         ids = self._search(dm, task, max(ks), [index])[0]
         return {f"{split}/{k}": v for k, v in retrieval_metrics(ids, task.truth, ks).items()}
 
+    def run_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """This run's part of ``run.json`` (:class:`~pinrank.runs.RunRecord`): the index export
+        builds and the popularity prior ``full_report`` chose on val."""
+        index = "Flat" if self.index in ("exact", "bruteforce") else self.index
+        bias = float(metrics.get(POPULARITY_BIAS_KEY, 0.0))
+        return {"kind": "retrieval", "retrieval": RetrievalSettings(index, self.index_params, bias)}
+
     def full_report(
         self,
         dm: PinrankDataModule,
@@ -216,7 +225,7 @@ class RetrievalModule(pl.LightningModule):
     ) -> float:
         """The grid's ``beta`` with the best val recall@``monitor_k`` (the smaller on ties)."""
         if self.popularity_bias == (0.0,):
-            out["retrieval/popularity_bias"] = 0.0
+            out[POPULARITY_BIAS_KEY] = 0.0
             return 0.0
         items, users = self._embedded(dm, task)
         biased = item_vectors(items, counts)  # the same for every beta

@@ -3,7 +3,7 @@
 A task's LightningModule provides ``full_report(datamodule, ks, oracle, out_dir) -> dict`` with
 flat keys (``test/recall@20``, ``baseline/popularity/test/recall@20``, ...; it may write artefacts
 such as plots to ``out_dir``); this module writes them to ``metrics.json`` in the run directory
-and returns them.
+and returns them; :func:`write_run_record` then writes ``run.json``, what export reads.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+
+from pinrank.data.prepare import Prepared
+from pinrank.runs import RunRecord, now, relative_to_run
 
 
 def fit_and_evaluate(
@@ -60,6 +63,39 @@ def fit_and_evaluate(
     out = Path(out_dir) / "metrics.json"
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
+
+
+def write_run_record(
+    out_dir: str | Path,
+    module: pl.LightningModule,
+    net: dict[str, Any],
+    prepared: Prepared,
+    metrics: dict[str, Any],
+    command: str = "",
+    config: dict[str, Any] | None = None,
+) -> RunRecord:
+    """Write ``run.json`` (:class:`~pinrank.runs.RunRecord`), the run's one artifact export
+    reads: ``module`` gives its kind and what it fitted (``run_fields``), ``net`` the network's
+    registry arguments, ``metrics`` the final report (with ``train/best_checkpoint``)."""
+    fields = getattr(module, "run_fields", None)
+    if fields is None:
+        raise TypeError(f"{type(module).__name__} has no run_fields(metrics)")
+    checkpoint = metrics.get("train/best_checkpoint") or ""
+    if not checkpoint:
+        raise RuntimeError("the run saved no best checkpoint: nothing to export")
+    record = RunRecord(
+        net=net,
+        checkpoint=relative_to_run(checkpoint, out_dir),
+        prepared=str(prepared.root.resolve()),
+        data=prepared.fingerprint(),
+        metrics=metrics,
+        train_command=command,
+        config=config or {},
+        created_at=now(),
+        **fields(metrics),
+    )
+    record.write(out_dir)
+    return record
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:

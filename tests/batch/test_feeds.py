@@ -24,17 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 from package_fixtures import TRUST
 
-from pinrank.batch.feeds import (
-    FEED_SCHEMA,
-    JOB,
-    LOCK,
-    SUCCESS,
-    FeedsJobError,
-    JobConfig,
-    read_feeds,
-    run_feeds,
-    verify_feeds,
-)
+from pinrank.batch.feeds import JOB, LOCK, SUCCESS, read_feeds, run_feeds, verify_feeds
+from pinrank.batch.units import FEED_SCHEMA, FeedsJobError, JobConfig
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.scorer import PERSONALIZED_DEFAULTS, FeedConfig, FeedScorer
@@ -345,7 +336,8 @@ def test_temporary_records_left_by_a_kill_are_removed(
 def test_a_unit_never_commits_under_a_stale_fence(
     package_dir: Path, users_dir: Path, tmp_path: Path
 ) -> None:
-    from pinrank.batch.feeds import FENCE, make_scorer, plan, required_columns, score_unit
+    from pinrank.batch.feeds import plan
+    from pinrank.batch.units import FENCE, make_scorer, required_columns, score_unit
 
     scorer = make_scorer(load_package(package_dir, TRUST), CONFIG)
     unit = plan(users_dir, required_columns(scorer))[0]

@@ -10,7 +10,7 @@ import torch
 from pinrank.calibration import Calibration
 from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.prepare import Prepared
-from pinrank.export.graphs import PROFILE_GRID, _Graph, graphs_for, profile_crosses
+from pinrank.export.graphs import PROFILE_GRID, Graph, graphs_for, profile_crosses
 from pinrank.export.torch_backend import run_graph
 from pinrank.export.verify import ParityReport, held_out_rows, ranker_parity
 from pinrank.features.columns import columns_for, pack
@@ -27,7 +27,7 @@ class _Modules:
 
     name = "graph modules"
 
-    def __init__(self, graphs: dict[str, _Graph], state: FeatureState, zero_tables: bool = False):
+    def __init__(self, graphs: dict[str, Graph], state: FeatureState, zero_tables: bool = False):
         self.graphs, self.state, self.zero_tables = graphs, state, zero_tables
         self.outputs: dict[str, dict[str, np.ndarray]] = {}
 

@@ -342,7 +342,11 @@ def test_a_package_with_the_popularity_prior_retrieves_by_the_biased_score(
     from pinrank.serving.store import TableStore
 
     retrieval = TrainedRun.load(trained_runs["retrieval"])
-    retrieval.metrics["retrieval/popularity_bias"] = 0.5  # as if chosen on val
+    settings = retrieval.record.retrieval
+    assert settings is not None
+    retrieval.record = dataclasses.replace(  # as if chosen on val
+        retrieval.record, retrieval=dataclasses.replace(settings, popularity_bias=0.5)
+    )
     runs = [retrieval, TrainedRun.load(trained_runs["ranking"])]
     package = build_package(runs, tmp_path / "pkg")
     index = package.manifest["index"]

@@ -1,0 +1,308 @@
+"""One unit of a batch-feeds job: a row group of users scored into one committed shard.
+
+The engines of :mod:`pinrank.batch.feeds` (``local``: the driver's process; ``ray``:
+:mod:`pinrank.batch.ray_engine`'s actors) share this module and nothing else: the job's
+configuration (:class:`JobConfig`), its unit of work (:class:`Unit`), the scorer a unit runs
+(:func:`make_scorer`), the shard's schema (:data:`FEED_SCHEMA`), the spec's bad-value counts
+(:class:`Policy`), and :func:`score_unit`, which writes a unit's shard and record atomically
+under the run's fence (see :mod:`pinrank.batch.feeds` for the exactly-once protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pinrank.features.spec import FeatureSpec
+from pinrank.features.state import FeatureState, transform_side
+from pinrank.serving.package import Package, sha256
+from pinrank.serving.scorer import SEEN, Feed, FeedConfig, FeedScorer
+from pinrank.serving.signing import Trust
+from pinrank.serving.store import INTEREST_COLUMN, TOO_LONG
+
+TMP, FENCE = ".tmp", ".fence"
+FEED_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("position", pa.int32()),
+        ("item_id", pa.int64()),
+        ("score", pa.float32()),
+        ("source", pa.string()),
+        ("path", pa.string()),
+    ]
+)
+BACKENDS, DEVICES = ("onnx", "torch"), ("cpu", "cuda", "tensorrt")
+
+
+class FeedsJobError(RuntimeError):
+    """The job cannot run as asked (bad input, another job's output, a held lock)."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How feeds are made.
+
+    Args:
+        k: pins per feed.
+        batch_users: users per scorer call (graphs run once per batch).
+        max_rows: most candidates per ranker run (bounds the ranker's memory).
+        backend: ``onnx`` (ONNX Runtime) or ``torch`` (the same networks in torch).
+        device: ``cpu``, ``cuda`` or ``tensorrt`` (ONNX Runtime's providers; torch: cpu/cuda).
+        threads: intra-op threads per ONNX Runtime session (``None``: its default).
+        gpu_index: search FAISS on GPU (faiss-gpu and a GPU required).
+        feed: how each feed is assembled (candidates, quotas, diversity).
+    """
+
+    k: int = 50
+    batch_users: int = 1024
+    max_rows: int = 65536
+    backend: str = "onnx"
+    device: str = "cpu"
+    threads: int | None = None
+    gpu_index: bool = False
+    feed: FeedConfig = field(default_factory=FeedConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("k", "batch_users", "max_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.device not in DEVICES or (self.backend == "torch" and self.device == "tensorrt"):
+            raise ValueError(f"device {self.device!r} is not one of {DEVICES} for {self.backend}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        feed = {f.name: getattr(self.feed, f.name) for f in fields(self.feed)}
+        return out | {"feed": feed | {"quotas": dict(self.feed.quotas)}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobConfig:
+        return cls(**{**d, "feed": FeedConfig(**d.get("feed", {}))})
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one input file: the job's unit of work and of output."""
+
+    index: int
+    path: str
+    row_group: int
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:06d}"
+
+
+def make_scorer(package: Package, config: JobConfig) -> FeedScorer:
+    """A store-less :class:`FeedScorer` on the configured backend and device."""
+    backend: Any
+    if config.backend == "torch":
+        from pinrank.export.torch_backend import TorchBackend
+
+        backend = TorchBackend(package, config.device)
+    else:
+        from pinrank.serving.runtime import OnnxBackend
+
+        providers = {"cpu": ["cpu"], "cuda": ["cuda"], "tensorrt": ["tensorrt", "cuda"]}
+        backend = OnnxBackend(package, providers[config.device], config.threads)
+    return FeedScorer(
+        package, None, backend, config.feed, max_rows=config.max_rows, gpu_index=config.gpu_index
+    )
+
+
+def required_columns(scorer: FeedScorer) -> list[str]:
+    """The user columns a feed needs: the graphs' and the ones candidates read."""
+    cols = [scorer.id_column, *(c.column for c in scorer.user_columns), SEEN, INTEREST_COLUMN]
+    return list(dict.fromkeys(cols))
+
+
+def feeds_table(feeds: Sequence[Feed]) -> pa.Table:
+    """Feeds as rows of :data:`FEED_SCHEMA`, best first within each user."""
+    sizes = np.array([len(f.items) for f in feeds], np.int64)
+    items = [i for f in feeds for i in f.items]
+    return pa.table(
+        {
+            "user_id": np.repeat(np.array([f.user_id for f in feeds], np.int64), sizes),
+            "position": (
+                np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            ).astype(np.int32),
+            "item_id": np.array([i.item_id for i in items], np.int64),
+            "score": np.array([i.score for i in items], np.float32),
+            "source": pa.array([i.source for i in items], pa.string()),
+            "path": pa.array(np.repeat(np.array([f.path for f in feeds], object), sizes)),
+        },
+        schema=FEED_SCHEMA,
+    )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The feature spec's bad-value policy, to count what it replaces in user rows."""
+
+    spec: FeatureSpec
+    state: FeatureState
+
+    @classmethod
+    def of(cls, package: Package) -> Policy:
+        """The package's policy, parsed once per package version in a process."""
+        key = (str(package.root), package.version)
+        if key not in _POLICIES:
+            _POLICIES[key] = cls(package.spec(), package.state())
+        return _POLICIES[key]
+
+    def counts(self, users: pa.Table) -> Counter[str]:
+        """``replaced.{feature}.{reason}``: every value of the user features that the spec's
+        policy replaces (null, nan, negative, out_of_range, oov, malformed, truncated), counted
+        by the training featurizer's own transforms, so batch and training count alike."""
+        counts: Counter[tuple[str, str]] = Counter()
+        transform_side(self.spec, self.state, "user", users, counts)
+        return Counter({f"replaced.{f}.{why}": n for (f, why), n in counts.items() if n})
+
+
+_POLICIES: dict[tuple[str, str], Policy] = {}
+
+
+def score_unit(
+    scorer: FeedScorer,
+    unit: Unit,
+    out: Path,
+    config: JobConfig,
+    on_batch: Callable[[int], None] | None = None,
+    fence: str | None = None,
+) -> dict[str, Any]:
+    """Write one unit's feeds and commit them (file, then record); returns the record.
+
+    ``fence``: the run's token (:func:`run_feeds`); the unit commits only while ``.fence`` still
+    holds it (FeedsJobError otherwise: a later run owns the folder)."""
+    t0 = time.perf_counter()
+    policy = Policy.of(scorer.package)
+    tmp = out / TMP / f"{unit.name}.parquet.{os.getpid()}"
+    counts: Counter[str] = Counter()
+    users = rows = 0
+    source = pq.ParquetFile(unit.path)
+    with pq.ParquetWriter(tmp, FEED_SCHEMA, compression="zstd") as writer:
+        for batch in source.iter_batches(
+            batch_size=config.batch_users,
+            row_groups=[unit.row_group],
+            columns=required_columns(scorer),
+        ):
+            table = pa.Table.from_batches([batch])
+            valid = pc.is_valid(table.column(scorer.id_column))
+            skipped = table.num_rows - pc.sum(valid.cast(pa.int64())).as_py()
+            if skipped:
+                counts["skipped.null_id"] += skipped
+                table = table.filter(valid)
+            if table.num_rows:
+                feeds = scorer.feeds(scorer.user_batch(table), config.k)
+                part = feeds_table(feeds)
+                writer.write_table(part)
+                users, rows = users + len(feeds), rows + part.num_rows
+                counts.update(policy.counts(table))
+                for f in feeds:
+                    counts[f"path.{f.path}"] += 1
+                    for column, why in f.replaced.items():
+                        if why == TOO_LONG:  # over its limit: not counted by the featurizer
+                            counts[f"too_long.{column}"] += 1
+                    counts["short_feeds"] += f.counts.get("short", 0) > 0
+            if on_batch is not None:
+                on_batch(batch.num_rows)
+    fsync(tmp)
+    final = out / f"{unit.name}.parquet"
+    check_fence(out, fence)
+    os.replace(tmp, final)
+    record = {
+        "unit": asdict(unit),
+        "file": final.name,
+        "users": users,
+        "rows": rows,
+        "bytes": final.stat().st_size,
+        "sha256": sha256(final),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "counts": dict(sorted(counts.items())),
+    }
+    check_fence(out, fence)
+    write_json(out / f"{unit.name}.json", record)
+    return record
+
+
+def check_fence(out: Path, fence: str | None) -> None:
+    """Raise FeedsJobError unless ``out/.fence`` holds ``fence`` (``None``: no check)."""
+    if fence is None:
+        return
+    try:
+        current = (out / FENCE).read_text().strip()
+    except FileNotFoundError:
+        current = ""
+    if current != fence:
+        raise FeedsJobError(f"{out}: a later run owns this folder (fence {current or 'gone'})")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, by a temporary file under ``.tmp/`` (cleared by
+    every run, so a kill mid-write leaves nothing behind)."""
+    tmp = path.parent / TMP / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
+    tmp.parent.mkdir(exist_ok=True)
+    tmp.write_text(text)
+    fsync(tmp)
+    os.replace(tmp, path)
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the driver hands an engine: the verified package, the probed scorer built from it,
+    the config, the trust policy workers load the package under, and this run's fence."""
+
+    package: Package
+    scorer: FeedScorer
+    config: JobConfig
+    trust: Trust
+    fence: str
+
+
+class Engine(Protocol):
+    """Scores units for :func:`~pinrank.batch.feeds.run_feeds`: each through
+    :func:`score_unit`, in whatever processes; yields each unit's record once committed and
+    reports scored users to ``progress``."""
+
+    def run(
+        self, job: Job, units: list[Unit], out: Path, progress: Callable[[int], None]
+    ) -> Iterator[dict[str, Any]]: ...
+
+
+class LocalEngine:
+    """Units one after the other in the driver's process, with the driver's scorer."""
+
+    def run(
+        self, job: Job, units: list[Unit], out: Path, progress: Callable[[int], None]
+    ) -> Iterator[dict[str, Any]]:
+        for unit in units:
+            yield score_unit(job.scorer, unit, out, job.config, progress, job.fence)

@@ -1,0 +1,116 @@
+"""The package's module boundaries, walked from the source (``ast``, no imports run): no import
+cycle, no private name imported from another module, and the serving layers importing nothing
+of training (docs/architecture.md). Imports under ``if TYPE_CHECKING:`` are annotations only and
+do not count; imports inside functions do."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pinrank"
+TRAINING_ONLY = ("pinrank.data", "pinrank.models", "pinrank.tasks", "pinrank.training")
+# layer -> what it may not import (allowed imports: docs/architecture.md)
+FORBIDDEN = {
+    "pinrank.serving": (*TRAINING_ONLY, "pinrank.export", "pinrank.serve", "pinrank.batch"),
+    "pinrank.serve": (*TRAINING_ONLY, "pinrank.export", "pinrank.batch"),
+    "pinrank.features": ("pinrank.serving", "pinrank.serve", "pinrank.batch", *TRAINING_ONLY),
+    "pinrank.retrieval": ("pinrank.serving", "pinrank.serve", "pinrank.batch", *TRAINING_ONLY),
+}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, str, int]]:
+    """``(module, imported name or "", line)`` of every pinrank import outside TYPE_CHECKING."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, "", node.lineno) for a in node.names if a.name.startswith("pinrank")]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            if not base.startswith("pinrank"):
+                continue
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.append((sub, "", node.lineno) if sub in known else (base, a.name, node.lineno))
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, list[tuple[str, str, int]]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def test_no_import_cycle(graph: dict[str, list[tuple[str, str, int]]]) -> None:
+    edges = {m: {t for t, _, _ in deps if t in graph and t != m} for m, deps in graph.items()}
+    state: dict[str, int] = defaultdict(int)  # 0 new, 1 on the stack, 2 done
+    cycles: list[list[str]] = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(edges[m]):
+            if state[t] == 1:
+                cycles.append([*stack[stack.index(t) :], t])
+            elif state[t] == 0:
+                visit(t, [*stack, t])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if state[m] == 0:
+            visit(m, [m])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_private_name_crosses_a_module(graph: dict[str, list[tuple[str, str, int]]]) -> None:
+    bad = [
+        f"{m}:{line} imports {name} from {target}"
+        for m, deps in graph.items()
+        for target, name, line in deps
+        if name.startswith("_") and target != m
+    ]
+    assert not bad, bad
+
+
+def test_layers_import_only_what_they_may(graph: dict[str, list[tuple[str, str, int]]]) -> None:
+    bad = [
+        f"{m}:{line} imports {target}"
+        for m, deps in graph.items()
+        for layer, forbidden in FORBIDDEN.items()
+        if m == layer or m.startswith(layer + ".")
+        for target, _, line in deps
+        if any(target == f or target.startswith(f + ".") for f in forbidden)
+    ]
+    assert not bad, bad
+
+
+def test_the_walk_sees_imports(graph: dict[str, list[tuple[str, str, int]]]) -> None:
+    """The checks above are not vacuous: known edges are found, TYPE_CHECKING ones are not."""
+    scorer = {t for t, _, _ in graph["pinrank.serving.scorer"]}
+    assert {"pinrank.serving.blend", "pinrank.features.columns"} <= scorer
+    batcher = {t for t, _, _ in graph["pinrank.serve.batcher"]}
+    assert "pinrank.serve.metrics" not in batcher  # imported for annotations only
