@@ -64,7 +64,8 @@ def repeat_rows(tables: dict[str, pa.Table], n: int) -> dict[str, pa.Table]:
 
 
 def feed_latency(package: Any, prepared: Prepared, feeds: int, threads: int) -> dict[str, Any]:
-    from pinrank.serving.scorer import FeedConfig, FeedScorer
+    from pinrank.serving.feed import FeedConfig
+    from pinrank.serving.scorer import FeedScorer
     from pinrank.serving.store import TableStore
 
     scorer = FeedScorer(

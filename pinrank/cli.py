@@ -131,8 +131,9 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def cmd_feed(args: argparse.Namespace) -> None:
+    from pinrank.serving.feed import FeedConfig
     from pinrank.serving.package import load_package
-    from pinrank.serving.scorer import FeedConfig, FeedScorer
+    from pinrank.serving.scorer import FeedScorer
     from pinrank.serving.store import TableStore
 
     package = load_package(args.package, trust_from_args(args))
@@ -188,7 +189,7 @@ def cmd_feeds(args: argparse.Namespace) -> None:
 
     from pinrank.batch.feeds import run_feeds, verify_feeds
     from pinrank.batch.units import FeedsJobError, JobConfig
-    from pinrank.serving.scorer import FeedConfig
+    from pinrank.serving.feed import FeedConfig
 
     logging.basicConfig(level=logging.WARNING)
     if args.verify:

@@ -111,6 +111,6 @@ def test_layers_import_only_what_they_may(graph: dict[str, list[tuple[str, str, 
 def test_the_walk_sees_imports(graph: dict[str, list[tuple[str, str, int]]]) -> None:
     """The checks above are not vacuous: known edges are found, TYPE_CHECKING ones are not."""
     scorer = {t for t, _, _ in graph["pinrank.serving.scorer"]}
-    assert {"pinrank.serving.blend", "pinrank.features.columns"} <= scorer
+    assert {"pinrank.serving.blend", "pinrank.serving.candidates"} <= scorer
     batcher = {t for t, _, _ in graph["pinrank.serve.batcher"]}
     assert "pinrank.serve.metrics" not in batcher  # imported for annotations only

@@ -25,12 +25,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pinrank.features.columns import INTEREST_COLUMN, SEEN
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState, transform_side
+from pinrank.serving.conform import TOO_LONG
+from pinrank.serving.feed import Feed, FeedConfig
 from pinrank.serving.package import Package, sha256
-from pinrank.serving.scorer import SEEN, Feed, FeedConfig, FeedScorer
+from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.signing import Trust
-from pinrank.serving.store import INTEREST_COLUMN, TOO_LONG
 
 TMP, FENCE = ".tmp", ".fence"
 FEED_SCHEMA = pa.schema(

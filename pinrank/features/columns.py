@@ -28,6 +28,7 @@ SEEN = "seen"  # impressed train pins of a user, any label
 LAST_TS = "last_ts"  # time of a user's last train event
 SEEN_INTERESTS = "seen_interests"  # the interests of a user's seen pins, one entry per pin
 HISTORY_INTERESTS = "history_interests"  # the same for engaged pins
+INTEREST_COLUMN = "interests"  # followed interests (users), the pin's interests (items)
 # what a new (cold-start) user does not have: null in these is normal, not "missing"
 EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS, SEEN_INTERESTS, HISTORY_INTERESTS)
     >>> spec = FeatureSpec.from_dict({"features": {
@@ -60,6 +61,7 @@ SEEN = "seen"  # impressed train pins of a user, any label
 LAST_TS = "last_ts"  # time of a user's last train event
 SEEN_INTERESTS = "seen_interests"  # the interests of a user's seen pins, one entry per pin
 HISTORY_INTERESTS = "history_interests"  # the same for engaged pins
+INTEREST_COLUMN = "interests"  # followed interests (users), the pin's interests (items)
 # what a new (cold-start) user does not have: null in these is normal, not "missing"
 EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS, SEEN_INTERESTS, HISTORY_INTERESTS)
 

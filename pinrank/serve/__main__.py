@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pinrank.serve.batcher import SCORING
 from pinrank.serve.http import timed_h11
-from pinrank.serving.scorer import FeedConfig
+from pinrank.serving.feed import FeedConfig
 from pinrank.serving.signing import add_trust_arguments, trust_from_args
 from pinrank.serving.store import TableStore, UserStore
 

@@ -32,24 +32,16 @@ in the catalogue (404), bodies over ``max_body_bytes`` (413). The service never 
 import asyncio
 import contextlib
 import gc
-import hmac
-import json
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
 
-import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi import Path as PathParam
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -59,17 +51,19 @@ from pinrank.serve.http import (
     Measure,
     SafeJSONResponse,
     error,
-    json_body,
-    strict_params,
 )
 from pinrank.serve.metrics import Metrics
 from pinrank.serve.model import Model, load_model
+from pinrank.serve.routes import Busy, admin_routes, feed_routes, ops_routes
+from pinrank.serve.schemas import (
+    jsonable,
+    validation_message,
+)
 from pinrank.serve.workers import ScoringProcess, WorkerConfig
-from pinrank.serving.scorer import Feed, FeedConfig
+from pinrank.serving.feed import Feed, FeedConfig
 from pinrank.serving.signing import Trust
-from pinrank.serving.store import StoreError, UserStore
+from pinrank.serving.store import UserStore
 
-INT64_MAX = 2**63 - 1
 log = logging.getLogger("pinrank.serve")
 
 
@@ -217,9 +211,9 @@ class Service:
 
     def reload(self, path: str | None) -> tuple[Model, Model]:
         """Swap to the package at ``path`` (default: the current one's); returns (old, new).
-        Raises _Busy while another reload runs, and the load's error when it is refused."""
+        Raises Busy while another reload runs, and the load's error when it is refused."""
         if not self._reloading.acquire(blocking=False):
-            raise _Busy
+            raise Busy
         try:
             old = self.model
             try:
@@ -253,63 +247,6 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-class _Busy(Exception):
-    pass
-
-
-# ---------------------------------------------------------------- request and response bodies
-
-
-UserId = Annotated[int, Field(ge=0, le=INT64_MAX)]
-
-
-class FeedItemOut(BaseModel):
-    item_id: int
-    score: float
-    source: str
-
-
-class FeedOut(BaseModel):
-    user_id: int
-    k: int
-    path: str = Field(description="how the feed was made (pinrank.serving.scorer.PATHS)")
-    fallback: str | None = Field(description="why it is not personalized; null when it is")
-    replaced: dict[str, str] = Field(description="user columns replaced by their defaults")
-    model_version: str
-    items: list[FeedItemOut]
-
-
-class ScoreOut(BaseModel):
-    user_id: int
-    model_version: str
-    scores: list[float] = Field(description="calibrated probabilities, in the order asked")
-
-
-class ReloadIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    package: str | None = Field(None, min_length=1, description="default: the current path")
-
-
-class ReloadOut(BaseModel):
-    previous: dict[str, str]
-    serving: dict[str, str]
-    seconds: float
-
-
-def _where(loc: tuple[Any, ...] | list[Any]) -> str:
-    return ".".join(str(p) for p in loc) or "request"
-
-
-def validation_message(errors: Sequence[Any]) -> str:
-    """One line per problem: ``where: what (got value)``."""
-    lines = []
-    for e in errors:
-        got = e.get("input")
-        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r:.60})"
-        lines.append(f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}{shown}")
-    return "; ".join(lines)
-
-
 # ---------------------------------------------------------------- the app
 
 
@@ -333,130 +270,8 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
     )
     app.state.service = service
 
-    class ScoreIn(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        user_id: UserId
-        item_ids: list[UserId] = Field(min_length=1, max_length=settings.max_items)
-
-    async def admin(request: Request) -> None:
-        if settings.admin_token is None:
-            raise HTTPException(403, "admin endpoints are disabled: no admin token configured")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(
-                401, "admin endpoints need 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
-        if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-            raise HTTPException(403, "wrong admin token")
-
-    feed_query = [
-        Depends(strict_params(path=["user_id"], ints=["k"], lists=["interests"])),
-    ]
-    interests_query = Query(
-        max_length=settings.max_interests, description="repeat: ?interests=3&interests=7"
-    )
-
-    @app.get(
-        "/v1/feed/{user_id}",
-        response_model=FeedOut,
-        dependencies=feed_query,
-        responses={503: {"description": "overloaded: retry after Retry-After seconds"}},
-    )
-    async def feed(
-        user_id: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
-        k: Annotated[int, Query(ge=1, le=settings.max_k)] = 50,
-        interests: Annotated[list[UserId] | None, interests_query] = None,
-    ) -> FeedOut | JSONResponse:
-        model = service.model  # this request's model, whatever reloads happen meanwhile
-        try:
-            f = await service.feed_async(model, user_id, k, interests)
-        except Overloaded as err:
-            service.metrics.shed.labels(err.reason).inc()
-            return error(
-                503, f"overloaded ({err.reason}): retry later", headers={"Retry-After": "1"}
-            )
-        service.metrics.paths.labels(f.path).inc()
-        if f.fallback is not None:
-            service.metrics.fallbacks.labels(f.fallback).inc()
-        # FeedOut's fields, written directly: pydantic's response validation of 50 items per
-        # request costs the event loop more than the JSON itself (the schema stays FeedOut's)
-        items = [{"item_id": i.item_id, "score": i.score, "source": i.source} for i in f.items]
-        return SafeJSONResponse({
-            "user_id": user_id, "k": k, "path": f.path, "fallback": f.fallback,
-            "replaced": f.replaced, "model_version": model.version, "items": items,
-        })  # fmt: skip
-
-    @app.post(
-        "/v1/score",
-        response_model=ScoreOut,
-        dependencies=[Depends(strict_params())],
-        openapi_extra=_json_body_schema(ScoreIn, required=True),
-        responses={413: {}, 415: {}},
-    )
-    def score(raw: Annotated[Any, Depends(json_body)]) -> ScoreOut | JSONResponse:
-        body = _validate(ScoreIn, raw)
-        model = service.model
-        ids = np.array(body.item_ids, np.int64)
-        unknown = ids[model.scorer.catalogue.rows(ids) < 0]
-        if unknown.size:
-            return error(404, f"items not in the catalogue: {unknown[:20].tolist()}")
-        try:
-            scores = model.scorer.score(body.user_id, ids)
-        except StoreError as err:
-            return error(503, f"user store {err.reason}: {err}", reason=f"store_{err.reason}")
-        return ScoreOut(user_id=body.user_id, model_version=model.version, scores=scores.tolist())
-
-    plain = [Depends(strict_params())]
-
-    @app.api_route("/healthz", methods=["GET", "HEAD"], dependencies=plain)
-    async def healthz() -> dict[str, str]:  # on the event loop: never queued behind feeds
-        return {"status": "ok"}
-
-    @app.api_route("/readyz", methods=["GET", "HEAD"], dependencies=plain)
-    def readyz() -> JSONResponse:
-        model = service.model
-        try:
-            service.store.ping()
-            store = "ok"
-        except StoreError as err:
-            store = f"{err.reason}: {err}"
-        body = {"ready": True, "model_version": model.version, "signer": model.signer}
-        return SafeJSONResponse(body | {"store": store}, 200)  # no filesystem path: public
-
-    @app.get("/metrics", dependencies=plain)
-    def metrics() -> Response:
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post(
-        "/admin/reload",
-        response_model=ReloadOut,
-        dependencies=[Depends(admin), Depends(strict_params())],
-        openapi_extra=_json_body_schema(ReloadIn, required=False),
-        responses={401: {}, 403: {}, 409: {}, 413: {}, 415: {}, 422: {}},
-    )
-    async def reload(request: Request) -> ReloadOut | JSONResponse:
-        # the token is checked (a dependency) before any byte of the body is parsed
-        has_body = (
-            request.headers.get("content-length", "0") != "0" or "content-type" in request.headers
-        )
-        body = _validate(ReloadIn, await json_body(request)) if has_body else None
-        return await run_in_threadpool(_reload, body)
-
-    def _reload(body: ReloadIn | None) -> ReloadOut | JSONResponse:
-        t0 = time.perf_counter()
-        try:
-            old, new = service.reload(body.package if body else None)
-        except _Busy:
-            return error(409, "a reload is already running")
-        except Exception as err:
-            log.warning("reload refused: %s", err)
-            return error(422, f"package refused, still serving the old one: {err}")
-        return ReloadOut(
-            previous={"version": old.version, "path": old.path},
-            serving={"version": new.version, "path": new.path, "created_at": new.created_at},
-            seconds=round(time.perf_counter() - t0, 3),
-        )
+    for router in (feed_routes(service), ops_routes(service), admin_routes(service)):
+        app.include_router(router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -480,33 +295,3 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
     # outermost: counts the body limit's 413s, the handlers' 4xx and unhandled 500s alike
     app.add_middleware(Measure, routes=lambda: app.router.routes, observe=service.metrics.observe)
     return app
-
-
-def _json_body_schema(model: type[BaseModel], required: bool) -> dict[str, Any]:
-    """The OpenAPI request body of a route that parses its JSON itself (:func:`json_body`)."""
-    schema = {"application/json": {"schema": model.model_json_schema()}}
-    return {"requestBody": {"content": schema, "required": required}}
-
-
-def _validate(model: type[BaseModel], raw: Any) -> Any:
-    """``raw`` as ``model`` (strict); RequestValidationError located under ``body``."""
-    try:
-        return model.model_validate(raw, strict=True)
-    except ValidationError as err:
-        errors = [e | {"loc": ("body", *e["loc"])} for e in err.errors()]
-        raise RequestValidationError(errors) from None
-
-
-def jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic's error list made JSON-safe (NaN and exceptions as text)."""
-    out = []
-    for e in errors:
-        e = {k: v for k, v in e.items() if k in ("type", "loc", "msg", "input")}
-        e["loc"] = list(e.get("loc", ()))
-        if "input" in e:
-            try:
-                json.dumps(e["input"], allow_nan=False)
-            except (TypeError, ValueError):
-                e["input"] = repr(e["input"])
-        out.append(e)
-    return out

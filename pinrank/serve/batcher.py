@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from pinrank.serve.metrics import Metrics
     from pinrank.serve.model import Model
-    from pinrank.serving.scorer import Feed
+    from pinrank.serving.feed import Feed
 
 SCORING = ("processes", "threads")  # where batches are scored (Settings.scoring)
 WORKER_NICENESS = 5  # scoring yields the CPU to the event loop (Linux: per thread or process)

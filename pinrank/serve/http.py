@@ -116,13 +116,25 @@ def route_template(routes: Iterable[Any], scope: Scope) -> str:
     """The route template a request matches (a full match, else a path match such as a 405's),
     else ``other``: bounded label values."""
     partial = None
-    for route in routes:
+    for route in _flat(routes):
         match, _ = route.matches(scope)
         if match == Match.FULL:
             return str(getattr(route, "path", "other"))
         if match == Match.PARTIAL and partial is None:
             partial = str(getattr(route, "path", "other"))
     return partial or "other"
+
+
+def _flat(routes: Iterable[Any]) -> Iterable[Any]:
+    """The routes, with those of included routers in place (FastAPI keeps an included router
+    as one route holding ``original_router``; the service includes its routers unprefixed, so
+    their templates are the full paths)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat(inner.routes)
+        else:
+            yield route
 
 
 class Measure:

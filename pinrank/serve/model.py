@@ -6,9 +6,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pinrank.serving.feed import FeedConfig
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
-from pinrank.serving.scorer import FeedConfig, FeedScorer
+from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.signing import Trust
 from pinrank.serving.store import UserStore
 

@@ -42,7 +42,8 @@ from pinrank.serve.batcher import WORKER_NICENESS, WorkerLost
 
 if TYPE_CHECKING:
     from pinrank.serve.model import Model
-    from pinrank.serving.scorer import Feed, FeedConfig, FeedScorer
+    from pinrank.serving.feed import Feed, FeedConfig
+    from pinrank.serving.scorer import FeedScorer
     from pinrank.serving.store import UserStore
 
 log = logging.getLogger("pinrank.serve")

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pinrank.serving.store import RowInterests
+from pinrank.serving.catalogue import RowInterests
 
 if TYPE_CHECKING:
-    from pinrank.serving.scorer import FeedConfig
+    from pinrank.serving.feed import FeedConfig
 
 _EMPTY = np.empty(0, np.int64)
 

@@ -18,9 +18,11 @@ import numpy as np
 
 from pinrank.features.columns import pack
 from pinrank.retrieval.index_io import IndexFileError, read_index_checked
+from pinrank.serving.catalogue import Catalogue
+from pinrank.serving.conform import conform
 from pinrank.serving.package import Package, PackageError
 from pinrank.serving.runtime import Backend
-from pinrank.serving.store import ID_COLUMN, Catalogue, conform
+from pinrank.serving.store import ID_COLUMN
 
 PROBE_ITEMS = 4
 AGREEMENT = 1e-4  # the ranker's three paths on the probe (float32, up to summation order)

@@ -26,9 +26,10 @@ from package_fixtures import TRUST
 
 from pinrank.batch.feeds import JOB, LOCK, SUCCESS, read_feeds, run_feeds, verify_feeds
 from pinrank.batch.units import FEED_SCHEMA, FeedsJobError, JobConfig
+from pinrank.serving.feed import PERSONALIZED_DEFAULTS, FeedConfig
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
-from pinrank.serving.scorer import PERSONALIZED_DEFAULTS, FeedConfig, FeedScorer
+from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.store import TableStore
 
 ROOT = Path(__file__).resolve().parents[2]

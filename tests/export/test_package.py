@@ -338,7 +338,8 @@ def test_a_package_with_the_popularity_prior_retrieves_by_the_biased_score(
     from pinrank.export.package import build_package
     from pinrank.export.run import TrainedRun
     from pinrank.retrieval.bias import impression_counts
-    from pinrank.serving.scorer import FeedConfig, FeedScorer
+    from pinrank.serving.feed import FeedConfig
+    from pinrank.serving.scorer import FeedScorer
     from pinrank.serving.store import TableStore
 
     retrieval = TrainedRun.load(trained_runs["retrieval"])

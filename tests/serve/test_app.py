@@ -26,9 +26,10 @@ from fastapi.testclient import TestClient
 from package_fixtures import ROOT, TRUST
 
 from pinrank.serve.app import Settings, create_app
+from pinrank.serving.feed import ERROR, PERSONALIZED, PERSONALIZED_DEFAULTS
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
-from pinrank.serving.scorer import ERROR, PERSONALIZED, PERSONALIZED_DEFAULTS, FeedScorer
+from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.store import StoreError, TableStore
 
 TOKEN = "test-admin-token"

@@ -22,21 +22,21 @@ import pytest
 from package_fixtures import SIGNING_KEY, TRUST
 
 from pinrank.features.columns import ColumnSpec, pack
-from pinrank.serving.package import MANIFEST, Package, load_package, write_manifest
-from pinrank.serving.runtime import OnnxBackend
-from pinrank.serving.scorer import (
+from pinrank.serving.blend import Candidates, select
+from pinrank.serving.conform import conform
+from pinrank.serving.feed import (
     ERROR,
     NO_CANDIDATES,
     PERSONALIZED,
     PERSONALIZED_DEFAULTS,
     UNKNOWN_INTERESTS,
     UNKNOWN_POPULAR,
-    Candidates,
     FeedConfig,
-    FeedScorer,
-    select,
 )
-from pinrank.serving.store import TableStore, conform, found
+from pinrank.serving.package import MANIFEST, Package, load_package, write_manifest
+from pinrank.serving.runtime import OnnxBackend
+from pinrank.serving.scorer import FeedScorer
+from pinrank.serving.store import TableStore, found
 
 UNKNOWN = 10**9
 ARROW = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
@@ -442,7 +442,7 @@ def test_index_and_store_failures_degrade(
             raise ConnectionError("store unreachable")
 
     scorer = FeedScorer(package, store, backend)
-    scorer.index = Broken()  # type: ignore[assignment]
+    scorer.source.index = Broken()  # type: ignore[assignment]
     feed = scorer.feed(int(store.table.column("user_id")[0].as_py()), k=4)
     assert feed.path == ERROR and "index evicted" in (feed.error or "")
     down = FeedScorer(package, DownStore(store.table), backend).feed(3, k=4)
@@ -543,7 +543,7 @@ def test_empty_batches_are_answered_empty_by_every_entry_point(
     arrays = pack(users.slice(0, 0), package.columns("user"))
     scorer = FeedScorer(package, TableStore(users))
     empty_items = {k: v[:0] for k, v in scorer.catalogue.arrays.items()}
-    context = {k: np.repeat(v, 0, axis=0) for k, v in scorer.context.items()}
+    context = {k: np.repeat(v, 0, axis=0) for k, v in scorer.ranker.context.items()}
     rows = arrays | empty_items | context
     for graph in ("user_tower", "ranker_user", "item_tower", "ranker", "ranker_items"):
         out = backend.run(graph, rows)

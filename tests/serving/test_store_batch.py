@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from pinrank.features.columns import INT_NULL, ColumnSpec, pack
-from pinrank.serving.store import Catalogue, conform, conform_batch
+from pinrank.serving.catalogue import Catalogue
+from pinrank.serving.conform import conform, conform_batch
 
 COLUMNS = [
     ColumnSpec("user", "user_id", "int"),

@@ -1,0 +1,187 @@
+"""The service's routes, in three routers over one :class:`~pinrank.serve.app.Service`: feeds
+and pair scores (``/v1``), operations (health, readiness, metrics) and admin (reload, behind a
+bearer token). Route parameters take their bounds from the service's settings."""
+
+# no `from __future__ import annotations`: FastAPI reads the routes' annotations at run time,
+# and they close over the settings
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from pinrank.serve.batcher import Overloaded
+from pinrank.serve.http import SafeJSONResponse, error, json_body, strict_params
+from pinrank.serve.schemas import (
+    INT64_MAX,
+    FeedOut,
+    ReloadIn,
+    ReloadOut,
+    ScoreOut,
+    UserId,
+    json_body_schema,
+    validate,
+)
+from pinrank.serving.store import StoreError
+
+if TYPE_CHECKING:
+    from pinrank.serve.app import Service
+
+log = logging.getLogger("pinrank.serve")
+
+
+class Busy(Exception):
+    """A reload is already running."""
+
+
+def feed_routes(service: "Service") -> APIRouter:
+    """``GET /v1/feed/{user_id}`` and ``POST /v1/score``."""
+    router = APIRouter()
+
+    class ScoreIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        user_id: UserId
+        item_ids: list[UserId] = Field(min_length=1, max_length=service.settings.max_items)
+
+    feed_query = [
+        Depends(strict_params(path=["user_id"], ints=["k"], lists=["interests"])),
+    ]
+    interests_query = Query(
+        max_length=service.settings.max_interests, description="repeat: ?interests=3&interests=7"
+    )
+
+    @router.get(
+        "/v1/feed/{user_id}",
+        response_model=FeedOut,
+        dependencies=feed_query,
+        responses={503: {"description": "overloaded: retry after Retry-After seconds"}},
+    )
+    async def feed(
+        user_id: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
+        k: Annotated[int, Query(ge=1, le=service.settings.max_k)] = 50,
+        interests: Annotated[list[UserId] | None, interests_query] = None,
+    ) -> FeedOut | JSONResponse:
+        model = service.model  # this request's model, whatever reloads happen meanwhile
+        try:
+            f = await service.feed_async(model, user_id, k, interests)
+        except Overloaded as err:
+            service.metrics.shed.labels(err.reason).inc()
+            return error(
+                503, f"overloaded ({err.reason}): retry later", headers={"Retry-After": "1"}
+            )
+        service.metrics.paths.labels(f.path).inc()
+        if f.fallback is not None:
+            service.metrics.fallbacks.labels(f.fallback).inc()
+        # FeedOut's fields, written directly: pydantic's response validation of 50 items per
+        # request costs the event loop more than the JSON itself (the schema stays FeedOut's)
+        items = [{"item_id": i.item_id, "score": i.score, "source": i.source} for i in f.items]
+        return SafeJSONResponse({
+            "user_id": user_id, "k": k, "path": f.path, "fallback": f.fallback,
+            "replaced": f.replaced, "model_version": model.version, "items": items,
+        })  # fmt: skip
+
+    @router.post(
+        "/v1/score",
+        response_model=ScoreOut,
+        dependencies=[Depends(strict_params())],
+        openapi_extra=json_body_schema(ScoreIn, required=True),
+        responses={413: {}, 415: {}},
+    )
+    def score(raw: Annotated[Any, Depends(json_body)]) -> ScoreOut | JSONResponse:
+        body = validate(ScoreIn, raw)
+        model = service.model
+        ids = np.array(body.item_ids, np.int64)
+        unknown = ids[model.scorer.catalogue.rows(ids) < 0]
+        if unknown.size:
+            return error(404, f"items not in the catalogue: {unknown[:20].tolist()}")
+        try:
+            scores = model.scorer.score(body.user_id, ids)
+        except StoreError as err:
+            return error(503, f"user store {err.reason}: {err}", reason=f"store_{err.reason}")
+        return ScoreOut(user_id=body.user_id, model_version=model.version, scores=scores.tolist())
+
+    return router
+
+
+def ops_routes(service: "Service") -> APIRouter:
+    """``/healthz``, ``/readyz`` (GET and HEAD) and ``/metrics``."""
+    router = APIRouter()
+
+    plain = [Depends(strict_params())]
+
+    @router.api_route("/healthz", methods=["GET", "HEAD"], dependencies=plain)
+    async def healthz() -> dict[str, str]:  # on the event loop: never queued behind feeds
+        return {"status": "ok"}
+
+    @router.api_route("/readyz", methods=["GET", "HEAD"], dependencies=plain)
+    def readyz() -> JSONResponse:
+        model = service.model
+        try:
+            service.store.ping()
+            store = "ok"
+        except StoreError as err:
+            store = f"{err.reason}: {err}"
+        body = {"ready": True, "model_version": model.version, "signer": model.signer}
+        return SafeJSONResponse(body | {"store": store}, 200)  # no filesystem path: public
+
+    @router.get("/metrics", dependencies=plain)
+    def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def admin_routes(service: "Service") -> APIRouter:
+    """``POST /admin/reload``, behind ``Authorization: Bearer <admin token>``."""
+    router = APIRouter()
+
+    async def admin(request: Request) -> None:
+        if service.settings.admin_token is None:
+            raise HTTPException(403, "admin endpoints are disabled: no admin token configured")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(
+                401, "admin endpoints need 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        if not hmac.compare_digest(token.encode(), service.settings.admin_token.encode()):
+            raise HTTPException(403, "wrong admin token")
+
+    @router.post(
+        "/admin/reload",
+        response_model=ReloadOut,
+        dependencies=[Depends(admin), Depends(strict_params())],
+        openapi_extra=json_body_schema(ReloadIn, required=False),
+        responses={401: {}, 403: {}, 409: {}, 413: {}, 415: {}, 422: {}},
+    )
+    async def reload(request: Request) -> ReloadOut | JSONResponse:
+        # the token is checked (a dependency) before any byte of the body is parsed
+        has_body = (
+            request.headers.get("content-length", "0") != "0" or "content-type" in request.headers
+        )
+        body = validate(ReloadIn, await json_body(request)) if has_body else None
+        return await run_in_threadpool(_reload, body)
+
+    def _reload(body: ReloadIn | None) -> ReloadOut | JSONResponse:
+        t0 = time.perf_counter()
+        try:
+            old, new = service.reload(body.package if body else None)
+        except Busy:
+            return error(409, "a reload is already running")
+        except Exception as err:
+            log.warning("reload refused: %s", err)
+            return error(422, f"package refused, still serving the old one: {err}")
+        return ReloadOut(
+            previous={"version": old.version, "path": old.path},
+            serving={"version": new.version, "path": new.path, "created_at": new.created_at},
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    return router

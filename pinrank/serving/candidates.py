@@ -1,0 +1,84 @@
+"""Candidate generation: for each user of a batch, the catalogue rows a feed is chosen from.
+
+One user-tower run and one index search for the whole batch (excluding each user's ``seen``
+pins; with the popularity prior chosen on val when the package has one), then per user the
+unseen pins of the followed interests by popularity, and, when an approximate index could not
+enumerate enough unseen pins, popular pins to top the set up to ``k``. A pin found by both
+sources counts as ``retrieval``; candidates the catalogue does not hold (taken down after the
+index was built) are dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pinrank.retrieval.bias import query_vectors
+from pinrank.retrieval.topk import FaissTopK
+from pinrank.serving.catalogue import Catalogue
+from pinrank.serving.feed import EMPTY, INTERESTS, POPULAR, RETRIEVAL, FeedConfig, UserBatch
+from pinrank.serving.package import Package
+from pinrank.serving.probe import package_index
+from pinrank.serving.runtime import Backend
+
+
+class CandidateSource:
+    """Candidates from a package's user tower and index, and its catalogue."""
+
+    def __init__(
+        self,
+        package: Package,
+        backend: Backend,
+        catalogue: Catalogue,
+        config: FeedConfig,
+        gpu_index: bool = False,
+    ) -> None:
+        self.backend, self.catalogue, self.config = backend, catalogue, config
+        spec = package.manifest["index"]
+        params = spec.get("params") or {}
+        # the popularity prior chosen on val: queries [u / T, beta] (pinrank.retrieval.bias)
+        self.bias = float(spec.get("popularity_bias", 0.0))
+        self.temperature = float(spec.get("temperature", 1.0))
+        self.index = FaissTopK.wrap(
+            package_index(package),
+            spec["factory"],
+            nprobe=params.get("nprobe"),
+            ef_search=params.get("ef_search"),
+            use_gpu=gpu_index,
+        )
+
+    def excluded(self, users: UserBatch) -> list[np.ndarray]:
+        """The pins each user must not be served (``seen``, with ``exclude_seen``)."""
+        return users.seen if self.config.exclude_seen else [EMPTY] * len(users)
+
+    def generate(
+        self, users: UserBatch, k: int, wanted: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per user, ``[N_b]`` catalogue rows and their ``[N_b]`` sources; ``wanted``: interests
+        the request adds to the user's followed ones."""
+        excludes = self.excluded(users)
+        found_ids = np.full((len(users), 0), -1, np.int64)
+        if self.config.candidates:
+            emb = self.backend.run("user_tower", users.arrays)["embedding"]  # [B, D]
+            query = np.asarray(emb, np.float32)
+            if self.bias:
+                query = query_vectors(query, self.temperature, self.bias)  # [B, D + 2]
+            depth = max(self.config.candidates, k)
+            _, found_ids = self.index.search(query, depth, exclude=list(excludes))
+        all_rows, all_sources = [], []
+        for b in range(len(users)):
+            ids = found_ids[b]
+            retrieved = self.catalogue.rows(ids[ids != -1])
+            retrieved = retrieved[retrieved >= 0]
+            followed = np.union1d(users.interests[b], wanted[b])
+            limit = self.config.interest_candidates if followed.size else 0
+            taken = np.union1d(excludes[b], self.catalogue.ids[retrieved])
+            by_interest = self.catalogue.popular(limit, taken, followed)
+            short = k - len(retrieved) - len(by_interest)
+            top_up = EMPTY
+            if short > 0 and len(retrieved) + len(by_interest):  # short, not empty: top it up
+                taken = np.union1d(taken, self.catalogue.ids[by_interest])
+                top_up = self.catalogue.popular(short, taken)
+            all_rows.append(np.concatenate([retrieved, by_interest, top_up]).astype(np.int64))
+            sources = [RETRIEVAL] * len(retrieved) + [INTERESTS] * len(by_interest)
+            all_sources.append(np.array(sources + [POPULAR] * len(top_up), object))
+        return all_rows, all_sources
