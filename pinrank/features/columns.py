@@ -20,17 +20,7 @@ Nothing here imports torch: the serving side packs requests with :func:`pack`.
 
 Example::
 
-    >>> from pinrank.features.spec import LIST_LIMIT, Feature, FeatureSpec
-
-# user columns derived from train events (pinrank.data.examples), shared by training and serving
-HISTORY = "history"  # engaged train pins of a user
-SEEN = "seen"  # impressed train pins of a user, any label
-LAST_TS = "last_ts"  # time of a user's last train event
-SEEN_INTERESTS = "seen_interests"  # the interests of a user's seen pins, one entry per pin
-HISTORY_INTERESTS = "history_interests"  # the same for engaged pins
-INTEREST_COLUMN = "interests"  # followed interests (users), the pin's interests (items)
-# what a new (cold-start) user does not have: null in these is normal, not "missing"
-EVENT_DERIVED_USER_COLUMNS = (HISTORY, SEEN, LAST_TS, SEEN_INTERESTS, HISTORY_INTERESTS)
+    >>> from pinrank.features.spec import FeatureSpec
     >>> spec = FeatureSpec.from_dict({"features": {
     ...     "tags": {"side": "item", "source": "tags", "kind": "multi_categorical", "vocab": {}},
     ...     "q": {"side": "item", "source": "quality", "kind": "numeric"}}})

@@ -53,11 +53,19 @@ from pinrank.serving.package import Package, PackageError
 from pinrank.serving.probe import probe_graphs
 from pinrank.serving.ranking import Ranker
 from pinrank.serving.runtime import Backend, OnnxBackend
-from pinrank.serving.store import ID_COLUMN, UserStore
+from pinrank.serving.store import ID_COLUMN, StoreError, UserStore
 from pinrank.serving.users import UserRows
 
 GRAPHS = ("user_tower", *ranking.GRAPHS)
 log = logging.getLogger(__name__)
+
+
+def check_servable(package: Package) -> None:
+    """PackageError unless the package has every graph of :data:`GRAPHS` and an index."""
+    lacking = [g for g in GRAPHS if not package.has(g)]
+    lacking += ["index"] * ("index" not in package.manifest)
+    if lacking:
+        raise PackageError(f"{package.root}: cannot serve feeds without {lacking}")
 
 
 class FeedScorer:
@@ -65,8 +73,7 @@ class FeedScorer:
 
     Args:
         package: a loaded package with the graphs of :data:`GRAPHS` and an index.
-        users: where :meth:`feed` and :meth:`score` read user rows (``None``: only the batch
-            path, :meth:`feeds` over :meth:`user_batch` rows).
+        users: where :meth:`feed` and :meth:`score` read user rows (``None``: :meth:`feeds` only).
         backend: runs the graphs (default: :class:`OnnxBackend` on the best installed provider).
         config: how feeds are assembled.
         max_rows: most candidates per ranker run (bounds memory).
@@ -74,20 +81,12 @@ class FeedScorer:
     """
 
     def __init__(
-        self,
-        package: Package,
-        users: UserStore | None,
-        backend: Backend | None = None,
-        config: FeedConfig | None = None,
-        max_rows: int = 65536,
-        gpu_index: bool = False,
-    ) -> None:
+        self, package: Package, users: UserStore | None, backend: Backend | None = None,
+        config: FeedConfig | None = None, max_rows: int = 65536, gpu_index: bool = False,
+    ) -> None:  # fmt: skip
         if not is_int(max_rows) or max_rows < 1:
             raise ValueError(f"max_rows must be an integer >= 1, got {max_rows!r}")
-        lacking = [g for g in GRAPHS if not package.has(g)]
-        lacking += ["index"] * ("index" not in package.manifest)
-        if lacking:
-            raise PackageError(f"{package.root}: cannot serve feeds without {lacking}")
+        check_servable(package)
         self.package, self.users, self.max_rows = package, users, int(max_rows)
         self.id_column = users.id_column if users is not None else ID_COLUMN
         self.backend: Backend = backend if backend is not None else OnnxBackend(package)
@@ -115,7 +114,7 @@ class FeedScorer:
         if len(wanted) != len(uids):
             raise ValueError(f"{len(wanted)} interest lists for {len(uids)} users")
         try:
-            rows = self._store().records(uids)
+            rows = self._records(uids)
         except Exception as err:
             return [self.popular.degraded(u, k, EMPTY, err) for u in uids]
         known = {b: row for b, row in enumerate(rows) if row is not None}
@@ -171,7 +170,7 @@ class FeedScorer:
             raise ValueError(f"items not in the catalogue: {ids[rows < 0][:10].tolist()}")
         if not ids.size:
             return np.empty(0, np.float32)
-        row = self._store().row(uid)
+        row = self._records([uid])[0]
         user = self.rows.new_user(uid) if row is None else self.rows.records([uid], [row])
         return self.ranker.rank(user.arrays, [rows])[0]
 
@@ -180,15 +179,21 @@ class FeedScorer:
     ) -> Candidates:
         """The scored candidates a known user's feed is chosen from (KeyError when unknown)."""
         uid, k, wanted = check_user_id(user_id), check_k(k), check_interests(interests)
-        row = self._store().row(uid)
+        row = self._records([uid])[0]
         if row is None:
             raise KeyError(f"unknown user {uid}")
         return self._candidates(self.rows.records([uid], [row]), k, [wanted])[0]
 
-    def _store(self) -> UserStore:
+    def _records(self, uids: list[int]) -> list[dict[str, Any] | None]:
+        """The users' stored rows; a store's own failure as StoreError (``error`` if untyped)."""
         if self.users is None:
             raise ValueError("this scorer has no user store: it scores user rows (feeds)")
-        return self.users
+        try:
+            return self.users.records(uids)
+        except StoreError:
+            raise
+        except Exception as err:
+            raise StoreError("error", f"{type(err).__name__}: {err}") from err
 
     def _one(self, uid: int, row: dict[str, Any], k: int, wanted: np.ndarray) -> Feed:
         user = self.rows.records([uid], [row])  # conforming never raises on bad values
