@@ -26,7 +26,7 @@ demo:  ## end to end on the embedded default: data -> two-tower -> ranker -> pac
 	$(PY) -m pinrank.cli feeds $(PACKAGE) $(TRUST) --users $(DATA)/users --out outputs/feeds/demo --overwrite
 
 serve:  ## the feed service on the demo package and users (http://127.0.0.1:8000/docs)
-	$(PY) -m pinrank.serve run $(PACKAGE) $(TRUST) --users $(DATA)/users.arrow
+	$(PY) -m serve run $(PACKAGE) $(TRUST) --users $(DATA)/users.arrow
 
 test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"
@@ -37,7 +37,7 @@ test-slow:
 lint:  ## ruff (lint + format check) and mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy pinrank
+	$(PY) -m mypy pinrank serve
 
 format:
 	$(PY) -m ruff format .

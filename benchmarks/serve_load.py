@@ -5,7 +5,7 @@
     python benchmarks/serve_load.py --batch-max 1 --tag unbatched   # each request scored alone
     python benchmarks/serve_load.py --scoring threads --tag threads  # in the server's threads
 
-Starts ``python -m pinrank.serve run`` on loopback (one uvicorn process) on a copy of the package,
+Starts ``python -m serve run`` on loopback (one uvicorn process) on a copy of the package,
 drives it with wrk (``--clients`` connections, one wrk thread) requesting ``/v1/feed/{id}?k=50``
 for random users of the users snapshot (2% unknown ids: cold-start fallbacks) for ``--seconds``,
 and meanwhile POSTs ``/admin/reload`` ``--reloads`` times, evenly spaced, alternating between two
@@ -140,13 +140,13 @@ def main() -> None:
             ))  # fmt: skip
             url = f"redis://127.0.0.1:{rport}/0"
             time.sleep(0.5)
-            subprocess.run([sys.executable, "-m", "pinrank.serve", "load-redis", "--users",
+            subprocess.run([sys.executable, "-m", "serve", "load-redis", "--users",
                             args.users, "--redis", url], check=True, cwd=ROOT)  # fmt: skip
             store = ["--redis", url]
         port, token = free_port(), secrets.token_hex(16)
         base = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
-            [sys.executable, "-m", "pinrank.serve", "run", str(packages[0]), *store,
+            [sys.executable, "-m", "serve", "run", str(packages[0]), *store,
              "--port", str(port), "--batch-max", str(args.batch_max), "--scoring", args.scoring,
              "--trusted-key", args.trusted_key],
             cwd=ROOT, env={**os.environ, "PINRANK_ADMIN_TOKEN": token},

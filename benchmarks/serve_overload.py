@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/serve_overload.py --package outputs/packages/demo \\
         --users data/demo/users --clients 128 --seconds 60
 
-Starts ``python -m pinrank.serve run`` on loopback (one uvicorn process, the default admission
+Starts ``python -m serve run`` on loopback (one uvicorn process, the default admission
 settings unless given; ``--scoring threads`` scores in threads of that process instead of the
 default worker processes, and writes ``serve_overload_threads.json``) and drives it from this
 process with ``--clients`` keep-alive HTTP/1.1
@@ -176,7 +176,7 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "pinrank.serve", "run", args.package, "--users", args.users,
+        [sys.executable, "-m", "serve", "run", args.package, "--users", args.users,
          "--port", str(port), "--trusted-key", args.trusted_key,
          "--max-queue", str(args.max_queue), "--queue-deadline-ms", str(args.queue_deadline_ms),
          "--header-timeout-s", str(args.header_timeout_s),

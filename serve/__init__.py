@@ -1,1 +1,1 @@
-"""The HTTP feed service (:mod:`pinrank.serve.app`), started by ``python -m pinrank.serve run``."""
+"""The HTTP feed service (:mod:`serve.app`), started by ``python -m serve run``."""

@@ -1,8 +1,8 @@
 """Start the feed service, or load a users snapshot into Redis.
 
-    python -m pinrank.serve run outputs/packages/demo --users data/demo/users
-    python -m pinrank.serve run outputs/packages/demo --redis redis://127.0.0.1:6379/0
-    python -m pinrank.serve load-redis --users data/demo/users --redis redis://127.0.0.1:6379/0
+    python -m serve run outputs/packages/demo --users data/demo/users
+    python -m serve run outputs/packages/demo --redis redis://127.0.0.1:6379/0
+    python -m serve load-redis --users data/demo/users --redis redis://127.0.0.1:6379/0
 
 The admin token (``POST /admin/reload``) is read from ``$PINRANK_ADMIN_TOKEN`` or
 ``--admin-token-file``, never from the command line (other users can read it there).
@@ -16,11 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from pinrank.serve.batcher import SCORING
-from pinrank.serve.http import timed_h11
 from pinrank.serving.feed import FeedConfig
 from pinrank.serving.signing import add_trust_arguments, trust_from_args
 from pinrank.serving.store import TableStore, UserStore
+from serve.batcher import SCORING
+from serve.http import timed_h11
 
 TOKEN_ENV = "PINRANK_ADMIN_TOKEN"
 
@@ -47,7 +47,7 @@ def user_store(args: argparse.Namespace) -> UserStore:
 def cmd_run(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from pinrank.serve.app import Settings, create_app
+    from serve.app import Settings, create_app
 
     settings = Settings(
         package=Path(args.package),
@@ -96,7 +96,7 @@ def cmd_load_redis(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m pinrank.serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve feeds over HTTP")
     run.add_argument("package")

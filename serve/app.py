@@ -45,24 +45,24 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pinrank.serve.batcher import SCORING, Batcher, Executor, InThread, Overloaded
-from pinrank.serve.http import (
+from pinrank.serving.feed import Feed, FeedConfig
+from pinrank.serving.signing import Trust
+from pinrank.serving.store import UserStore
+from serve.batcher import SCORING, Batcher, Executor, InThread, Overloaded
+from serve.http import (
     BodyLimit,
     Measure,
     SafeJSONResponse,
     error,
 )
-from pinrank.serve.metrics import Metrics
-from pinrank.serve.model import Model, load_model
-from pinrank.serve.routes import Busy, admin_routes, feed_routes, ops_routes
-from pinrank.serve.schemas import (
+from serve.metrics import Metrics
+from serve.model import Model, load_model
+from serve.routes import Busy, admin_routes, feed_routes, ops_routes
+from serve.schemas import (
     jsonable,
     validation_message,
 )
-from pinrank.serve.workers import ScoringProcess, WorkerConfig
-from pinrank.serving.feed import Feed, FeedConfig
-from pinrank.serving.signing import Trust
-from pinrank.serving.store import UserStore
+from serve.workers import ScoringProcess, WorkerConfig
 
 log = logging.getLogger("pinrank.serve")
 
@@ -90,7 +90,7 @@ class Settings:
         batch_workers: how many batches are scored at once (2 use both cores of a 2-core
             machine): processes or threads, by ``scoring``.
         scoring: ``processes``: batches are scored in worker processes
-            (:mod:`pinrank.serve.workers`), so scoring's Python never holds the GIL the event
+            (:mod:`serve.workers`), so scoring's Python never holds the GIL the event
             loop answers requests with; each process holds its own copy of the model and of an
             in-memory user store (a memory-mapped Arrow store shares its pages).
             ``threads``: in threads of this process (one copy; tests, small machines).
@@ -102,7 +102,7 @@ class Settings:
             answered 503 with ``Retry-After`` (``deadline``), so admitted requests keep a bounded
             latency under overload instead of every request slowing down.
         body_timeout_s: a request body not received within this long gets 408 (the header
-            timeout is the HTTP server's: :func:`pinrank.serve.http.timed_h11`).
+            timeout is the HTTP server's: :func:`serve.http.timed_h11`).
     """
 
     package: Path

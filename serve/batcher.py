@@ -8,7 +8,7 @@ kinds of executor (:class:`Executor`):
 - :class:`InThread` scores in the dispatcher thread itself: the graphs release the GIL, but
   conforming rows, blending and diversity are Python, and under load they hold the GIL the
   event loop needs to answer anything (``/healthz`` included);
-- :class:`~pinrank.serve.workers.ScoringProcess` scores in a process of its own, so the
+- :class:`~serve.workers.ScoringProcess` scores in a process of its own, so the
   service's process keeps its GIL for HTTP and admission control.
 
 Admission control: a job is refused at once when ``max_queue`` jobs wait (``queue_full``), and
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from pinrank.serve.metrics import Metrics
-    from pinrank.serve.model import Model
     from pinrank.serving.feed import Feed
+    from serve.metrics import Metrics
+    from serve.model import Model
 
 SCORING = ("processes", "threads")  # where batches are scored (Settings.scoring)
 WORKER_NICENESS = 5  # scoring yields the CPU to the event loop (Linux: per thread or process)

@@ -1,4 +1,4 @@
-"""The service's routes, in three routers over one :class:`~pinrank.serve.app.Service`: feeds
+"""The service's routes, in three routers over one :class:`~serve.app.Service`: feeds
 and pair scores (``/v1``), operations (health, readiness, metrics) and admin (reload, behind a
 bearer token). Route parameters take their bounds from the service's settings."""
 
@@ -17,9 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from pinrank.serve.batcher import Overloaded
-from pinrank.serve.http import SafeJSONResponse, error, json_body, strict_params
-from pinrank.serve.schemas import (
+from pinrank.serving.store import StoreError
+from serve.batcher import Overloaded
+from serve.http import SafeJSONResponse, error, json_body, strict_params
+from serve.schemas import (
     INT64_MAX,
     FeedOut,
     ReloadIn,
@@ -29,10 +30,9 @@ from pinrank.serve.schemas import (
     json_body_schema,
     validate,
 )
-from pinrank.serving.store import StoreError
 
 if TYPE_CHECKING:
-    from pinrank.serve.app import Service
+    from serve.app import Service
 
 log = logging.getLogger("pinrank.serve")
 

@@ -12,27 +12,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "pinrank"
+PACKAGES = (ROOT / "pinrank", ROOT / "serve")  # the library and the HTTP service
 TRAINING_ONLY = ("pinrank.data", "pinrank.models", "pinrank.tasks", "pinrank.training")
 # layer -> what it may not import (allowed imports: docs/architecture.md)
 FORBIDDEN = {
-    "pinrank.serving": (*TRAINING_ONLY, "pinrank.export", "pinrank.serve", "pinrank.batch"),
-    "pinrank.serve": (*TRAINING_ONLY, "pinrank.export", "pinrank.batch"),
-    "pinrank.features": ("pinrank.serving", "pinrank.serve", "pinrank.batch", *TRAINING_ONLY),
-    "pinrank.retrieval": ("pinrank.serving", "pinrank.serve", "pinrank.batch", *TRAINING_ONLY),
+    "pinrank.serving": (*TRAINING_ONLY, "pinrank.export", "serve", "pinrank.batch"),
+    "serve": (*TRAINING_ONLY, "pinrank.export", "pinrank.batch"),
+    "pinrank.features": ("pinrank.serving", "serve", "pinrank.batch", *TRAINING_ONLY),
+    "pinrank.retrieval": ("pinrank.serving", "serve", "pinrank.batch", *TRAINING_ONLY),
 }
 
 
 def modules() -> dict[str, Path]:
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted(p for package in PACKAGES for p in package.rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
         out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
 
 
 def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, str, int]]:
-    """``(module, imported name or "", line)`` of every pinrank import outside TYPE_CHECKING."""
+    """``(module, imported name or "", line)`` of every import of ours outside TYPE_CHECKING."""
     tree = ast.parse(path.read_text())
     typing_only = {
         id(n)
@@ -46,13 +46,14 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, st
         if id(node) in typing_only:
             continue
         if isinstance(node, ast.Import):
-            out += [(a.name, "", node.lineno) for a in node.names if a.name.startswith("pinrank")]
+            ours = [a.name for a in node.names if a.name.split(".")[0] in ("pinrank", "serve")]
+            out += [(name, "", node.lineno) for name in ours]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parent, *([base] if base else [])])
-            if not base.startswith("pinrank"):
+            if not base.startswith(("pinrank", "serve")):
                 continue
             for a in node.names:
                 sub = f"{base}.{a.name}"
@@ -112,5 +113,5 @@ def test_the_walk_sees_imports(graph: dict[str, list[tuple[str, str, int]]]) -> 
     """The checks above are not vacuous: known edges are found, TYPE_CHECKING ones are not."""
     scorer = {t for t, _, _ in graph["pinrank.serving.scorer"]}
     assert {"pinrank.serving.blend", "pinrank.serving.candidates"} <= scorer
-    batcher = {t for t, _, _ in graph["pinrank.serve.batcher"]}
-    assert "pinrank.serve.metrics" not in batcher  # imported for annotations only
+    batcher = {t for t, _, _ in graph["serve.batcher"]}
+    assert "serve.metrics" not in batcher  # imported for annotations only

@@ -25,12 +25,12 @@ import uvicorn
 from fastapi.testclient import TestClient
 from package_fixtures import ROOT, TRUST
 
-from pinrank.serve.app import Settings, create_app
 from pinrank.serving.feed import ERROR, PERSONALIZED, PERSONALIZED_DEFAULTS
 from pinrank.serving.package import load_package
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.store import StoreError, TableStore
+from serve.app import Settings, create_app
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -380,7 +380,7 @@ def test_the_service_never_imports_torch(
         for name in ("torch", "torchrec", "pytorch_lightning", "lightning", "hydra"):
             sys.modules[name] = None  # any import of them now raises ImportError
         from fastapi.testclient import TestClient
-        from pinrank.serve.app import Settings, create_app
+        from serve.app import Settings, create_app
         from pinrank.serving.redis_store import RedisStore
         from pinrank.serving.signing import Trust
         from pinrank.serving.store import TableStore
@@ -557,7 +557,7 @@ def test_half_sent_headers_and_bodies_are_cut_off_by_the_server(
     """The real server (uvicorn with the timed protocol): 200 connections that never finish
     their headers are closed within the header timeout; a body that never arrives gets 408."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pinrank.serve", "run", str(packages["a"]), "--users",
+        [sys.executable, "-m", "serve", "run", str(packages["a"]), "--users",
          str(users_path), "--port", str(port), "--trusted-key", str(key_files["public"]),
          "--header-timeout-s", "1", "--body-timeout-s", "1"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -17,13 +17,13 @@ import pytest
 from fastapi.testclient import TestClient
 from package_fixtures import TRUST
 
-from pinrank.serve.app import Settings, create_app
 from pinrank.serving.feed import ERROR, PERSONALIZED, PERSONALIZED_DEFAULTS
 from pinrank.serving.package import load_package
 from pinrank.serving.redis_store import RedisStore, client, write_users
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.store import StoreError, TableStore
+from serve.app import Settings, create_app
 
 TIMEOUT_S = 0.1
 

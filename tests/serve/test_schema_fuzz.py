@@ -13,8 +13,8 @@ from hypothesis.errors import Unsatisfiable
 from package_fixtures import TRUST
 from schemathesis.generation import GenerationMode
 
-from pinrank.serve.app import Settings, create_app
 from pinrank.serving.store import TableStore
+from serve.app import Settings, create_app
 
 TOKEN = "fuzz-admin-token"
 EXAMPLES = 25  # per operation and mode (7 operations x 2 modes): about 2 minutes on 2 cores

@@ -19,10 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from package_fixtures import TRUST
 
-from pinrank.serve.app import Settings, create_app
-from pinrank.serve.workers import ScoringProcess
 from pinrank.serving.redis_store import RedisStore
 from pinrank.serving.store import TableStore
+from serve.app import Settings, create_app
+from serve.workers import ScoringProcess
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

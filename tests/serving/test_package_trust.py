@@ -23,10 +23,10 @@ from fastapi.testclient import TestClient
 from package_fixtures import ROOT, SIGNING_KEY, TRUST, resign
 
 from pinrank.cli import main as pinrank
-from pinrank.serve.app import Settings, create_app
 from pinrank.serving.package import MANIFEST, PackageError, load_package, write_manifest
 from pinrank.serving.signing import SIGNATURE, Trust, generate_key
 from pinrank.serving.store import TableStore
+from serve.app import Settings, create_app
 
 TOKEN = "trust-test-token"
 ATTACKER = generate_key()
