@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_FILE = "run.json"
-FORMAT, FORMAT_VERSION = "pinrank-run", 1
+FORMAT, FORMAT_VERSION = "pinrank-run", 2  # 2: the ranker's weights as tables.* and arch.*
 KINDS = ("retrieval", "ranking")
 
 

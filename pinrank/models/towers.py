@@ -1,8 +1,9 @@
 """The two-tower retrieval network: a user tower and an item tower into one embedding space.
 
-Each tower pools its side's sparse features with a :class:`SparseArch`, concatenates the side's
-dense features, and maps them through an MLP to an L2-normalised embedding. The score of a
-(user, pin) pair is their inner product divided by a temperature.
+Each tower pools its side's sparse features with a :class:`SparseArch` (its sparse front end),
+concatenates the side's dense features, and maps them through an MLP to an L2-normalised
+embedding (:meth:`Tower.head`, the part that training and the exported graph share). The score
+of a (user, pin) pair is their inner product divided by a temperature.
 """
 
 from __future__ import annotations
@@ -59,7 +60,13 @@ class Tower(nn.Module):
         )
 
     def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.sparse(sparse), dense], dim=1)  # (B, sum widths + dense_dim)
+        return self.head(self.sparse(sparse), dense)
+
+    def head(self, pooled: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Everything after the sparse front end: the pooled tables [B, sum widths] and the
+        dense features [B, dense_dim] -> the normalised embedding. Training pools with torchrec
+        (:meth:`forward`); the exported tower graph pools padded indices and calls this."""
+        x = torch.cat([pooled, dense], dim=1)  # (B, sum widths + dense_dim)
         return F.normalize(self.mlp(x), dim=1)
 
 

@@ -126,12 +126,12 @@ class RankingModule(pl.LightningModule):
         self.log_dict(metrics, prog_bar=True)  # the same on every rank
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        tower = self.net.examination
-        if tower is None or self.examination_lr == 1.0:
+        tower = list(self.net.examination_parameters())
+        if not tower or self.examination_lr == 1.0:
             return self.optimizer_factory(self.parameters())
-        own = {id(p) for p in tower.parameters()}
+        own = {id(p) for p in tower}
         rest = [p for p in self.parameters() if id(p) not in own]
-        optimizer = self.optimizer_factory([{"params": rest}, {"params": tower.parameters()}])
+        optimizer = self.optimizer_factory([{"params": rest}, {"params": tower}])
         optimizer.param_groups[1]["lr"] *= self.examination_lr  # both start at the default lr
         return optimizer
 

@@ -10,7 +10,8 @@ import torch
 from pinrank.calibration import Calibration
 from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.prepare import Prepared
-from pinrank.export.graphs import PROFILE_GRID, Graph, graphs_for, profile_crosses
+from pinrank.export.front import PROFILE_GRID, profile_crosses
+from pinrank.export.graphs import Graph, graphs_for
 from pinrank.export.torch_backend import run_graph
 from pinrank.export.verify import ParityReport, held_out_rows, ranker_parity
 from pinrank.features.columns import columns_for, pack
@@ -47,8 +48,8 @@ def ranker(synthetic_prepared: Prepared):
     dm.setup()
     torch.manual_seed(0)
     net = WideDeep.from_spec(dm.spec, dm.state, dm.dense_dims(), CFG)
-    for t in net.cross.arch.tables:
-        net.cross.arch.weight(t.feature).data.normal_()
+    for t in net.tables.cross.tables:
+        net.tables.cross.weight(t.feature).data.normal_()
     net.eval()
     tables = held_out_rows(synthetic_prepared, "test", 400)
     columns = {side: columns_for(dm.spec, side, t.schema) for side, t in tables.items()}

@@ -53,8 +53,8 @@ def test_export_reads_run_json_alone(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.pop("format"), "not a pinrank-run v1 record"),
-        (lambda d: d.update(format_version=2), "not a pinrank-run v1 record"),
+        (lambda d: d.pop("format"), "not a pinrank-run v2 record"),
+        (lambda d: d.update(format_version=1), "not a pinrank-run v2 record"),
         (lambda d: d.update(kind="clustering"), "run kind must be one of"),
         (lambda d: d.update(retrieval=None), "a retrieval run needs retrieval settings"),
         (lambda d: d.update(surprise=1), "unexpected keyword argument 'surprise'"),

@@ -12,7 +12,7 @@ from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
 from pinrank.evaluation.logreg import cross_rows
-from pinrank.models.wide_deep import WideDeep, WideDeepConfig
+from pinrank.models.wide_deep import Part, WideDeep, WideDeepConfig
 
 CFG = WideDeepConfig(
     hidden=(32, 16), dropout=0.2, wide_unigrams=("user_id", "item_id"), interaction_dim=8
@@ -89,7 +89,7 @@ def test_user_part_is_computed_once_per_user(synthetic_prepared: Prepared) -> No
     assert dm.featurizer is not None
     feed = dm.featurizer.feed(dm.users.take(users), dm.items.take(items), user_index, context)
     rows: list[int] = []
-    hook = net.user_first.register_forward_hook(lambda m, i, o: rows.append(len(o)))
+    hook = net.arch.user_first.register_forward_hook(lambda m, i, o: rows.append(len(o)))
     with torch.no_grad():
         net.score_feed(feed)
     hook.remove()
@@ -115,16 +115,17 @@ def test_wide_only_is_a_logistic_regression_over_crosses(synthetic_prepared: Pre
     net = WideDeep.from_spec(
         dm.spec, dm.state, dm.dense_dims(), WideDeepConfig(deep=False, interaction_dim=8)
     )
-    assert net.head is None and not net.user_sparse.tables and net.user_proj.out_features == 0
+    assert net.arch.head is None and not net.tables.user.tables
+    assert net.arch.user_proj.out_features == 0
     batch = next(iter(dm.train_dataloader()))
     cross = batch.sparse["cross"]
     weights = []
     for name in cross.keys():  # noqa: SIM118 (a KeyedJaggedTensor, not a dict)
         w = torch.randn(dm.state.cardinality(name))
-        net.cross.arch.weight(name).data[:, 0] = w
+        net.tables.cross.weight(name).data[:, 0] = w
         weights.append(w)
     with torch.no_grad():
-        net.bias.fill_(0.25)
+        net.arch.bias.fill_(0.25)
         got = net(batch)
     means = {c.name: c.features[0] for c in dm.spec.crosses if c.pooling == "mean"}
     assert means  # the default spec averages its interest profiles' crosses
@@ -157,17 +158,18 @@ def test_gradients_reach_every_table(synthetic_prepared: Prepared) -> None:
     batch = next(iter(dm.train_dataloader()))
     net(batch).sum().backward()
     archs = {
-        "user": net.user_sparse, "item": net.item_sparse, "context": net.context_sparse,
-        "cross": net.cross.arch, **{f"unigram/{k}": v.arch for k, v in net.unigrams.items()},
+        "user": net.tables.user, "item": net.tables.item, "context": net.tables.context,
+        "cross": net.tables.cross,
+        **{f"unigram/{s}": net.tables.unigram(s) for s in ("user", "item", "context")},
     }  # fmt: skip
     for group, arch in archs.items():
         for name, bag in arch.ebc.embedding_bags.items():
             assert bag.weight.grad is not None and bag.weight.grad.abs().sum() > 0, (group, name)
     # every spec feature has its deep table, every cross its wide table
-    assert {t.feature for t in net.user_sparse.tables} == {
+    assert {t.feature for t in net.tables.user.tables} == {
         f.name for f in dm.spec.side("user", sparse=True)
     }
-    assert {t.feature for t in net.cross.arch.tables} == {c.name for c in dm.spec.crosses}
+    assert {t.feature for t in net.tables.cross.tables} == {c.name for c in dm.spec.crosses}
 
 
 def test_unknown_unigram_feature_is_refused(synthetic_prepared: Prepared) -> None:
@@ -184,8 +186,9 @@ def test_examination_tower_alone_reads_the_position(synthetic_prepared: Prepared
     output is the logit of sigmoid(relevance) * sigmoid(examination)."""
     dm = _dm(synthetic_prepared)
     net = _trained_net(dm, PAL)
-    assert net.examination is not None and net.examination.dense_index.tolist() == [0]
-    assert net.context_dense is not None and net.context_dense.numel() == 0
+    exam = net.arch.examination
+    assert exam is not None and exam.dense_index.tolist() == [0]
+    assert net.arch.context_dense is not None and net.arch.context_dense.numel() == 0
     users, items, user_index, context = _feeds(dm, synthetic_prepared, n_users=3, per_user=40)
     fz = dm.featurizer
     assert fz is not None
@@ -208,7 +211,7 @@ def test_examination_tower_alone_reads_the_position(synthetic_prepared: Prepared
         torch.testing.assert_close(a, b)  # relevance: position-free
     assert g0 is not None and g1 is not None and float((g0 - g1).abs().max()) > 1e-3
     assert float((out0 - out1).abs().max()) > 1e-3
-    no_exam = net.combine(user, (f1, p1, w1, None), batch.sparse.get("cross"))
+    no_exam = net.combine(user, Part(f1, p1, w1, None), batch.sparse.get("cross"))
     product = torch.sigmoid(no_exam) * torch.sigmoid(g1)  # relevance times examination
     torch.testing.assert_close(torch.sigmoid(out1), product, atol=1e-6, rtol=1e-5)
 
@@ -242,8 +245,9 @@ def test_examination_tower_gets_its_own_learning_rate(synthetic_prepared: Prepar
     net = WideDeep.from_spec(dm.spec, dm.state, dm.dense_dims(), PAL)
     adam = partial(torch.optim.Adam, lr=0.002)
     opt = RankingModule(net, adam, examination_lr=10.0).configure_optimizers()
-    assert net.examination is not None
-    tower = {id(p) for p in net.examination.parameters()}
+    assert net.arch.examination is not None and net.tables.examination.tables == []
+    tower = {id(p) for p in net.examination_parameters()}
+    assert tower == {id(p) for p in net.arch.examination.parameters()}  # position is dense
     rest, own = opt.param_groups
     assert own["lr"] == pytest.approx(0.02) and rest["lr"] == pytest.approx(0.002)
     assert {id(p) for p in own["params"]} == tower
