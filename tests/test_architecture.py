@@ -109,6 +109,47 @@ def test_layers_import_only_what_they_may(graph: dict[str, list[tuple[str, str, 
     assert not bad, bad
 
 
+# layers of the networks that only the networks' own methods may run (docs/architecture.md)
+LAYERS = {"user_first", "cand_first", "user_proj", "cand_proj", "mlp", "bias", "dense_index"}
+LAYERS |= {"context_dense", "embedding_bags", "ebc"}
+
+
+def test_export_runs_the_networks_and_reaches_into_no_layer() -> None:
+    """The exported graphs supply a sparse front end and call the networks' own arch (no second
+    copy of the maths): ``pinrank/export/`` reads no layer of a network by name, and imports
+    none of the ranker's arithmetic helpers."""
+    bad = []
+    for path in sorted((ROOT / "pinrank" / "export").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in LAYERS:
+                bad.append(f"{path.name}:{node.lineno} reads .{node.attr}")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "head"
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "arch"
+            ):
+                bad.append(f"{path.name}:{node.lineno} reads arch.head")
+            if isinstance(node, ast.ImportFrom) and node.module == "pinrank.models.wide_deep":
+                names = {a.name for a in node.names} - {"Part", "Pool", "WideDeep"}
+                bad += [f"{path.name}:{node.lineno} imports {n}" for n in sorted(names)]
+    assert not bad, bad
+
+
+def test_no_module_over_500_lines_and_a_small_scorer_facade() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for package in PACKAGES
+        for p in package.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not long, long
+    tree = ast.parse((ROOT / "pinrank" / "serving" / "scorer.py").read_text())
+    scorer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FeedScorer")
+    assert scorer.end_lineno is not None and scorer.end_lineno - scorer.lineno + 1 < 150
+
+
 def test_the_walk_sees_imports(graph: dict[str, list[tuple[str, str, int]]]) -> None:
     """The checks above are not vacuous: known edges are found, TYPE_CHECKING ones are not."""
     scorer = {t for t, _, _ in graph["pinrank.serving.scorer"]}

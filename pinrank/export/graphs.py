@@ -165,8 +165,7 @@ class PartLayout:
 
     def inputs(self, rows: str, net: WideDeep) -> list[GraphInput]:
         """Inputs carrying the part, in :meth:`outputs` order, with ``rows`` the batch axis."""
-        p, arch = self.prefix, net.arch
-        hidden, k = arch.user_first.out_features, arch.user_proj.out_features
+        p, (hidden, k) = self.prefix, net.arch.part_widths
         out = [
             GraphInput(f"{p}.first", "float32", (rows, hidden)),
             GraphInput(f"{p}.proj", "float32", (rows, k)),

@@ -284,6 +284,11 @@ class RankerArch(nn.Module):
         self.cand_proj = _linear(cand_dim, k)
         self.bias = nn.Parameter(torch.zeros(()))
 
+    @property
+    def part_widths(self) -> tuple[int, int]:
+        """The widths of a part's ``first`` (H) and ``proj`` (K) tensors."""
+        return self.user_first.out_features, self.user_proj.out_features
+
     def user(self, pooled: Pooled, dense: torch.Tensor) -> Part:
         """Per user: the user half of the first layer [U, H], the projection [U, K] and the
         user-side wide terms [U]."""
