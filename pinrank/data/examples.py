@@ -148,6 +148,14 @@ def interest_bags(
         [{'seen_interests': [3, 4, 5, 3], 'history_interests': [4, 5]}, \
 {'seen_interests': [], 'history_interests': []}]
     """
+    bags = list(bags)
+    if not bags:
+        return users
+    if ITEM_INTERESTS not in items.table.column_names:
+        raise ValueError(
+            f"interest profiles {bags} read the items' {ITEM_INTERESTS!r} column, which the "
+            "items table does not have"
+        )
     interests = items.table.column(ITEM_INTERESTS).combine_chunks()
     for bag in bags:
         pins = INTEREST_BAGS[bag]

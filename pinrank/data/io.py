@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pinrank.data.schemas import SCHEMAS, SchemaError, check_schema
+from pinrank.data.schemas import SchemaError, check_schema
 
 
 def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -124,9 +124,8 @@ class ShardWriter:
 
     def write(self, data: pa.Table) -> None:
         """Queue rows; full shards are flushed as they fill."""
-        schema = SCHEMAS[self.table]
-        names = [n for n in schema.names if n in data.column_names]
-        data = data.select(names).cast(pa.schema([schema.field(n) for n in names]))
+        target = check_schema(data.schema, self.table, str(self.folder))
+        data = data.select(target.names).cast(target)
         self._pending.append(data)
         self._pending_rows += data.num_rows
         while self._pending_rows >= self.rows_per_shard:

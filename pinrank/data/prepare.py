@@ -145,8 +145,9 @@ def prepare(
     hist = user_history(
         iter_batches(train, "events", ["user_id", "item_id", "ts", "engaged"]), history_len
     )
-    items = read_table(raw / "items", "items", ["item_id", ITEM_INTERESTS])
-    hist = interest_bags(hist, EntityIndex(items, "item_id"))
+    if ITEM_INTERESTS in open_dataset(raw / "items", "items").schema.names:
+        items = read_table(raw / "items", "items", ["item_id", ITEM_INTERESTS])
+        hist = interest_bags(hist, EntityIndex(items, "item_id"))  # else no interest profiles
     write_parquet(hist, out / "history" / "part-00000.parquet")
     stats = item_stats(iter_batches(train, "events", ["user_id", "item_id", "ts", "engaged"]))
     write_parquet(stats, out / "item_stats" / "part-00000.parquet")

@@ -1,22 +1,29 @@
 """Arrow schemas of the three tables every pinrank data set is made of.
 
-All ids are int64, all times are int64 seconds since the Unix epoch. Every column that a real log
-may lack is nullable; what a null means for a feature is the feature spec's policy, not the
-schema's. The synthetic generator and the MovieLens importer write exactly these schemas, and
-every reader checks a file against them before use (:func:`check_schema`).
+All ids are int64, all times are int64 seconds since the Unix epoch. Only a few columns are
+**structural**, required of every data set: the ids of users and items, and an event's user,
+item, time and label (:data:`STRUCTURAL`). Every other column is whatever the data set carries
+and the feature spec reads: the synthetic generator and the MovieLens importer write the
+Pinterest-shaped columns below, whose types are checked where a table has them (:data:`KNOWN`);
+a data set of one's own (:class:`pinrank.data.sources.TableSource`) brings its own columns, kept
+with the types they were read with. Every non-structural column is nullable; what a null means
+for a feature is the feature spec's policy, not the schema's. Every reader checks a file against
+these rules from its footer before use (:func:`check_schema`).
 
 ``users`` (one row per user)
-    ``user_id`` int64, ``country``, ``region``, ``location``, ``gender``, ``occupation``,
-    ``signup_surface`` strings, ``age`` int32, ``signup_ts`` int64,
+    ``user_id`` int64 (structural); known: ``country``, ``region``, ``location``, ``gender``,
+    ``occupation``, ``signup_surface`` strings, ``age`` int32, ``signup_ts`` int64,
     ``interests`` list<int64> (followed interests, may be empty).
 ``items`` (one row per pin)
-    ``item_id``, ``board_id``, ``creator_id`` int64, ``interests`` list<int64>,
-    ``embedding`` list<float32> (a small visual embedding), ``quality`` float32 (a quality prior
-    in [0, 1]), ``created_ts`` int64.
+    ``item_id`` int64 (structural); known: ``board_id``, ``creator_id`` int64, ``interests``
+    list<int64> (what interest profiles and interest candidates read), ``embedding``
+    list<float32> (a small visual embedding), ``quality`` float32 (a quality prior in [0, 1]),
+    ``created_ts`` int64.
 ``events`` (one row per impression)
-    ``user_id``, ``item_id``, ``ts`` int64, ``surface`` string, ``position`` int32,
-    ``engaged`` bool (the label), ``engagement`` string (``none`` when not engaged, else the kind:
-    ``click``, ``save``, ``closeup``; MovieLens: ``rating_1`` .. ``rating_5``).
+    ``user_id``, ``item_id``, ``ts`` int64, ``engaged`` bool (the label; all structural);
+    known: ``surface`` string, ``position`` int32, ``engagement`` string (``none`` when not
+    engaged, else the kind: ``click``, ``save``, ``closeup``; MovieLens: ``rating_1`` ..
+    ``rating_5``).
 """
 
 from __future__ import annotations
@@ -63,6 +70,12 @@ EVENTS = pa.schema(
 )
 
 SCHEMAS: dict[str, pa.Schema] = {"users": USERS, "items": ITEMS, "events": EVENTS}
+KNOWN = SCHEMAS  # the columns whose type is checked wherever a table has them
+STRUCTURAL: dict[str, tuple[str, ...]] = {
+    "users": ("user_id",),
+    "items": ("item_id",),
+    "events": ("user_id", "item_id", "ts", "engaged"),
+}
 ID_COLUMN = {"users": "user_id", "items": "item_id"}
 
 
@@ -94,13 +107,18 @@ def _widens_to(actual: pa.DataType, expected: pa.DataType) -> bool:
 def check_schema(
     actual: pa.Schema, table: str, source: str, columns: list[str] | None = None
 ) -> pa.Schema:
-    """Check ``actual`` against the ``table`` schema and return the schema to cast to.
+    """Check ``actual`` against the ``table`` rules and return the schema to cast to.
 
     Args:
         actual: schema of the file or table read.
         table: ``"users"``, ``"items"`` or ``"events"``.
         source: the file or data set, named in errors.
-        columns: the columns that are needed (default: all of the schema).
+        columns: the columns that are needed (default: the structural columns and the known
+            ones ``actual`` has, in the order of :data:`KNOWN`, then its other columns in its
+            order).
+
+    Returns:
+        Known columns (:data:`KNOWN`) with their pinrank type, others with their own.
 
     Raises:
         SchemaError: naming the first missing or mistyped column and ``source``.
@@ -113,21 +131,26 @@ def check_schema(
         Traceback (most recent call last):
         ...
         pinrank.data.schemas.SchemaError: e.pq: column 'user_id' has type string, expected int64
+        >>> check_schema(pa.schema([("user_id", pa.int64()), ("tier", pa.string())]), "users", "u")
+        user_id: int64 not null
+        tier: string
     """
     if table not in SCHEMAS:
         raise ValueError(f"unknown table {table!r}; expected one of {sorted(SCHEMAS)}")
-    expected = SCHEMAS[table]
-    wanted = columns if columns is not None else expected.names
+    known = KNOWN[table]
+    if columns is None:
+        ours = [n for n in known.names if n in STRUCTURAL[table] or n in actual.names]
+        columns = [*ours, *(n for n in actual.names if n not in ours)]
     fields = []
-    for name in wanted:
-        if expected.get_field_index(name) < 0:
-            raise SchemaError(f"{source}: column {name!r} is not part of the {table} schema")
-        field = expected.field(name)
+    for name in columns:
         idx = actual.get_field_index(name)
         if idx < 0:
-            raise SchemaError(
-                f"{source}: missing column {name!r} ({field.type}) of the {table} schema"
-            )
+            kind = f" ({known.field(name).type})" if known.get_field_index(name) >= 0 else ""
+            raise SchemaError(f"{source}: missing column {name!r}{kind} of the {table} table")
+        if known.get_field_index(name) < 0:
+            fields.append(actual.field(idx))
+            continue
+        field = known.field(name)
         if not _widens_to(actual.field(idx).type, field.type):
             raise SchemaError(
                 f"{source}: column {name!r} has type {actual.field(idx).type}, "

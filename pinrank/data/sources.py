@@ -1,4 +1,5 @@
-"""Data sources that entry points instantiate from config: synthetic or MovieLens-100K.
+"""Data sources that entry points instantiate from config: synthetic, MovieLens-100K, or one's
+own files described in config (:class:`TableSource`).
 
 ``ensure()`` makes the raw tables and the prepared data set exist and be up to date, and reuses
 them when nothing changed: each step records a fingerprint of its inputs (generator config,
@@ -10,10 +11,12 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pinrank.data.ingest import SourceConfig, ingest, source_files
 from pinrank.data.movielens import import_movielens
 from pinrank.data.prepare import Prepared, prepare
 from pinrank.data.splits import SplitConfig
@@ -102,3 +105,53 @@ class MovieLensSource(_Source):
 
     def make_raw(self, raw: Path) -> None:
         import_movielens(self.src, raw)
+
+
+@dataclass
+class TableSource(_Source):
+    """One's own interaction logs, read through config alone (:mod:`pinrank.data.tables`).
+
+    Attributes:
+        tables: ``events`` (required), ``users`` and ``items``: each ``path`` (a file, a folder
+            of shards or a glob), ``format`` and ``columns`` (pinrank column -> source column or
+            rule).
+        label: a boolean (or 0/1) source column of the events, or a rule on one, e.g.
+            ``rating >= 4``, ``action in [save, click]``, ``dwell_ms > 3000``.
+        ids: per id namespace (``user_id``, ``item_id``, or one a column rule names):
+            ``int`` (default), ``map`` or ``hash``.
+        engagement: a source column of the events holding the kind of engagement.
+    """
+
+    tables: dict[str, Any] = field(default_factory=dict)
+    label: str = "engaged"
+    ids: dict[str, str] = field(default_factory=dict)
+    engagement: str | None = None
+
+    def config(self) -> SourceConfig:
+        return SourceConfig.parse(
+            _plain(self.tables), self.label, _plain(self.ids), self.engagement
+        )
+
+    def raw_fingerprint(self) -> str:
+        cfg = self.config()
+        files = {
+            name: [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in source_files(t)]
+            for name, t in cfg.tables.items()
+        }
+        return fingerprint(
+            "tables", _plain(self.tables), self.label, _plain(self.ids), self.engagement, files
+        )
+
+    def make_raw(self, raw: Path) -> None:
+        ingest(self.config(), raw)
+
+
+def _plain(value: Any) -> Any:
+    """Hydra's DictConfig / ListConfig as plain dicts and lists."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        return value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
