@@ -1,10 +1,10 @@
-"""``pinrank``: the command line of the data stages (generate, import, prepare, report, demo)
+"""``pinrank``: the command line of the data stages (generate, ingest, prepare, report, demo)
 and of model packages (verify, feed, users, feeds).
 
 Examples::
 
     pinrank generate --out data/synth --users 4000 --items 3000 --events 200000
-    pinrank import-movielens --src ../shared/data/ml-100k --out data/ml100k/raw
+    pinrank ingest conf/data/ml100k.yaml          # read own files by a data config, prepare
     pinrank prepare --raw data/ml100k/raw --spec conf/features/movielens.yaml \
         --out data/ml100k/prepared
     pinrank report data/ml100k/prepared
@@ -26,10 +26,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pinrank.data.movielens import import_movielens
 from pinrank.data.prepare import Prepared, prepare
 from pinrank.data.report import data_report
-from pinrank.data.sources import SyntheticSource
+from pinrank.data.sources import SyntheticSource, load_source
 from pinrank.data.splits import SplitConfig
 from pinrank.data.synthetic import SyntheticConfig, generate
 from pinrank.serving.signing import add_trust_arguments, trust_from_args
@@ -66,9 +65,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def cmd_import(args: argparse.Namespace) -> None:
-    paths = import_movielens(args.src, args.out)
-    print(json.dumps({k: str(v) for k, v in paths.items()}))
+def cmd_ingest(args: argparse.Namespace) -> None:
+    """Read the files a data config names into raw tables and prepare them (what
+    ``python train.py data=...`` does first), printing what was read."""
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    t0 = time.perf_counter()
+    source = load_source(args.config, args.root_dir, overrides)
+    prepared = source.ensure()
+    counts_file = prepared.raw / "source.json"
+    result = {
+        "raw": str(prepared.raw),
+        "prepared": str(prepared.root),
+        "read": json.loads(counts_file.read_text()) if counts_file.exists() else None,
+        "splits": json.loads((prepared.root / "prepared.json").read_text())["splits"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+    print(json.dumps(result, indent=2))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -306,10 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(func=cmd_generate)
 
-    m = sub.add_parser("import-movielens", help="import MovieLens-100K into pinrank's schemas")
-    m.add_argument("--src", required=True, help="folder with u.user, u.item, u.data")
-    m.add_argument("--out", required=True)
-    m.set_defaults(func=cmd_import)
+    m = sub.add_parser(
+        "ingest",
+        help="read the files a data config (conf/data/*.yaml) names, then split and fit the spec",
+    )
+    m.add_argument("config", help="a data config, e.g. conf/data/ml100k.yaml")
+    m.add_argument("--root-dir", default=".", help="paths.root_dir (default: .)")
+    m.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="override a field of the config's source, e.g. --set root=data/mine",
+    )  # fmt: skip
+    m.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
         "prepare", help="split events, derive history, fit the feature spec on train"

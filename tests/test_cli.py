@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -107,3 +108,50 @@ def test_bad_spec_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         ]
     )
     assert code == 2 and "unknown transform 'cube'" in capsys.readouterr().err
+
+
+def _own_log(folder: Path) -> Path:
+    """A data config and the CSV files it names: string user ids, millisecond times, a
+    rating for a label, no items table."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = ["member,pin,at_ms,stars"]
+    for i in range(600):
+        u, p = rng.integers(0, 30), rng.integers(0, 40)
+        rows.append(f"m{u:03d},{p},{(1_700_000_000 + i * 60) * 1000},{rng.integers(1, 6)}")
+    (folder / "events.csv").write_text("\n".join(rows) + "\n")
+    (folder / "spec.yaml").write_text(
+        "features:\n"
+        "  user_id: {side: user, source: user_id, kind: categorical, vocab: {}}\n"
+        "  item_id: {side: item, source: item_id, kind: categorical, vocab: {}}\n"
+    )
+    (folder / "mine.yaml").write_text(
+        "source:\n"
+        "  _target_: pinrank.data.sources.TableSource\n"
+        f"  root: {folder / 'data'}\n"
+        f"  spec: {folder / 'spec.yaml'}\n"
+        f"  base: {folder}\n"
+        "  label: stars >= 4\n"
+        "  ids: {user_id: map}\n"
+        "  tables:\n"
+        "    events:\n"
+        "      path: events.csv\n"
+        "      format: csv\n"
+        "      columns: {user_id: member, item_id: pin, ts: {column: at_ms, time: ms}}\n"
+    )
+    return folder / "mine.yaml"
+
+
+def test_ingest_reads_and_prepares_a_data_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _own_log(tmp_path / "mine")
+    assert main(["ingest", str(config)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["read"]["rows"] == {"events": 600, "users": 30, "items": 40}
+    assert sum(out["splits"].values()) == 600
+    ids = pq.read_table(tmp_path / "mine" / "data" / "raw" / "ids" / "user_id.parquet")
+    assert ids["original"].to_pylist() == [f"m{u:03d}" for u in range(30)]
+    # a field overridden from the command line; a bad rule exits 2 naming it
+    assert main(["ingest", str(config), "--set", "label=stars >= 9"]) == 2
+    assert "label 'stars >= 9' matches no row of 600 events" in capsys.readouterr().err

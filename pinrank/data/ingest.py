@@ -32,18 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pinrank.data.convert import BadValue, IdMaps, convert_column, example_row
 from pinrank.data.io import ShardWriter, write_parquet
 from pinrank.data.schemas import KNOWN
-from pinrank.data.tables import (
-    ID_KINDS,
-    BadValue,
-    DataConfigError,
-    IdMaps,
-    LabelRule,
-    TableConfig,
-    convert_column,
-    example_row,
-)
+from pinrank.data.tables import ID_KINDS, DataConfigError, LabelRule, TableConfig
 
 TABLES = ("events", "users", "items")
 ROWS_PER_SHARD = 1_000_000
@@ -315,6 +307,11 @@ def _read_events(
             counts.skip("events", f"null {c}", cols[c].null_count)
         try:
             engaged = cfg.label.apply(data)
+        except BadValue as err:
+            raise DataConfigError(
+                f"{path}: column {cfg.label.column!r}: {err.what}; "
+                f"row {example_row(data, err.row, reader.sources)}"
+            ) from None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
             raise DataConfigError(f"{path}: label {cfg.label.column!r}: {_short(err)}") from None
         cols["engaged"] = engaged

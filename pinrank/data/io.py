@@ -47,8 +47,9 @@ def open_dataset(
     """
     files = parquet_files(path)
     target = None
-    for f in files:
-        target = check_schema(pq.read_schema(f), table, str(f), columns)
+    for f in files:  # every later file must have the first one's columns
+        wanted = columns if columns is not None or target is None else target.names
+        target = check_schema(pq.read_schema(f), table, str(f), wanted)
     assert target is not None
     return ds.dataset([str(f) for f in files], format="parquet", schema=target)
 

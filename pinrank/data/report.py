@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinrank.data.examples import join_examples
@@ -41,11 +42,16 @@ class DataReport:
                 f"label rate {s['label_rate']:.3f}"
             )
         it = self.interests
-        lines.append(
-            f"interests: {it['n']} used by pins; share of pins per interest from "
-            f"{it['max_share']:.2%} down to {it['min_share']:.3%}; pins with k interests "
-            f"{it['pins_per_count']}; users following k interests {it['users_per_count']}"
-        )
+        if it:
+            followed = it.get("users_per_count")
+            lines.append(
+                f"interests: {it['n']} used by pins; share of pins per interest from "
+                f"{it['max_share']:.2%} down to {it['min_share']:.3%}; pins with k interests "
+                f"{it['pins_per_count']}"
+                + (f"; users following k interests {followed}" if followed is not None else "")
+            )
+        else:
+            lines.append("interests: the pins have none")
         if self.bad_values:
             lines.append(
                 "values replaced or cut by the spec's policies, per featurized impression of all "
@@ -84,22 +90,7 @@ def data_report(prepared: Prepared, batch_size: int = 65_536) -> DataReport:
             seen_users.append(np.unique(batch.column("user_id").to_numpy()))
         n_users = len(np.unique(np.concatenate(seen_users))) if seen_users else 0
         splits[name] = {"events": n, "users": n_users, "label_rate": pos / max(n, 1)}
-    item_interests = items.column("interests").combine_chunks()
-    per_interest = np.bincount(pc.list_flatten(item_interests).to_numpy())
-    share = per_interest[per_interest > 0] / items.num_rows
-    interests = {
-        "n": int((per_interest > 0).sum()),
-        "max_share": float(share.max()) if share.size else 0.0,
-        "min_share": float(share.min()) if share.size else 0.0,
-        "pins_per_count": _histogram(
-            pc.fill_null(pc.list_value_length(item_interests), 0).to_numpy()
-        ),
-        "users_per_count": _histogram(
-            pc.fill_null(
-                pc.list_value_length(users.column("interests").combine_chunks()), 0
-            ).to_numpy()
-        ),
-    }
+    interests = _interests(users, items)
     bad: dict[str, dict[str, int]] = {}
     for (feat, reason), c in sorted(counts.items()):
         if c:
@@ -115,3 +106,26 @@ def data_report(prepared: Prepared, batch_size: int = 65_536) -> DataReport:
         bad,
         {f"{k[0]}": int(v) for k, v in unknown.items() if v},
     )
+
+
+def _interests(users: pa.Table, items: pa.Table) -> dict[str, Any]:
+    """How the pins' interests are spread (empty when the items have no interests column)."""
+    if "interests" not in items.column_names:
+        return {}
+    item_interests = items.column("interests").combine_chunks()
+    per_interest = np.bincount(pc.list_flatten(item_interests).to_numpy())
+    share = per_interest[per_interest > 0] / items.num_rows
+    out: dict[str, Any] = {
+        "n": int((per_interest > 0).sum()),
+        "max_share": float(share.max()) if share.size else 0.0,
+        "min_share": float(share.min()) if share.size else 0.0,
+        "pins_per_count": _histogram(
+            pc.fill_null(pc.list_value_length(item_interests), 0).to_numpy()
+        ),
+    }
+    if "interests" in users.column_names:
+        followed = users.column("interests").combine_chunks()
+        out["users_per_count"] = _histogram(
+            pc.fill_null(pc.list_value_length(followed), 0).to_numpy()
+        )
+    return out

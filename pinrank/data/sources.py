@@ -1,5 +1,5 @@
-"""Data sources that entry points instantiate from config: synthetic, MovieLens-100K, or one's
-own files described in config (:class:`TableSource`).
+"""Data sources that entry points instantiate from config: the synthetic generator, or one's own
+files described in config (:class:`TableSource`; MovieLens-100K is one: ``conf/data/ml100k.yaml``).
 
 ``ensure()`` makes the raw tables and the prepared data set exist and be up to date, and reuses
 them when nothing changed: each step records a fingerprint of its inputs (generator config,
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from pinrank.data.ingest import SourceConfig, ingest, source_files
-from pinrank.data.movielens import import_movielens
 from pinrank.data.prepare import Prepared, prepare
 from pinrank.data.splits import SplitConfig
 from pinrank.data.synthetic import SyntheticConfig, generate
@@ -87,27 +86,6 @@ class SyntheticSource(_Source):
 
 
 @dataclass
-class MovieLensSource(_Source):
-    """MovieLens-100K imported from ``src`` (never copied into the repository)."""
-
-    src: str = "../shared/data/ml-100k"
-
-    def raw_fingerprint(self) -> str:
-        files = [Path(self.src) / f for f in ("u.user", "u.item", "u.data")]
-        missing = [str(f) for f in files if not f.exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"MovieLens-100K files not found: {missing} (set data.source.src)"
-            )
-        return fingerprint(
-            "movielens", [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
-        )
-
-    def make_raw(self, raw: Path) -> None:
-        import_movielens(self.src, raw)
-
-
-@dataclass
 class TableSource(_Source):
     """One's own interaction logs, read through config alone (:mod:`pinrank.data.tables`).
 
@@ -120,17 +98,25 @@ class TableSource(_Source):
         ids: per id namespace (``user_id``, ``item_id``, or one a column rule names):
             ``int`` (default), ``map`` or ``hash``.
         engagement: a source column of the events holding the kind of engagement.
+        base: the folder relative table paths are read from (default: the working directory).
     """
 
     tables: dict[str, Any] = field(default_factory=dict)
     label: str = "engaged"
     ids: dict[str, str] = field(default_factory=dict)
     engagement: str | None = None
+    base: str | None = None
 
     def config(self) -> SourceConfig:
-        return SourceConfig.parse(
-            _plain(self.tables), self.label, _plain(self.ids), self.engagement
-        )
+        tables = _plain(self.tables)
+        if self.base is not None:
+            tables = {
+                name: {**t, "path": os.path.join(self.base, t["path"])}
+                if isinstance(t, dict) and "path" in t
+                else t
+                for name, t in tables.items()
+            }
+        return SourceConfig.parse(tables, self.label, _plain(self.ids), self.engagement)
 
     def raw_fingerprint(self) -> str:
         cfg = self.config()
@@ -138,9 +124,8 @@ class TableSource(_Source):
             name: [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in source_files(t)]
             for name, t in cfg.tables.items()
         }
-        return fingerprint(
-            "tables", _plain(self.tables), self.label, _plain(self.ids), self.engagement, files
-        )
+        tables = {name: asdict(t) for name, t in cfg.tables.items()}
+        return fingerprint("tables", tables, self.label, cfg.ids, self.engagement, files)
 
     def make_raw(self, raw: Path) -> None:
         ingest(self.config(), raw)
@@ -155,3 +140,39 @@ def _plain(value: Any) -> Any:
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+SOURCES: dict[str, type[_Source]] = {
+    "pinrank.data.sources.SyntheticSource": SyntheticSource,
+    "pinrank.data.sources.TableSource": TableSource,
+}
+NESTED = {"split": SplitConfig, "generator": SyntheticConfig}
+
+
+def load_source(
+    config: str | Path, root_dir: str | Path = ".", overrides: dict[str, Any] | None = None
+) -> _Source:
+    """The source of a data config (``conf/data/*.yaml``) outside Hydra, e.g. for
+    ``pinrank ingest``: ``${paths.*}`` resolve as in training with ``paths.root_dir=root_dir``,
+    ``overrides`` replace fields of ``source`` (``{"root": ..., "base": ...}``). The class is
+    looked up in :data:`SOURCES`; nothing else named in the file is imported."""
+    from omegaconf import OmegaConf
+
+    paths = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "paths" / "default.yaml")
+    paths.root_dir = str(root_dir)
+    paths.output_dir = str(Path(root_dir) / "outputs")
+    cfg = OmegaConf.merge({"paths": paths, "seed": 0}, OmegaConf.load(config))
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    body = dict(raw.get("source") or {})
+    target = body.pop("_target_", None)
+    if target not in SOURCES:
+        raise ValueError(f"{config}: source._target_ {target!r}: expected one of {sorted(SOURCES)}")
+    body.update(overrides or {})
+    for key, kind in NESTED.items():
+        if isinstance(body.get(key), dict):
+            body[key] = kind(**{k: v for k, v in body[key].items() if k != "_target_"})
+    try:
+        return SOURCES[target](**body)
+    except TypeError as err:
+        raise ValueError(f"{config}: source: {err}") from None

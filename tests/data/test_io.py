@@ -61,10 +61,15 @@ def test_uint64_ids_are_refused(tmp_path: Path) -> None:
         open_dataset(tmp_path, "events")
 
 
-def test_column_outside_schema_is_refused(tmp_path: Path) -> None:
-    pq.write_table(_events(), tmp_path / "e.parquet")
-    with pytest.raises(SchemaError, match="not part of the events schema"):
-        open_dataset(tmp_path, "events", ["rating"])
+def test_other_columns_keep_their_types_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    pq.write_table(_events().append_column("rating", pa.array([1, 2, 3, 4], pa.int8())),
+                   tmp_path / "e.parquet")  # fmt: skip
+    assert open_dataset(tmp_path, "events").schema.field("rating").type == pa.int8()
+    with pytest.raises(SchemaError, match=r"e\.parquet: missing column 'dwell' of the events"):
+        open_dataset(tmp_path, "events", ["dwell"])
+    only_structural = _events().select(["user_id", "item_id", "ts", "engaged"])
+    pq.write_table(only_structural, tmp_path / "e.parquet")
+    assert open_dataset(tmp_path, "events").schema.names == ["user_id", "item_id", "ts", "engaged"]
 
 
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:

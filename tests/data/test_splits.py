@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from data_fixtures import movielens_raw
 
 from pinrank.data.io import conform, read_table, write_parquet
-from pinrank.data.movielens import import_movielens
 from pinrank.data.schemas import EVENTS
 from pinrank.data.splits import (
     SPLITS,
@@ -289,8 +289,8 @@ def ml100k_dir() -> Path:
 
 
 def test_movielens_protocol_counts(tmp_path: Path) -> None:
-    folders = import_movielens(ml100k_dir(), tmp_path / "ml")
-    parts = split_events(read_table(folders["events"], "events"))
+    raw = movielens_raw(ml100k_dir(), tmp_path / "ml")
+    parts = split_events(read_table(raw / "events", "events"))
     counts = {name: t.num_rows for name, t in parts.items()}
     assert counts == {"train": 64_437, "val": 8_740, "test": 17_879, "cold": 8_944}
     assert sum(parts["test"].column("engaged").to_pylist()) == 8_426
@@ -298,4 +298,4 @@ def test_movielens_protocol_counts(tmp_path: Path) -> None:
     assert len(cold_users) == 94 and all(u % 10 == 0 for u in cold_users)
     for name in ("train", "val", "test"):
         assert cold_users.isdisjoint(parts[name].column("user_id").to_pylist())
-    assert write_splits(folders["events"], tmp_path / "splits") == counts
+    assert write_splits(raw / "events", tmp_path / "splits") == counts

@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pinrank.data.convert import hash_ids, to_seconds
 from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.io import read_table
 from pinrank.data.sources import TableSource
-from pinrank.data.tables import DataConfigError, LabelRule, hash_ids, to_seconds
+from pinrank.data.tables import DataConfigError, LabelRule
 from pinrank.models.towers import TowerConfig, TwoTower
 from pinrank.models.wide_deep import WideDeep, WideDeepConfig
 

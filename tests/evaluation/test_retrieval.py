@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from data_fixtures import movielens_raw
 
-from pinrank.data.movielens import events_table
+from pinrank.data.io import read_table
 from pinrank.data.splits import split_events
 from pinrank.evaluation import (
     RetrievalTask,
@@ -257,9 +258,12 @@ def test_random_ranking_is_uniform() -> None:
 
 
 @pytest.fixture(scope="module")
-def ml_task(ml100k: Path) -> tuple[RetrievalTask, pa.Table]:
+def ml_task(
+    ml100k: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[RetrievalTask, pa.Table]:
     """The PROTOCOL test-retrieval task and train split of MovieLens-100K."""
-    events = events_table(ml100k)
+    raw = movielens_raw(ml100k, tmp_path_factory.mktemp("ml100k") / "raw")
+    events = read_table(raw / "events", "events")
     parts = split_events(events)
     catalogue = np.unique(events.column("item_id").to_numpy())
     assert catalogue.tolist() == list(range(1, 1683))  # all 1682 MovieLens item ids

@@ -21,7 +21,7 @@ def _short(tmp: Path, experiment: str, ml100k: Path) -> list[str]:
         f"paths.data_dir={tmp}/data",
         f"paths.log_dir={tmp}/logs",
         f"paths.conf_dir={ROOT}/conf",
-        f"data.source.src={ml100k}",
+        f"data.source.base={ml100k}",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=4",
         "trainer.enable_progress_bar=false",

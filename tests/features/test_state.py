@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from data_fixtures import movielens_raw
 
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared, prepare
@@ -220,9 +221,7 @@ def test_fit_sees_train_rows_only(synthetic_prepared: Prepared) -> None:
 
 
 def test_movielens_state_excludes_cold_and_future(ml100k: Path, tmp_path: Path) -> None:
-    from pinrank.data.movielens import import_movielens
-
-    raw = import_movielens(ml100k, tmp_path / "raw")["users"].parent
+    raw = movielens_raw(ml100k, tmp_path / "raw")
     spec = Path(__file__).resolve().parents[2] / "conf" / "features" / "movielens.yaml"
     prepared = prepare(raw, tmp_path / "prepared", spec)
     vocab = set(prepared.state().features["user_id"]["vocab"])
