@@ -4,6 +4,7 @@ and of model packages (verify, feed, users, feeds).
 Examples::
 
     pinrank generate --out data/synth --users 4000 --items 3000 --events 200000
+    pinrank inspect conf/data/ml100k.yaml --out outputs/inspect/ml100k   # know your data
     pinrank ingest conf/data/ml100k.yaml          # read own files by a data config, prepare
     pinrank prepare --raw data/ml100k/raw --spec conf/features/movielens.yaml \
         --out data/ml100k/prepared
@@ -63,6 +64,32 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
     print(json.dumps(result))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    """What is in the files a data config names, and a suggested feature spec."""
+    from pinrank.data.inspect import inspect_source, report_text, write
+    from pinrank.data.sources import TableSource
+    from pinrank.data.suggest import suggest_spec
+
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    t0 = time.perf_counter()
+    source = load_source(args.config, args.root_dir, overrides)
+    if not isinstance(source, TableSource):  # generated data: inspect its raw tables
+        source = TableSource.of_raw(source.ensure_raw(), root=source.root, spec=source.spec)
+    found = inspect_source(source.config())
+    cfg = source.config()
+    events = cfg.tables["events"].columns
+    label = tuple(
+        n for n, r in events.items() if {cfg.label.column, cfg.engagement} & set(r.sources)
+    )
+    spec = suggest_spec(found.as_dict()["columns"], found.events, label)
+    written = write(found, Path(args.out), spec)
+    print(report_text(found))
+    print(
+        f"[inspect] {', '.join(str(p) for p in written.values())} "
+        f"({time.perf_counter() - t0:.1f}s, peak RSS {_peak_rss_mb():.0f} MB)"
+    )
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -318,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--dirty", dest="dirty", type=float, help="share of rows with bad values (default 0.01)"
     )
     g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser(
+        "inspect",
+        help="report what is in the files a data config names and suggest a feature spec",
+    )
+    i.add_argument("config", help="a data config, e.g. conf/data/ml100k.yaml")
+    i.add_argument("--out", default="outputs/inspect", help="report, spec and plots go here")
+    i.add_argument("--root-dir", default=".", help="paths.root_dir (default: .)")
+    i.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    i.set_defaults(func=cmd_inspect)
 
     m = sub.add_parser(
         "ingest",

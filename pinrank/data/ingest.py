@@ -112,7 +112,7 @@ def source_files(table: TableConfig) -> list[str]:
     return found
 
 
-class _Reader:
+class TableReader:
     """One table's files as ``pyarrow.dataset`` fragments, each checked for the columns its
     rules read."""
 
@@ -129,6 +129,8 @@ class _Reader:
         self.fragments = fragments
         rules = [src for r in table.columns.values() for src in r.sources]
         self.sources = list(dict.fromkeys([*rules, *(c for c in extra if c)]))
+        # every column all the files have (what inspect reads)
+        self.all_columns = [n for n in schemas[0][1].names if all(n in s.names for _, s in schemas)]
         for path, schema in schemas:
             for col in self.sources:
                 if schema.get_field_index(col) < 0:
@@ -155,7 +157,7 @@ def _short(err: BaseException) -> str:
     return f"{m.group(1)}: {m.group(2)}"[:500] if m else text[:500]
 
 
-def collect_ids(readers: Mapping[str, _Reader], namespaces: list[str]) -> dict[str, pa.Array]:
+def collect_ids(readers: Mapping[str, TableReader], namespaces: list[str]) -> dict[str, pa.Array]:
     """Pass 1, for the namespaces of string ids (``map`` or ``hash``): every distinct value,
     sorted (what ``map`` numbers 1, 2, ... and both save with their int64 ids)."""
     seen: dict[str, list[pa.Array]] = {ns: [] for ns in namespaces}
@@ -193,7 +195,7 @@ def collect_ids(readers: Mapping[str, _Reader], namespaces: list[str]) -> dict[s
 
 
 def _convert(
-    reader: _Reader, path: str, data: pa.Table, ids: IdMaps, skip: tuple[str, ...]
+    reader: TableReader, path: str, data: pa.Table, ids: IdMaps, skip: tuple[str, ...]
 ) -> dict[str, pa.Array]:
     out = {}
     for name, rule in reader.table.columns.items():
@@ -242,7 +244,7 @@ class _Latest:
 
 
 def _read_entities(
-    reader: _Reader, table: str, ids: IdMaps, tmp: Path, counts: Counts
+    reader: TableReader, table: str, ids: IdMaps, tmp: Path, counts: Counts
 ) -> np.ndarray:
     """Write a users or items table; its ids, sorted (duplicates refused)."""
     key = "user_id" if table == "users" else "item_id"
@@ -276,7 +278,7 @@ def _read_entities(
 
 
 def _read_events(
-    reader: _Reader,
+    reader: TableReader,
     cfg: SourceConfig,
     ids: IdMaps,
     tmp: Path,
@@ -376,7 +378,7 @@ def ingest(cfg: SourceConfig, out: str | Path) -> Counts:
     out = Path(out)
     label_cols = (cfg.label.column, cfg.engagement or "")
     readers = {
-        name: _Reader(t, cfg.ids, label_cols if name == "events" else ())
+        name: TableReader(t, cfg.ids, label_cols if name == "events" else ())
         for name, t in cfg.tables.items()
     }
     values = collect_ids(readers, [ns for ns, k in cfg.ids.items() if k != "int"])

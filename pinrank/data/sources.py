@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pinrank.data.ingest import SourceConfig, ingest, source_files
+from pinrank.data.io import open_dataset
 from pinrank.data.prepare import Prepared, prepare
 from pinrank.data.splits import SplitConfig
 from pinrank.data.synthetic import SyntheticConfig, generate
@@ -48,14 +49,18 @@ class _Source(abc.ABC):
     def make_raw(self, raw: Path) -> None:
         """Write the raw users, items and events tables into ``raw``."""
 
+    def ensure_raw(self) -> Path:
+        """The raw tables, rebuilt only when their inputs changed."""
+        raw = Path(self.root) / "raw"
+        if _stamp(raw) != self.raw_fingerprint():
+            self.make_raw(raw)
+            (raw / ".fingerprint").write_text(self.raw_fingerprint())
+        return raw
+
     def ensure(self) -> Prepared:
         """Raw tables and prepared data set, rebuilt only where their inputs changed."""
-        root = Path(self.root)
-        raw, prepared = root / "raw", root / "prepared"
+        raw, prepared = self.ensure_raw(), Path(self.root) / "prepared"
         raw_fp = self.raw_fingerprint()
-        if _stamp(raw) != raw_fp:
-            self.make_raw(raw)
-            (raw / ".fingerprint").write_text(raw_fp)
         prep_fp = fingerprint(
             raw_fp, Path(self.spec).read_text(), asdict(self.split), self.history_len
         )
@@ -129,6 +134,17 @@ class TableSource(_Source):
 
     def make_raw(self, raw: Path) -> None:
         ingest(self.config(), raw)
+
+    @classmethod
+    def of_raw(cls, raw: str | Path, root: str, spec: str) -> TableSource:
+        """pinrank's own raw tables (``raw/{users,items,events}``, e.g. generated) as a
+        source, every column as it is: what ``pinrank inspect`` reads for generated data."""
+        tables: dict[str, Any] = {}
+        for name in ("events", "users", "items"):
+            names = open_dataset(Path(raw) / name, name).schema.names
+            columns = {c: c for c in names if not (name == "events" and c == "engaged")}
+            tables[name] = {"path": str(Path(raw) / name), "columns": columns}
+        return cls(root=root, spec=spec, tables=tables, label="engaged")
 
 
 def _plain(value: Any) -> Any:
