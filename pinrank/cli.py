@@ -184,14 +184,27 @@ def cmd_feed(args: argparse.Namespace) -> None:
     scorer = FeedScorer(package, TableStore(users), backend, config)
     print(f"[feed] backend {backend.name} {getattr(backend, 'providers', '')}".rstrip())
     first = args.users if args.users is not None else (0 if args.user else 2)
-    ids = users.column("user_id").to_numpy()[:first].tolist() + [int(u) for u in args.user]
-    for uid in ids:
+    codec = scorer.ids  # ids as the data gave them (strings where the package maps them)
+    given = [u if codec.maps("user_id") else _int_id(u) for u in args.user]
+    originals = codec.decode("user_id", users.column("user_id").to_numpy()[:first]) + given
+    interests = None
+    if args.interests:
+        wanted = [i if codec.maps(codec.interests) else _int_id(i) for i in args.interests]
+        interests = codec.encode(codec.interests, wanted).tolist()
+    for original in originals:
         t0 = time.perf_counter()
-        feed = scorer.feed(uid, args.k, args.interests or None)
+        feed = scorer.feed(codec.encode_one("user_id", original), args.k, interests)
         ms = (time.perf_counter() - t0) * 1e3
-        print(f"[feed] user {uid}: {len(feed.items)} pins, path {feed.path}, {ms:.1f} ms")
-        for pos, item in enumerate(feed.items):
-            print(f"  {pos:>3}  pin {item.item_id:>8}  score {item.score:.4f}  {item.source}")
+        print(f"[feed] user {original}: {len(feed.items)} pins, path {feed.path}, {ms:.1f} ms")
+        pins = codec.decode("item_id", feed.item_ids)
+        for pos, (pin, item) in enumerate(zip(pins, feed.items, strict=True)):
+            print(f"  {pos:>3}  pin {pin!s:>8}  score {item.score:.4f}  {item.source}")
+
+
+def _int_id(value: str) -> int:
+    if not value.lstrip("-").isdigit():
+        raise ValueError(f"{value!r} is not an integer id (this package's ids are integers)")
+    return int(value)
 
 
 def cmd_users(args: argparse.Namespace) -> None:
@@ -410,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", help="prepared data set whose users table is the feature store")
     f.add_argument("--user", action="append", default=[], help="a user id (repeatable)")
     f.add_argument("--users", type=int, help="the first N users (default 2 without --user)")
-    f.add_argument("--interests", type=int, nargs="*", help="stated interests (unknown users)")
+    f.add_argument("--interests", nargs="*", help="stated interests (unknown users)")
     f.add_argument("--k", type=int, default=10)
     f.add_argument("--candidates", type=int, default=500, help="candidates from the index")
     f.add_argument("--backend", default="onnx", choices=["onnx", "torch"])

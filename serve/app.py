@@ -139,6 +139,7 @@ class Service:
             trust if trust.roots else trust.with_roots([Path(settings.package).resolve().parent])
         )
         self.model = self._load(settings.package)
+        self.id_kinds = id_kinds(self.model)  # which ids are strings: fixed for the routes
         self.metrics.serving(self.model)
         self._reloading = threading.Lock()
         self.batcher: Batcher | None = None
@@ -218,6 +219,11 @@ class Service:
             old = self.model
             try:
                 new = self._load(path or old.path)
+                if id_kinds(new) != self.id_kinds:
+                    raise ValueError(
+                        f"{new.path}: its string ids {sorted(id_kinds(new))} differ from the "
+                        f"served package's {sorted(self.id_kinds)}: restart the service for it"
+                    )
                 if self.batcher is not None:
                     self._prepare(new)  # scoring processes load it before it is served
             except Exception:
@@ -231,6 +237,14 @@ class Service:
             return old, new
         finally:
             self._reloading.release()
+
+
+def id_kinds(model: Model) -> frozenset[str]:
+    """The request fields whose ids are strings the model maps: ``user_id``, ``item_id``,
+    ``interests`` (:mod:`pinrank.serving.ids`)."""
+    ids = model.scorer.ids
+    named = {"user_id": "user_id", "item_id": "item_id", "interests": ids.interests}
+    return frozenset(field for field, ns in named.items() if ids.maps(ns))
 
 
 def settle_heap() -> None:

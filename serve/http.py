@@ -56,12 +56,16 @@ def error(
 
 
 def strict_params(
-    path: Iterable[str] = (), ints: Iterable[str] = (), lists: Iterable[str] = ()
+    path: Iterable[str] = (),
+    ints: Iterable[str] = (),
+    lists: Iterable[str] = (),
+    strings: Iterable[str] = (),
 ) -> Callable[[Request], Awaitable[None]]:
     """A dependency that refuses query parameters other than ``ints`` and ``lists``, path
     parameters ``path`` and query parameters ``ints`` / ``lists`` that are not plain decimal
-    integers, and any query parameter not in ``lists`` given more than once."""
-    path, ints, lists = tuple(path), tuple(ints), set(lists)
+    integers (but the lists of ``strings``: ids as the data gave them), and any query parameter
+    not in ``lists`` given more than once."""
+    path, ints, lists, strings = tuple(path), tuple(ints), set(lists), set(strings)
     allowed = [*ints, *sorted(lists)]
 
     async def check(request: Request) -> None:
@@ -78,7 +82,7 @@ def strict_params(
             values = request.query_params.getlist(name)
             if name not in lists and len(values) > 1:
                 raise HTTPException(422, f"query.{name}: given {len(values)} times; give it once")
-            if name in ints or name in lists:
+            if name in ints or (name in lists and name not in strings):
                 bad = [v for v in values if not DECIMAL.fullmatch(v)]
                 if bad:
                     raise HTTPException(

@@ -9,7 +9,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
@@ -17,12 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from pinrank.serving.ids import MAX_ID_LENGTH
 from pinrank.serving.store import StoreError
 from serve.batcher import Overloaded
 from serve.http import SafeJSONResponse, error, json_body, strict_params
 from serve.schemas import (
     INT64_MAX,
     FeedOut,
+    OriginalId,
     ReloadIn,
     ReloadOut,
     ScoreOut,
@@ -44,14 +45,34 @@ class Busy(Exception):
 def feed_routes(service: "Service") -> APIRouter:
     """``GET /v1/feed/{user_id}`` and ``POST /v1/score``."""
     router = APIRouter()
+    # ids as the data gave them: strings where the startup package maps them (a reload must
+    # keep the same kinds: Service.reload), else integers, strictly checked
+    mapped = service.id_kinds
+    user_type = OriginalId if "user_id" in mapped else UserId
+    item_type = OriginalId if "item_id" in mapped else UserId
+    interest_type = OriginalId if "interests" in mapped else UserId
+    user_path = (
+        Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH)]
+        if "user_id" in mapped
+        else Annotated[int, PathParam(ge=0, le=INT64_MAX)]
+    )
 
     class ScoreIn(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
-        user_id: UserId
-        item_ids: list[UserId] = Field(min_length=1, max_length=service.settings.max_items)
+        user_id: user_type  # type: ignore[valid-type]
+        item_ids: list[item_type] = Field(  # type: ignore[valid-type]
+            min_length=1, max_length=service.settings.max_items
+        )
 
     feed_query = [
-        Depends(strict_params(path=["user_id"], ints=["k"], lists=["interests"])),
+        Depends(
+            strict_params(
+                path=[] if "user_id" in mapped else ["user_id"],
+                ints=["k"],
+                lists=["interests"],
+                strings=["interests"] if "interests" in mapped else [],
+            )
+        ),
     ]
     interests_query = Query(
         max_length=service.settings.max_interests, description="repeat: ?interests=3&interests=7"
@@ -64,13 +85,16 @@ def feed_routes(service: "Service") -> APIRouter:
         responses={503: {"description": "overloaded: retry after Retry-After seconds"}},
     )
     async def feed(
-        user_id: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
+        user_id: user_path,  # type: ignore[valid-type]
         k: Annotated[int, Query(ge=1, le=service.settings.max_k)] = 50,
-        interests: Annotated[list[UserId] | None, interests_query] = None,
+        interests: Annotated[list[interest_type] | None, interests_query] = None,  # type: ignore[valid-type]
     ) -> FeedOut | JSONResponse:
         model = service.model  # this request's model, whatever reloads happen meanwhile
+        ids = model.scorer.ids
+        uid = ids.encode_one("user_id", user_id)
+        wanted = None if interests is None else ids.encode(ids.interests, interests).tolist()
         try:
-            f = await service.feed_async(model, user_id, k, interests)
+            f = await service.feed_async(model, uid, k, wanted)
         except Overloaded as err:
             service.metrics.shed.labels(err.reason).inc()
             return error(
@@ -81,7 +105,11 @@ def feed_routes(service: "Service") -> APIRouter:
             service.metrics.fallbacks.labels(f.fallback).inc()
         # FeedOut's fields, written directly: pydantic's response validation of 50 items per
         # request costs the event loop more than the JSON itself (the schema stays FeedOut's)
-        items = [{"item_id": i.item_id, "score": i.score, "source": i.source} for i in f.items]
+        originals = ids.decode("item_id", f.item_ids)
+        items = [
+            {"item_id": o, "score": i.score, "source": i.source}
+            for o, i in zip(originals, f.items, strict=True)
+        ]
         return SafeJSONResponse({
             "user_id": user_id, "k": k, "path": f.path, "fallback": f.fallback,
             "replaced": f.replaced, "model_version": model.version, "items": items,
@@ -97,12 +125,14 @@ def feed_routes(service: "Service") -> APIRouter:
     def score(raw: Annotated[Any, Depends(json_body)]) -> ScoreOut | JSONResponse:
         body = validate(ScoreIn, raw)
         model = service.model
-        ids = np.array(body.item_ids, np.int64)
-        unknown = ids[model.scorer.catalogue.rows(ids) < 0]
-        if unknown.size:
-            return error(404, f"items not in the catalogue: {unknown[:20].tolist()}")
+        codec = model.scorer.ids
+        ids = codec.encode("item_id", body.item_ids)
+        missing = model.scorer.catalogue.rows(ids) < 0
+        unknown = [o for o, m in zip(body.item_ids, missing, strict=True) if m]
+        if unknown:
+            return error(404, f"items not in the catalogue: {unknown[:20]}")
         try:
-            scores = model.scorer.score(body.user_id, ids)
+            scores = model.scorer.score(codec.encode_one("user_id", body.user_id), ids)
         except StoreError as err:
             return error(503, f"user store {err.reason}: {err}", reason=f"store_{err.reason}")
         return ScoreOut(user_id=body.user_id, model_version=model.version, scores=scores.tolist())

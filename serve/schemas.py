@@ -9,20 +9,24 @@ from typing import Annotated, Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pinrank.serving.ids import MAX_ID_LENGTH
+
 INT64_MAX = 2**63 - 1
 
 
 UserId = Annotated[int, Field(ge=0, le=INT64_MAX)]
+# an id as the data gave it, where the package maps string ids (pinrank.serving.ids)
+OriginalId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class FeedItemOut(BaseModel):
-    item_id: int
+    item_id: int | str
     score: float
     source: str
 
 
 class FeedOut(BaseModel):
-    user_id: int
+    user_id: int | str
     k: int
     path: str = Field(description="how the feed was made (pinrank.serving.scorer.PATHS)")
     fallback: str | None = Field(description="why it is not personalized; null when it is")
@@ -32,7 +36,7 @@ class FeedOut(BaseModel):
 
 
 class ScoreOut(BaseModel):
-    user_id: int
+    user_id: int | str
     model_version: str
     scores: list[float] = Field(description="calibrated probabilities, in the order asked")
 

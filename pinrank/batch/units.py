@@ -30,6 +30,7 @@ from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState, transform_side
 from pinrank.serving.conform import TOO_LONG
 from pinrank.serving.feed import Feed, FeedConfig
+from pinrank.serving.ids import IdCodec
 from pinrank.serving.package import Package, sha256
 from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.signing import Trust
@@ -130,27 +131,48 @@ def make_scorer(package: Package, config: JobConfig) -> FeedScorer:
 
 
 def required_columns(scorer: FeedScorer) -> list[str]:
-    """The user columns a feed needs: the graphs' and the ones candidates read."""
-    cols = [scorer.id_column, *(c.column for c in scorer.user_columns), SEEN, INTEREST_COLUMN]
+    """The user columns a feed needs: the graphs' and the ``seen`` pins candidates exclude
+    (followed interests, where the users have them, are read too: :func:`read_columns`)."""
+    cols = [scorer.id_column, *(c.column for c in scorer.user_columns), SEEN]
     return list(dict.fromkeys(cols))
 
 
-def feeds_table(feeds: Sequence[Feed]) -> pa.Table:
-    """Feeds as rows of :data:`FEED_SCHEMA`, best first within each user."""
+def read_columns(scorer: FeedScorer, schema: pa.Schema) -> list[str]:
+    """The user columns read from a file of ``schema``: :func:`required_columns`, and the
+    followed interests where it has them."""
+    extra = [INTEREST_COLUMN] if INTEREST_COLUMN in schema.names else []
+    return list(dict.fromkeys([*required_columns(scorer), *extra]))
+
+
+def feed_schema(ids: IdCodec | None = None) -> pa.Schema:
+    """:data:`FEED_SCHEMA`, with ``user_id`` and ``item_id`` strings where the package maps
+    them (the ids as the data gave them, :mod:`pinrank.serving.ids`)."""
+    if ids is None:
+        return FEED_SCHEMA
+    types = {"user_id": ids.arrow_type("user_id"), "item_id": ids.arrow_type("item_id")}
+    return pa.schema([f.with_type(types.get(f.name, f.type)) for f in FEED_SCHEMA])
+
+
+def feeds_table(feeds: Sequence[Feed], ids: IdCodec | None = None) -> pa.Table:
+    """Feeds as rows of :func:`feed_schema`, best first within each user."""
     sizes = np.array([len(f.items) for f in feeds], np.int64)
     items = [i for f in feeds for i in f.items]
+    user_ids = np.repeat(np.array([f.user_id for f in feeds], np.int64), sizes)
+    item_ids = np.array([i.item_id for i in items], np.int64)
+    users: Any = user_ids if ids is None else ids.decode("user_id", user_ids)
+    pins: Any = item_ids if ids is None else ids.decode("item_id", item_ids)
     return pa.table(
         {
-            "user_id": np.repeat(np.array([f.user_id for f in feeds], np.int64), sizes),
+            "user_id": users,
             "position": (
                 np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
             ).astype(np.int32),
-            "item_id": np.array([i.item_id for i in items], np.int64),
+            "item_id": pins,
             "score": np.array([i.score for i in items], np.float32),
             "source": pa.array([i.source for i in items], pa.string()),
             "path": pa.array(np.repeat(np.array([f.path for f in feeds], object), sizes)),
         },
-        schema=FEED_SCHEMA,
+        schema=feed_schema(ids),
     )
 
 
@@ -199,11 +221,11 @@ def score_unit(
     counts: Counter[str] = Counter()
     users = rows = 0
     source = pq.ParquetFile(unit.path)
-    with pq.ParquetWriter(tmp, FEED_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, feed_schema(scorer.ids), compression="zstd") as writer:
         for batch in source.iter_batches(
             batch_size=config.batch_users,
             row_groups=[unit.row_group],
-            columns=required_columns(scorer),
+            columns=read_columns(scorer, source.schema_arrow),
         ):
             table = pa.Table.from_batches([batch])
             valid = pc.is_valid(table.column(scorer.id_column))
@@ -213,7 +235,7 @@ def score_unit(
                 table = table.filter(valid)
             if table.num_rows:
                 feeds = scorer.feeds(scorer.user_batch(table), config.k)
-                part = feeds_table(feeds)
+                part = feeds_table(feeds, scorer.ids)
                 writer.write_table(part)
                 users, rows = users + len(feeds), rows + part.num_rows
                 counts.update(policy.counts(table))

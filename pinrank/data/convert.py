@@ -5,7 +5,6 @@ naming its row."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from pinrank.features.ids import hash_strings
 
 if TYPE_CHECKING:
     from pinrank.data.tables import ColumnRule
@@ -64,26 +65,6 @@ def _iso(col: pa.Array) -> pa.Array:
     return pa.array(out, pa.timestamp("ms"))
 
 
-def hash_ids(values: pa.Array) -> pa.Array:
-    """int64 ids of strings: the first 63 bits of their BLAKE2b digest (never 0 or negative).
-
-    Example::
-
-        >>> hash_ids(pa.array(["a", None, "a"])).to_pylist()[1:]
-        [None, 3141936117307011166]
-    """
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if values.null_count == len(values):
-        return pa.nulls(len(values), pa.int64())
-    encoded = pc.dictionary_encode(values)
-    words = [
-        max(1, int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") >> 1)
-        for s in encoded.dictionary.to_pylist()
-    ]
-    return pc.take(pa.array(words, pa.int64()), encoded.indices)
-
-
 @dataclass
 class IdMaps:
     """Per id namespace: how its values become int64, and for ``map`` the saved mapping."""
@@ -103,7 +84,7 @@ class IdMaps:
             return _parse_ints(values)
         strings = pc.cast(values, pa.string())
         if kind == "hash":
-            return hash_ids(strings)
+            return hash_strings(strings)
         index = self.maps[namespace]
         pos = index.get_indexer(np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object))
         return pa.array(np.where(pos >= 0, pos + 1, 0), pa.int64(), mask=pos < 0)

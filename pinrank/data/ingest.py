@@ -35,7 +35,8 @@ import pyarrow.dataset as ds
 from pinrank.data.convert import BadValue, IdMaps, convert_column, example_row
 from pinrank.data.io import ShardWriter, write_parquet
 from pinrank.data.schemas import KNOWN
-from pinrank.data.tables import ID_KINDS, DataConfigError, LabelRule, TableConfig
+from pinrank.data.tables import DataConfigError, LabelRule, TableConfig
+from pinrank.features.ids import ID_KINDS
 
 TABLES = ("events", "users", "items")
 ROWS_PER_SHARD = 1_000_000
@@ -408,7 +409,15 @@ def ingest(cfg: SourceConfig, out: str | Path) -> Counts:
                 raise DataConfigError(f"ids.{ns}: two distinct ids hash to one value; use map")
             table = pa.table({"id": mapped, "original": originals})
             write_parquet(table, tmp / "ids" / f"{ns}.parquet")
-        (tmp / "source.json").write_text(json.dumps(_as_dict(counts), indent=2))
+        kinds = {ns: k for ns, k in cfg.ids.items() if k != "int"}  # what raw/ids/ holds
+        columns = {  # which columns hold ids of those namespaces (interests: a namespace)
+            f"{t.name}.{name}": rule.namespace
+            for t in cfg.tables.values()
+            for name, rule in t.columns.items()
+            if rule.namespace in kinds
+        }
+        meta = _as_dict(counts) | {"ids": kinds, "id_columns": columns}
+        (tmp / "source.json").write_text(json.dumps(meta, indent=2))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

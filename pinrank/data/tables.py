@@ -40,7 +40,6 @@ from pinrank.data.convert import TYPES, cast_or_null, check_converted
 
 FORMATS = ("parquet", "csv", "tsv")
 TIMES = ("s", "ms", "us", "ns", "iso", "date")
-ID_KINDS = ("int", "map", "hash")
 OPS = (">=", "<=", "==", "!=", ">", "<", "not in", "in")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import importlib.metadata
+import json
 import shutil
 import socket
 import subprocess
@@ -116,6 +117,9 @@ def build_package(
     }
     if "retrieval" in models:
         manifest["index"] = _write_index(tmp, runs, items, columns)
+    ids = _write_ids(prepared, tmp)
+    if ids:
+        manifest["ids"] = ids
     write_manifest(tmp, manifest, signing_key)
     own = Trust(
         keys=(signing_key.public_key(),) if signing_key else (), allow_unsigned=not signing_key
@@ -193,6 +197,27 @@ def _model_entry(run: TrainedRun) -> dict[str, Any]:
     if run.calibration is not None:
         entry["calibration"] = run.calibration.to_dict()
     return entry
+
+
+def _write_ids(prepared: Prepared, root: Path) -> dict[str, Any]:
+    """The data's string ids (``ids: map`` or ``hash`` in its data config): per namespace the
+    original of every int64 id, ``ids/<namespace>.parquet`` sorted by id, so the scorer, batch
+    feeds and the service take and give the originals (:mod:`pinrank.serving.ids`)."""
+    meta = (
+        json.loads((prepared.raw / "source.json").read_text())
+        if (prepared.raw / "source.json").exists()
+        else {}
+    )
+    kinds, columns = meta.get("ids", {}), meta.get("id_columns", {})
+    out: dict[str, Any] = {}
+    for ns, kind in sorted(kinds.items()):
+        table = pq.read_table(prepared.raw / "ids" / f"{ns}.parquet", columns=["id", "original"])
+        table = table.sort_by("id")
+        path = f"ids/{ns}.parquet"
+        pq.write_table(table, _mkdir(root / "ids") / f"{ns}.parquet")
+        held = sorted(c for c, n in columns.items() if n == ns)  # e.g. items.interests
+        out[ns] = {"kind": kind, "path": path, "count": table.num_rows, "columns": held}
+    return out
 
 
 def _popularity(prepared: Prepared) -> pa.Table:

@@ -9,6 +9,7 @@ Layout (written by :func:`pinrank.export.package.build_package`)::
     fallback/popular.parquet    engaged train events per item (the fallback feeds)
     features/state.json         the feature spec's fitted state (the spec is in the manifest)
     weights/*.safetensors       network weights, for the optional torch backend
+    ids/<namespace>.parquet     the original of every int64 id, where the data's ids are strings
 
 ``manifest.json`` holds the format and version, the feature spec, every graph's inputs and
 outputs (name, type, shape), the index description, the calibration, each model's training
@@ -200,6 +201,9 @@ def referenced_files(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     for part in ("catalogue", "fallback", "index"):
         if part in manifest:
             yield f"{part}.path", manifest[part].get("path")
+    ids = manifest.get("ids", {})
+    for ns, entry in ids.items() if isinstance(ids, dict) else ():
+        yield f"ids.{ns}.path", entry.get("path") if isinstance(entry, dict) else None
 
 
 def check_net_names(net: Any, where: str) -> None:

@@ -49,6 +49,7 @@ from pinrank.serving.feed import (
     check_user_id,
     is_int,
 )
+from pinrank.serving.ids import IdCodec
 from pinrank.serving.package import Package, PackageError
 from pinrank.serving.probe import probe_graphs
 from pinrank.serving.ranking import Ranker
@@ -97,6 +98,7 @@ class FeedScorer:
         self.source = CandidateSource(package, self.backend, self.catalogue, self.config, gpu_index)
         self.ranker = Ranker(package, self.backend, self.catalogue, self.max_rows)
         self.popular = Popular(self.catalogue, self.config)
+        self.ids = IdCodec.from_package(package)  # originals of string ids, for the edges
 
     def feed(self, user_id: int, k: int = 50, interests: Sequence[int] | None = None) -> Feed:
         """The user's top-``k`` pins, best first; ``interests``: known to the caller (e.g. picked

@@ -31,10 +31,14 @@ class UserRows:
         self.columns, self.id_column = list(columns), id_column
         extra = [ColumnSpec("user", c, "int_list") for c in (SEEN, INTEREST_COLUMN)]
         self.read = [*self.columns, *extra]
+        # followed interests feed candidates; unless a graph reads them, a user without them
+        # (or data without the column) is not a replaced value
+        graphs = {c.column for c in self.columns}
+        self.optional = (*EVENT_DERIVED_USER_COLUMNS, *{INTEREST_COLUMN} - graphs)
 
     def records(self, uids: Sequence[int], rows: Sequence[dict[str, Any]]) -> UserBatch:
         """Schemaless stored records, each typed by :func:`conform` as one user's would be."""
-        typed = [conform(row, self.read, EVENT_DERIVED_USER_COLUMNS) for row in rows]
+        typed = [conform(row, self.read, self.optional) for row in rows]
         table = pa.concat_tables([t for t, _ in typed])
         return self._batch(np.array(uids, np.int64), table, [r for _, r in typed])
 
@@ -50,7 +54,9 @@ class UserRows:
         ids = rows.column(self.id_column)
         if ids.null_count:
             raise ValueError(f"{ids.null_count} user rows have a null {self.id_column}")
-        table, replaced = conform_batch(rows, self.read, EVENT_DERIVED_USER_COLUMNS)
+        if INTEREST_COLUMN in self.optional and INTEREST_COLUMN not in rows.column_names:
+            rows = rows.append_column(INTEREST_COLUMN, pa.nulls(len(rows), pa.list_(pa.int64())))
+        table, replaced = conform_batch(rows, self.read, self.optional)
         return self._batch(ids.to_numpy().astype(np.int64), table, replaced)
 
     def _batch(self, ids: np.ndarray, table: pa.Table, replaced: list[dict[str, str]]) -> UserBatch:
