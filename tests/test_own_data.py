@@ -7,6 +7,7 @@ shapes are marked slow."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,9 @@ def _runs(tmp: Path, conf: Path, shape: str) -> list[TrainedRun]:
     return [TrainedRun.load(retrieval), TrainedRun.load(ranking)]
 
 
-def _own_data_end_to_end(tmp: Path, shape: str, log: dict[str, pa.Table]) -> None:
+def _own_data_end_to_end(
+    tmp: Path, shape: str, log: dict[str, pa.Table], other: Path | None = None
+) -> None:
     runs = _runs(tmp, _config(tmp, shape, log), shape)
     package = build_package(runs, tmp / "pkg", signing_key=SIGNING_KEY)
     prepared = runs[0].prepared
@@ -106,7 +109,7 @@ def _own_data_end_to_end(tmp: Path, shape: str, log: dict[str, pa.Table]) -> Non
     else:
         assert feeds.schema.field("user_id").type == pa.int64()
     # the service: a request by the original id gets the batch job's feed
-    app = create_app(Settings(str(tmp / "pkg"), trust=TRUST), TableStore(users))
+    app = create_app(Settings(str(tmp / "pkg"), trust=TRUST, admin_token="t"), TableStore(users))
     with TestClient(app) as client:
         k = JobConfig().k  # the batch job's k: quotas and caps depend on it
         got = client.get(f"/v1/feed/{first_user}", params={"k": k})
@@ -127,14 +130,22 @@ def _own_data_end_to_end(tmp: Path, shape: str, log: dict[str, pa.Table]) -> Non
             assert missing.status_code == 404 and "p-x" in missing.text
         else:
             assert client.get("/v1/feed/m-1").status_code == 422  # integer ids stay strict
+        if other is not None:  # a package of integer ids would change the routes' types
+            shutil.copytree(other, tmp / "other")  # (under the service's model roots)
+            refused = client.post("/admin/reload", json={"package": str(tmp / "other")},
+                                  headers={"Authorization": "Bearer t"})  # fmt: skip
+            assert refused.status_code == 422 and "restart the service" in refused.text
+            assert client.get(f"/v1/feed/{first_user}").status_code == 200  # still serving
     manifest = json.loads((tmp / "pkg" / "manifest.json").read_text())
     if strings:
         assert manifest["ids"]["user_id"]["kind"] == "map"
         assert manifest["ids"]["item_id"]["kind"] == "hash"
 
 
-def test_csv_log_with_string_ids_end_to_end(tmp_path: Path, log: dict[str, pa.Table]) -> None:
-    _own_data_end_to_end(tmp_path, "csv", log)
+def test_csv_log_with_string_ids_end_to_end(
+    tmp_path: Path, log: dict[str, pa.Table], package_dir: Path
+) -> None:
+    _own_data_end_to_end(tmp_path, "csv", log, other=package_dir)
 
 
 @pytest.mark.slow
