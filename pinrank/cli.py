@@ -66,15 +66,31 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def _data_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a data config, e.g. conf/data/ml100k.yaml")
+    p.add_argument("--root-dir", default=".", help="paths.root_dir (default: .)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="override a field of the config's source, e.g. --set root=data/mine",
+    )  # fmt: skip
+
+
+def _source(args: argparse.Namespace) -> Any:
+    """The source of ``args.config`` with the ``--set`` overrides."""
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        raise ValueError(f"--set takes FIELD=VALUE, got {bad[0]!r}")
+    return load_source(args.config, args.root_dir, dict(kv.split("=", 1) for kv in args.set))
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     """What is in the files a data config names, and a suggested feature spec."""
     from pinrank.data.inspect import inspect_source, report_text, write
     from pinrank.data.sources import TableSource
     from pinrank.data.suggest import suggest_spec
 
-    overrides = dict(kv.split("=", 1) for kv in args.set)
     t0 = time.perf_counter()
-    source = load_source(args.config, args.root_dir, overrides)
+    source = _source(args)
     if not isinstance(source, TableSource):  # generated data: inspect its raw tables
         source = TableSource.of_raw(source.ensure_raw(), root=source.root, spec=source.spec)
     found = inspect_source(source.config())
@@ -95,9 +111,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     """Read the files a data config names into raw tables and prepare them (what
     ``python train.py data=...`` does first), printing what was read."""
-    overrides = dict(kv.split("=", 1) for kv in args.set)
     t0 = time.perf_counter()
-    source = load_source(args.config, args.root_dir, overrides)
+    source = _source(args)
     prepared = source.ensure()
     counts_file = prepared.raw / "source.json"
     result = {
@@ -363,22 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="report what is in the files a data config names and suggest a feature spec",
     )
-    i.add_argument("config", help="a data config, e.g. conf/data/ml100k.yaml")
+    _data_config_arguments(i)
     i.add_argument("--out", default="outputs/inspect", help="report, spec and plots go here")
-    i.add_argument("--root-dir", default=".", help="paths.root_dir (default: .)")
-    i.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     i.set_defaults(func=cmd_inspect)
 
     m = sub.add_parser(
         "ingest",
         help="read the files a data config (conf/data/*.yaml) names, then split and fit the spec",
     )
-    m.add_argument("config", help="a data config, e.g. conf/data/ml100k.yaml")
-    m.add_argument("--root-dir", default=".", help="paths.root_dir (default: .)")
-    m.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE",
-        help="override a field of the config's source, e.g. --set root=data/mine",
-    )  # fmt: skip
+    _data_config_arguments(m)
     m.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(

@@ -108,31 +108,58 @@ class BadValue(ValueError):
         self.row, self.what = row, what
 
 
-def check_converted(before: pa.Array, after: pa.Array, rows: np.ndarray | None, what: str) -> None:
+@dataclass
+class Tally:
+    """Values that do not convert, counted instead of raised (``pinrank inspect``)."""
+
+    count: int = 0
+    example: Any = None
+
+    def add(self, n: int, example: Any) -> None:
+        if n and self.count == 0:
+            self.example = example
+        self.count += n
+
+
+def check_converted(
+    before: pa.Array,
+    after: pa.Array,
+    rows: np.ndarray | None,
+    what: str,
+    tally: Tally | None = None,
+) -> None:
     """Raise :class:`BadValue` at the first value present ``before`` but null ``after``
-    (``rows``: each value's row, for flattened lists)."""
+    (``rows``: each value's row, for flattened lists), or with a ``tally``, count them."""
     bad = np.asarray(pc.and_(pc.is_valid(before), pc.is_null(after)))
     if bad.any():
         i = int(np.argmax(bad))
+        if tally is not None:
+            tally.add(int(bad.sum()), before[i].as_py())
+            return
         raise BadValue(int(rows[i]) if rows is not None else i, f"{before[i].as_py()!r} {what}")
 
 
-def convert_column(rule: ColumnRule, data: pa.Table, ids: IdMaps) -> pa.Array:
-    """The pinrank column ``rule.name`` of a batch of source rows ``data``.
+def convert_column(
+    rule: ColumnRule, data: pa.Table, ids: IdMaps, tally: Tally | None = None
+) -> pa.Array:
+    """The pinrank column ``rule.name`` of a batch of source rows ``data``; with a ``tally``,
+    a value that does not convert is counted there and becomes null.
 
     Raises:
-        BadValue: the first value that does not convert, with its row.
+        BadValue: without a tally, the first value that does not convert, with its row.
     """
     if rule.flags:
-        return _flags(data, rule.flags)
+        return _flags(data, rule.flags, tally)
     assert rule.column is not None
     col = data.column(rule.column).combine_chunks()
     if rule.time is not None:
         try:
             out = to_seconds(col, rule.time)
         except (pa.ArrowInvalid, TypeError) as err:
-            raise BadValue(0, f"is not a time in {rule.time} ({err})") from None
-        check_converted(col, out, None, f"is not a time in {rule.time}")
+            if tally is None:
+                raise BadValue(0, f"is not a time in {rule.time} ({err})") from None
+            out = pa.nulls(len(col), pa.int64())
+        check_converted(col, out, None, f"is not a time in {rule.time}", tally)
         return out
     if rule.prefix is not None:
         return pc.utf8_slice_codeunits(pc.cast(col, pa.string()), 0, rule.prefix)
@@ -141,12 +168,11 @@ def convert_column(rule: ColumnRule, data: pa.Table, ids: IdMaps) -> pa.Array:
         out = col
         if rule.namespace is not None:
             out = ids.convert(rule.namespace, col)
-            check_converted(
-                col, out, None, f"is not an id of {rule.namespace} ({ids.kind(rule.namespace)})"
-            )
+            what = f"is not an id of {rule.namespace} ({ids.kind(rule.namespace)})"
+            check_converted(col, out, None, what, tally)
         elif rule.type is not None:
             out = cast_or_null(col, TYPES[rule.type])
-            check_converted(col, out, None, f"is not of type {rule.type}")
+            check_converted(col, out, None, f"is not of type {rule.type}", tally)
         return out
     lists = pc.split_pattern(pc.cast(col, pa.string()), rule.split) if rule.split else col
     values = pc.list_flatten(lists)
@@ -157,10 +183,10 @@ def convert_column(rule: ColumnRule, data: pa.Table, ids: IdMaps) -> pa.Array:
     out = values
     if rule.namespace is not None:
         out = ids.convert(rule.namespace, values)
-        check_converted(values, out, parents, f"is not an id of {rule.namespace}")
+        check_converted(values, out, parents, f"is not an id of {rule.namespace}", tally)
     elif rule.type is not None:
         out = cast_or_null(values, TYPES[rule.type])
-        check_converted(values, out, parents, f"is not of type {rule.type}")
+        check_converted(values, out, parents, f"is not of type {rule.type}", tally)
     return _relist(lists, out, parents)
 
 
@@ -177,7 +203,7 @@ def cast_or_null(col: pa.Array, to: pa.DataType) -> pa.Array:
     return pc.cast(col, to)
 
 
-def _flags(data: pa.Table, columns: Sequence[str]) -> pa.Array:
+def _flags(data: pa.Table, columns: Sequence[str], tally: Tally | None = None) -> pa.Array:
     """0/1 columns -> per row the list of the positions (0-based) of the columns set."""
     flags = np.stack(
         [
@@ -188,7 +214,11 @@ def _flags(data: pa.Table, columns: Sequence[str]) -> pa.Array:
     )
     bad = ((flags != 0) & (flags != 1)).any(axis=1)
     if bad.any():
-        raise BadValue(int(np.argmax(bad)), f"flags {list(columns)} must be 0 or 1")
+        first = int(np.argmax(bad))
+        if tally is None:
+            raise BadValue(first, f"flags {list(columns)} must be 0 or 1")
+        tally.add(int(bad.sum()), {c: data.column(c)[first].as_py() for c in columns})
+        flags = np.where(bad[:, None], 0, flags)
     rows, positions = np.nonzero(flags)
     offsets = np.r_[0, np.cumsum(np.bincount(rows, minlength=len(flags)))].astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(positions.astype(np.int64)))

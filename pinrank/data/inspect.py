@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrank.data.convert import BadValue, IdMaps, convert_column
+from pinrank.data.convert import BadValue, IdMaps, Tally, convert_column
 from pinrank.data.ingest import SourceConfig, TableReader, collect_ids
 from pinrank.data.tables import DataConfigError
 
@@ -204,8 +204,7 @@ def inspect_source(cfg: SourceConfig) -> Inspection:
             for pname, rule in reader.table.columns.items():
                 stats = out.setdefault(pname, ColumnStats())
                 cols[pname] = _lenient(rule, data, ids, stats)
-                if cols[pname] is not None:
-                    stats.add(cols[pname], rng)
+                stats.add(cols[pname], rng)
             key = {"users": "user_id", "items": "item_id"}.get(name)
             if key and cols.get(key) is not None:
                 entity_ids[name].append(pc.drop_null(cols[key]).to_numpy())
@@ -247,27 +246,15 @@ def inspect_source(cfg: SourceConfig) -> Inspection:
     return Inspection(files, source_cols, mapped, events, per_user, per_item, dict(days))
 
 
-def _lenient(rule: Any, data: pa.Table, ids: IdMaps, stats: ColumnStats) -> pa.Array | None:
-    """The column converted, with the values that do not convert counted (and nulled)."""
-    try:
-        return convert_column(rule, data, ids)
-    except BadValue as err:
-        bad = _bad_rows(rule, data, ids)
-        stats.malformed += bad
-        stats.malformed_example = data.column(rule.sources[0])[err.row].as_py()
-        return None
-
-
-def _bad_rows(rule: Any, data: pa.Table, ids: IdMaps) -> int:
-    """Rows of ``data`` whose value of ``rule`` does not convert, one row at a time after the
-    first failure (the rare path)."""
-    bad = 0
-    for start in range(data.num_rows):
-        try:
-            convert_column(rule, data.slice(start, 1), ids)
-        except BadValue:
-            bad += 1
-    return bad
+def _lenient(rule: Any, data: pa.Table, ids: IdMaps, stats: ColumnStats) -> pa.Array:
+    """The column converted, the values that do not convert counted (and null)."""
+    tally = Tally()
+    out = convert_column(rule, data, ids, tally)
+    if tally.count:
+        stats.malformed += tally.count
+        if stats.malformed_example is None:
+            stats.malformed_example = tally.example
+    return out
 
 
 def report_text(ins: Inspection) -> str:

@@ -41,10 +41,15 @@ def _trains(source: TableSource, spec: Path, root: Path) -> None:
             assert np.isfinite(float(loss.detach()))
 
 
-def _inspect(config: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+FILES = ("inspect.json", "suggested_spec.yaml", "events_per_day.png", "activity.png")
+
+
+def _inspect(
+    config: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str, files=FILES
+) -> str:
     assert main(["inspect", str(config), "--out", str(out), "--root-dir", str(ROOT), *extra]) == 0
     text = capsys.readouterr().out
-    for name in ("inspect.json", "suggested_spec.yaml", "events_per_day.png", "activity.png"):
+    for name in files:
         assert (out / name).stat().st_size > 0, name
     return text
 
@@ -108,6 +113,11 @@ def test_inspect_counts_malformed_values_that_ingest_refuses(
     assert report["events"]["label_rate"] == pytest.approx(80 / 200)
     with pytest.raises(ValueError, match="'x' is not an id of item_id"):
         load_source(config).ensure()  # ingest stops at it
+    # a wrong time unit: every value counted, in one vectorised pass per batch
+    config.write_text(config.read_text().replace("time: s", "time: iso"))
+    _inspect(config, tmp_path / "out2", capsys, files=FILES[:2])  # no time: no days to plot
+    report = json.loads((tmp_path / "out2" / "inspect.json").read_text())
+    assert report["columns"]["events"]["ts"]["malformed"] == 200
 
 
 def test_inspect_movielens_and_train_on_its_spec(
