@@ -2,17 +2,18 @@
 
 :func:`ingest` reads every file of ``events`` (and ``users`` and ``items`` where given) batch by
 batch through ``pyarrow.dataset``, converts each batch by its column rules
-(:mod:`pinrank.data.tables`) and writes Parquet shards of the three raw tables. Without a users
-or items table, that table is derived from the events: every id seen, plus the event columns
-named ``users.<column>`` / ``items.<column>`` (the value of the id's latest event).
+(:mod:`pinrank.data.tables`) and writes Parquet shards of the three raw tables. Without a users or
+items table, that table is derived from the events: every id seen, plus the event columns named
+``users.<column>`` / ``items.<column>`` (the value of the id's latest event).
 
-Everything goes to a temporary folder that replaces ``out`` only when all of it was read and
-checked, so bad input leaves nothing behind. Rows with a null id or time are skipped and
-counted; every other value that does not convert, a missing file or column, a label rule that
-matches no row or every row, duplicate ids in a users or items table and events whose ids are
-all unknown are a :class:`~pinrank.data.tables.DataConfigError` naming the file, the column and
-an example row. What was read is counted in ``out/source.json``; the id mappings are saved in
-``out/ids/<namespace>.parquet`` (``id`` int64, ``original`` string).
+Events are written to shards by user (:class:`~pinrank.data.io.UserShards`): the split protocol needs each user's
+events in one shard, and logs come in any order. Everything goes to a temporary folder that
+replaces ``out`` only when all of it was read and checked, so bad input leaves nothing behind. Rows
+with a null id or time are skipped and counted; every other value that does not convert, a missing
+file or column, a label rule that matches no row or every row, duplicate ids in a users or items
+table and events whose ids are all unknown are a :class:`~pinrank.data.tables.DataConfigError`
+naming the file, the column and an example row. What was read is counted in ``out/source.json``;
+the id mappings are saved in ``out/ids/<namespace>.parquet`` (``id`` int64, ``original`` string).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pinrank.data.convert import BadValue, IdMaps, convert_column, example_row
-from pinrank.data.io import ShardWriter, write_parquet
+from pinrank.data.io import ShardWriter, UserShards, write_parquet
 from pinrank.data.schemas import KNOWN
 from pinrank.data.tables import DataConfigError, LabelRule, TableConfig
 from pinrank.features.ids import ID_KINDS
@@ -138,6 +139,12 @@ class TableReader:
                     raise DataConfigError(
                         f"{path}: no column {col!r} (tables.{table.name}); it has {schema.names}"
                     )
+
+    def estimated_rows(self) -> int:
+        """The rows of the files: exact for Parquet (footers), from the size for text."""
+        if self.table.format.kind == "parquet":
+            return sum(f.count_rows() for f in self.fragments)
+        return sum(os.path.getsize(f) for f in self.files) // 40  # about 40 bytes a row
 
     def batches(self, columns: list[str]) -> Iterator[tuple[str, pa.Table]]:
         """``(file, rows)`` of every file in order, only ``columns``."""
@@ -298,7 +305,7 @@ def _read_events(
                 f"tables.events.columns.{name}: {side} has a table of its own; "
                 f"map {name.partition('.')[2]!r} there"
             )
-    writer = ShardWriter(tmp / "events", "events", ROWS_PER_SHARD)
+    writer = UserShards(tmp / "events", -(-reader.estimated_rows() // ROWS_PER_SHARD))
     unknown = {t: 0 for t in known}
     for path, data in reader.batches(reader.sources):
         cols = _convert(reader, path, data, ids, ())
@@ -339,7 +346,7 @@ def _read_events(
                 )
                 unknown[t] += int((~hit).sum())
         rows = rows.drop_columns([n for n in rules if "." in n])
-        writer.write(rows)
+        writer.write(rows, path)
         counts.engaged += pc.sum(rows.column("engaged")).as_py() or 0
         per = counts.files.setdefault("events", {})
         per[path] = per.get(path, 0) + len(data)

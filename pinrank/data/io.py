@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -149,9 +150,78 @@ class ShardWriter:
         return self.shard_rows
 
 
+class UserShards:
+    """Events written to shards by user (``user_id % shards``), so that each user's events lie in
+    one shard as the streamed split needs (:func:`pinrank.data.splits.check_disjoint_users`),
+    whatever the order of the files; each shard grows by row groups of :data:`ROW_GROUP_ROWS`,
+    so memory holds at most one row group per shard. Every batch must convert to the first's
+    schema (SchemaError naming the source otherwise).
+
+    Args:
+        folder: where ``part-NNNNN.parquet`` go.
+        shards: how many.
+    """
+
+    def __init__(self, folder: Path, shards: int) -> None:
+        self.folder, self.n = folder, max(1, shards)
+        self.pending: list[list[pa.Table]] = [[] for _ in range(self.n)]
+        self.sizes = [0] * self.n
+        self.writers: list[pq.ParquetWriter | None] = [None] * self.n
+        self.schema: pa.Schema | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, rows: pa.Table, source: str) -> None:
+        target = check_schema(rows.schema, "events", source)
+        rows = rows.select(target.names)
+        if self.schema is None:
+            self.schema = rows.cast(target).schema
+        try:
+            rows = rows.cast(self.schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+            raise SchemaError(
+                f"{source}: its columns {rows.schema} do not convert to the first file's "
+                f"{self.schema} ({_short(err)}): give the column a type in the data config"
+            ) from None
+        shard = np.asarray(rows.column("user_id")) % self.n
+        order = np.argsort(shard, kind="stable")
+        bounds = np.searchsorted(shard[order], np.arange(self.n + 1))
+        for i in range(self.n):
+            if bounds[i + 1] > bounds[i]:
+                self.pending[i].append(rows.take(pa.array(order[bounds[i] : bounds[i + 1]])))
+                self.sizes[i] += int(bounds[i + 1] - bounds[i])
+                if sum(len(t) for t in self.pending[i]) >= ROW_GROUP_ROWS:
+                    self._flush(i)
+
+    def _flush(self, i: int) -> None:
+        if not self.pending[i]:
+            return
+        assert self.schema is not None
+        if self.writers[i] is None:
+            path = self.folder / f"part-{i:05d}.parquet"
+            self.writers[i] = pq.ParquetWriter(path, self.schema, compression="zstd")
+        writer = self.writers[i]
+        assert writer is not None
+        writer.write_table(pa.concat_tables(self.pending[i]), row_group_size=ROW_GROUP_ROWS)
+        self.pending[i] = []
+
+    def close(self) -> list[int]:
+        """Write what is left; the rows of every shard written."""
+        for i in range(self.n):
+            self._flush(i)
+            writer = self.writers[i]
+            if writer is not None:
+                writer.close()
+        return [n for n in self.sizes if n]
+
+
+def _short(err: BaseException) -> str:
+    return str(err).splitlines()[0][:300]
+
+
 __all__ = [
     "SchemaError",
     "ShardWriter",
+    "UserShards",
     "conform",
     "iter_batches",
     "open_dataset",

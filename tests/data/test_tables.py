@@ -242,3 +242,40 @@ def test_label_rules() -> None:
 )
 def test_times_become_epoch_seconds(values: pa.Array, unit: str, expected: list) -> None:
     assert to_seconds(values, unit).to_pylist() == expected
+
+
+def test_a_users_events_across_files_land_in_one_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logs come in any order (here: two days' files, every user in both, string ids hashed to
+    all of int64): ingest writes each user's events to one shard, as the streamed split needs."""
+    import pinrank.data.ingest as ingest_module
+    from pinrank.data.splits import check_disjoint_users
+
+    monkeypatch.setattr(ingest_module, "ROWS_PER_SHARD", 100)  # several shards of 600 rows
+    files = tmp_path / "files"
+    files.mkdir()
+    rng = np.random.default_rng(0)
+    for day in range(2):
+        rows = ["user,item,ts,rating"] + [
+            f"member-{u},{rng.integers(0, 30)},{T0 + day * 86_400 + i},{rng.integers(1, 6)}"
+            for i, u in enumerate(rng.permutation(np.repeat(np.arange(50), 6)))
+        ]
+        (files / f"day{day}.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "spec.yaml").write_text(SPEC % ("", "{}"))
+    cfg = {
+        "label": "rating >= 4",
+        "ids": {"user_id": "hash"},
+        "tables": {"events": {"path": str(files / "day*.csv"), "format": "csv",
+                              "columns": {"user_id": "user", "item_id": "item",
+                                          "ts": {"column": "ts", "time": "s"}}}},
+    }  # fmt: skip
+    prepared = TableSource(root=str(tmp_path / "data"), spec=str(tmp_path / "spec.yaml"), **cfg)
+    prepared = prepared.ensure()
+    shards = sorted((prepared.raw / "events").glob("part-*.parquet"))
+    assert len(shards) > 1  # about 100 a shard (a text file's rows are estimated from its size)
+    check_disjoint_users(shards)
+    users = read_table(prepared.raw / "events", "events")["user_id"].to_numpy()
+    assert len(np.unique(users)) == 50 and users.max() > 2**40  # hashed ids, any size
+    sizes = json.loads((prepared.root / "prepared.json").read_text())["splits"]
+    assert sum(sizes.values()) == 600
