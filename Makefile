@@ -45,6 +45,7 @@ format:
 
 bench:  ## benchmarks print and save their numbers (JSON, PNG) under benchmarks/results/
 	$(PY) benchmarks/generate_scale.py --users 10000000 --events 50000000 --items 1000000
+	$(PY) benchmarks/own_data_scale.py --users 10000000 --events 50000000 --items 1000000
 	$(PY) benchmarks/retrieval_ann.py
 	$(PY) benchmarks/ranker_serving.py --package $(PACKAGE) --data $(DATA)/prepared
 	$(PY) benchmarks/batch_feeds.py --package $(PACKAGE)
