@@ -22,8 +22,8 @@ these rules from its footer before use (:func:`check_schema`).
 ``events`` (one row per impression)
     ``user_id``, ``item_id``, ``ts`` int64, ``engaged`` bool (the label; all structural);
     known: ``surface`` string, ``position`` int32, ``engagement`` string (``none`` when not
-    engaged, else the kind: ``click``, ``save``, ``closeup``; MovieLens: ``rating_1`` ..
-    ``rating_5``).
+    engaged, else the kind: ``click``, ``save``, ``closeup``; MovieLens: the rating, ``4`` or
+    ``5``).
 """
 
 from __future__ import annotations
