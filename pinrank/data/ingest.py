@@ -6,14 +6,15 @@ batch through ``pyarrow.dataset``, converts each batch by its column rules
 items table, that table is derived from the events: every id seen, plus the event columns named
 ``users.<column>`` / ``items.<column>`` (the value of the id's latest event).
 
-Events are written to shards by user (:class:`~pinrank.data.io.UserShards`): the split protocol needs each user's
-events in one shard, and logs come in any order. Everything goes to a temporary folder that
-replaces ``out`` only when all of it was read and checked, so bad input leaves nothing behind. Rows
-with a null id or time are skipped and counted; every other value that does not convert, a missing
-file or column, a label rule that matches no row or every row, duplicate ids in a users or items
-table and events whose ids are all unknown are a :class:`~pinrank.data.tables.DataConfigError`
-naming the file, the column and an example row. What was read is counted in ``out/source.json``;
-the id mappings are saved in ``out/ids/<namespace>.parquet`` (``id`` int64, ``original`` string).
+Events are written to shards by user (:class:`~pinrank.data.io.UserShards`): the split protocol
+needs each user's events in one shard, and logs come in any order. Everything goes to a temporary
+folder that replaces ``out`` only when all of it was read and checked, so bad input leaves nothing
+behind. Rows with a null id or time are skipped and counted; every other value that does not
+convert, a missing file or column, a label rule that matches no row or every row, duplicate ids in
+a users or items table and events whose ids are all unknown are a
+:class:`~pinrank.data.tables.DataConfigError` naming the file, the column and an example row. What
+was read is counted in ``out/source.json``; the id mappings are saved in
+``out/ids/<namespace>.parquet`` (``id`` int64, ``original`` string).
 """
 
 from __future__ import annotations
