@@ -213,7 +213,9 @@ def cmd_feed(args: argparse.Namespace) -> None:
         print(f"[feed] user {original}: {len(feed.items)} pins, path {feed.path}, {ms:.1f} ms")
         pins = codec.decode("item_id", feed.item_ids)
         for pos, (pin, item) in enumerate(zip(pins, feed.items, strict=True)):
-            print(f"  {pos:>3}  pin {pin!s:>8}  score {item.score:.4f}  {item.source}")
+            score = "" if item.score is None else f"score {item.score:.4f}"
+            popular = "" if item.popularity is None else f"popularity {item.popularity}"
+            print(f"  {pos:>3}  pin {pin!s:>8}  {score or popular}  {item.source}")
 
 
 def _int_id(value: str) -> int:

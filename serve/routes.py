@@ -107,7 +107,7 @@ def feed_routes(service: "Service") -> APIRouter:
         # request costs the event loop more than the JSON itself (the schema stays FeedOut's)
         originals = ids.decode("item_id", f.item_ids)
         items = [
-            {"item_id": o, "score": i.score, "source": i.source}
+            {"item_id": o, "score": i.score, "popularity": i.popularity, "source": i.source}
             for o, i in zip(originals, f.items, strict=True)
         ]
         return SafeJSONResponse({

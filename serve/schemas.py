@@ -21,7 +21,12 @@ OriginalId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 class FeedItemOut(BaseModel):
     item_id: int | str
-    score: float
+    score: float | None = Field(
+        description="the calibrated probability of engagement; null where no model scored it"
+    )
+    popularity: int | None = Field(
+        description="engaged train events, for the popular pins of a fallback feed; else null"
+    )
     source: str
 
 

@@ -78,7 +78,8 @@ from pinrank.batch.units import (
 from pinrank.serving.package import Package, load_package, sha256
 from pinrank.serving.signing import Trust
 
-FORMAT, FORMAT_VERSION = "pinrank-feeds", 2  # 2: engine and threads in the job identity
+# 2: engine and threads in the job identity; 3: popularity apart from score
+FORMAT, FORMAT_VERSION = "pinrank-feeds", 3
 JOB, SUCCESS, LOCK = "_job.json", "_SUCCESS.json", ".lock"
 ENGINES = ("local", "ray")
 log = logging.getLogger(__name__)

@@ -41,7 +41,8 @@ FEED_SCHEMA = pa.schema(
         ("user_id", pa.int64()),
         ("position", pa.int32()),
         ("item_id", pa.int64()),
-        ("score", pa.float32()),
+        ("score", pa.float32()),  # the calibrated probability; null on the fallback paths
+        ("popularity", pa.int64()),  # engaged train events of a fallback's popular pin
         ("source", pa.string()),
         ("path", pa.string()),
     ]
@@ -168,7 +169,8 @@ def feeds_table(feeds: Sequence[Feed], ids: IdCodec | None = None) -> pa.Table:
                 np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
             ).astype(np.int32),
             "item_id": pins,
-            "score": np.array([i.score for i in items], np.float32),
+            "score": pa.array([i.score for i in items], pa.float32()),
+            "popularity": pa.array([i.popularity for i in items], pa.int64()),
             "source": pa.array([i.source for i in items], pa.string()),
             "path": pa.array(np.repeat(np.array([f.path for f in feeds], object), sizes)),
         },

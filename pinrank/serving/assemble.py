@@ -54,7 +54,7 @@ class Popular:
             path = UNKNOWN_POPULAR  # no pin has any of those interests
         rest = c.popular(k - len(first), np.union1d(exclude, c.ids[first]))
         items = [
-            FeedItem(int(c.ids[r]), float(c.engaged[r]), source)
+            FeedItem(int(c.ids[r]), None, source, int(c.engaged[r]))
             for rows, source in ((first, INTERESTS), (rest, POPULAR))
             for r in rows
         ]

@@ -16,11 +16,13 @@
 ==========================  ======================================================================
 
 ``FeedItem.source`` is ``retrieval``, ``interests`` or ``popular`` (on personalized paths: the
-popular unseen pins that top up a candidate set shorter than ``k``). ``FeedItem.score`` is the
-calibrated probability on the personalized paths and the pin's engaged train events on the
-others. Popular pins never include the user's ``seen`` pins (with ``exclude_seen``), so a feed
-is shorter than ``k`` only when the catalogue has fewer unseen pins (``counts["short"]``).
-Bad arguments (``k < 1``, a non-integer id) raise ValueError; nothing else reaches the caller.
+popular unseen pins that top up a candidate set shorter than ``k``). ``FeedItem.score`` is always
+the calibrated probability, on the personalized paths, or ``None`` where no model scored the pin
+(the fallback paths); ``FeedItem.popularity`` is then the pin's engaged train events, what the
+fallback ranks by, and ``None`` on the personalized paths. Popular pins never include the user's
+``seen`` pins (with ``exclude_seen``), so a feed is shorter than ``k`` only when the catalogue has
+fewer unseen pins (``counts["short"]``). Bad arguments (``k < 1``, a non-integer id) raise
+ValueError; nothing else reaches the caller.
 """
 
 from __future__ import annotations
@@ -98,11 +100,13 @@ def _feed_config(values: dict[str, Any]) -> FeedConfig:
 
 @dataclass(frozen=True)
 class FeedItem:
-    """One pin of a feed: its score and the source that proposed it (module docstring)."""
+    """One pin of a feed: its score, the source that proposed it and, for a popular pin of a
+    fallback feed, its popularity (module docstring)."""
 
     item_id: int
-    score: float
+    score: float | None  # the calibrated P(engaged); None where no model scored the pin
     source: str
+    popularity: int | None = None  # engaged train events, on the popular fallback paths
 
 
 @dataclass

@@ -148,7 +148,7 @@ class FeedScorer:
         uid, k = check_user_id(user_id), check_k(k)
         probe_graphs(self.package, self.backend, self.catalogue)
         feed = self.feeds(self.rows.new_user(uid), k)[0]
-        scores = np.array([i.score for i in feed.items], np.float64)
+        scores = np.array([np.nan if i.score is None else i.score for i in feed.items])
         if feed.path not in (PERSONALIZED, PERSONALIZED_DEFAULTS) or len(feed.items) != k:
             raise PackageError(
                 f"{self.package.root}: a new user's probe feed is {feed.path!r} "

@@ -57,6 +57,13 @@ def user_ids(users: pa.Table, n: int) -> list[int]:
     return [int(u) for u in users.column("user_id").to_numpy()[:n]]
 
 
+def assert_scores(got: list, want: list, atol: float = 1e-6) -> None:
+    """Scores equal to ``atol``, None (no model scored the pin) where None."""
+    assert [g is None for g in got] == [w is None for w in want]
+    np.testing.assert_allclose([g for g in got if g is not None],
+                               [w for w in want if w is not None], atol=atol)  # fmt: skip
+
+
 def test_feed_and_score_equal_the_embedded_scorer(
     client: TestClient, reference: FeedScorer, users: pa.Table
 ) -> None:
@@ -68,8 +75,10 @@ def test_feed_and_score_equal_the_embedded_scorer(
         assert body["path"] == want.path and body["user_id"] == uid and body["k"] == 12
         assert [i["item_id"] for i in body["items"]] == want.item_ids.tolist()
         assert [i["source"] for i in body["items"]] == [i.source for i in want.items]
-        np.testing.assert_allclose([i["score"] for i in body["items"]],
-                                   [i.score for i in want.items], atol=1e-6)  # fmt: skip
+        assert_scores([i["score"] for i in body["items"]], [i.score for i in want.items])
+        assert [i["popularity"] for i in body["items"]] == [i.popularity for i in want.items]
+        fallback = want.path not in ("personalized", "personalized_defaults")
+        assert all((i["score"] is None) == fallback for i in body["items"])  # never a count
         assert body["fallback"] == want.fallback
     assert client.get(f"/v1/feed/{10**12}").json()["fallback"] == "unknown_user_popular"
     uid = user_ids(users, 1)[0]
@@ -89,8 +98,8 @@ def test_feed_many_equals_feed_per_user(reference: FeedScorer, users: pa.Table) 
         assert (got.user_id, got.path, got.replaced) == (uid, want.path, want.replaced)
         assert got.item_ids.tolist() == want.item_ids.tolist()
         assert [i.source for i in got.items] == [i.source for i in want.items]
-        np.testing.assert_allclose([i.score for i in got.items],
-                                   [i.score for i in want.items], atol=1e-5)  # fmt: skip
+        assert_scores([i.score for i in got.items], [i.score for i in want.items], 1e-5)
+        assert [i.popularity for i in got.items] == [i.popularity for i in want.items]
     assert {f.path for f in many} >= {"unknown_user_interests", "unknown_user_popular"}
 
 

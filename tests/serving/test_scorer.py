@@ -320,6 +320,10 @@ def test_unknown_user_gets_popular_pins(scorer: FeedScorer, popular: list[int]) 
     assert feed.path == UNKNOWN_POPULAR
     assert feed.item_ids.tolist() == popular[:7]
     assert {i.source for i in feed.items} == {"popular"}
+    # no model scored them: no probability, and their popularity apart (engaged train events)
+    assert all(i.score is None for i in feed.items)
+    counts = [i.popularity for i in feed.items]
+    assert all(c is not None for c in counts) and counts == sorted(counts, reverse=True)
     # interests that no pin has serve the same popular pins
     other = scorer.feed(UNKNOWN, k=7, interests=[10**6])
     assert other.path == UNKNOWN_POPULAR and other.item_ids.tolist() == popular[:7]
