@@ -328,7 +328,8 @@ def test_feed_command_serves_known_and_unknown_users(
     assert "[feed] backend onnxruntime" in lines[0]
     assert any("path personalized" in line for line in lines)
     assert any("user 999999999: 5 pins, path unknown_user_interests" in line for line in lines)
-    assert sum(" score " in line for line in lines) == 10  # two feeds of 5
+    assert sum(" score " in line for line in lines) == 5  # the known user's feed
+    assert sum(" popularity " in line for line in lines) == 5  # the fallback: no model score
 
 
 def test_a_package_with_the_popularity_prior_retrieves_by_the_biased_score(
