@@ -12,8 +12,9 @@ if [ -f "$stamp" ]; then echo "setup: up to date ($flavour, $key)"; exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 if [ "$flavour" = gpu ]; then
-  # CUDA builds replace the CPU ones of the same libraries; the rest of the pins stay.
-  grep -v -E '^(torch|fbgemm-gpu-cpu|faiss-cpu|onnxruntime)==' requirements/cpu.txt > "$VENV/req-gpu-rest.txt"
+  # CUDA builds replace the CPU ones of the same libraries; the rest of the pins stay, faiss-cpu
+  # included (no faiss GPU wheel pairs with torch's CUDA 13.0: requirements/gpu.txt, docs/gpu.md).
+  grep -v -E '^(torch|fbgemm-gpu-cpu|onnxruntime)==' requirements/cpu.txt > "$VENV/req-gpu-rest.txt"
   pip install -r requirements/gpu.txt -r "$VENV/req-gpu-rest.txt"
 else
   pip install -r requirements/cpu.txt

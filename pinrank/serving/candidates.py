@@ -10,6 +10,9 @@ index was built) are dropped.
 
 from __future__ import annotations
 
+from typing import Any
+
+import faiss
 import numpy as np
 
 from pinrank.retrieval.bias import query_vectors
@@ -19,6 +22,24 @@ from pinrank.serving.feed import EMPTY, INTERESTS, POPULAR, RETRIEVAL, FeedConfi
 from pinrank.serving.package import Package
 from pinrank.serving.probe import package_index
 from pinrank.serving.runtime import Backend
+
+
+def check_gpu_faiss(module: Any = faiss) -> None:
+    """Fail clearly when ``--gpu-index`` (``gpu_index=True``) cannot be honoured: the faiss
+    installed is a CPU build (faiss-cpu, what the pinned GPU set installs: docs/gpu.md) or sees no
+    GPU. Otherwise :meth:`FaissTopK.wrap` would quietly search on CPU."""
+    if not hasattr(module, "StandardGpuResources"):
+        raise ValueError(
+            f"--gpu-index needs a faiss build with GPU support; faiss {module.__version__} here "
+            "is a CPU build (faiss-cpu, as the pinned GPU set installs: docs/gpu.md). Install a "
+            "faiss GPU build of torch's CUDA major in place of faiss-cpu, or drop --gpu-index"
+        )
+    if module.get_num_gpus() == 0:
+        raise ValueError(
+            f"--gpu-index needs a GPU that faiss sees; faiss {module.__version__} has GPU support "
+            "but faiss.get_num_gpus() is 0 (no GPU, driver or CUDA_VISIBLE_DEVICES?), "
+            "or drop --gpu-index"
+        )
 
 
 class CandidateSource:
@@ -33,6 +54,8 @@ class CandidateSource:
         gpu_index: bool = False,
     ) -> None:
         self.backend, self.catalogue, self.config = backend, catalogue, config
+        if gpu_index:
+            check_gpu_faiss()
         spec = package.manifest["index"]
         params = spec.get("params") or {}
         # the popularity prior chosen on val: queries [u / T, beta] (pinrank.retrieval.bias)
