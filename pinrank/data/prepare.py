@@ -2,7 +2,7 @@
 
 Layout of a prepared folder::
 
-    <out>/splits/{train,val,test,cold}/part-*.parquet  events, PROTOCOL.md splits
+    <out>/splits/{train,val,test,cold}/part-*.parquet  events, the protocol's splits
     <out>/history/part-00000.parquet                  per user: history, seen, last_ts
     <out>/item_stats/part-00000.parquet               per item: train_events, train_engaged, mean_ts
     <out>/features/spec.yaml, state.json              the spec and its state fitted on train

@@ -1,4 +1,4 @@
-"""Train / val / test / cold-start splits of an EVENTS table, as ``docs/PROTOCOL.md`` defines them.
+"""Train / val / test / cold-start splits of an EVENTS table, as ``docs/evaluation.md`` describes.
 
 Users with ``user_id % cold_user_mod == 0`` are the cold-start hold-out: all their events go to
 ``cold``. Every other (warm) user's events are sorted by ``(ts, item_id)``; the last 20% are

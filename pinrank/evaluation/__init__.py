@@ -1,4 +1,4 @@
-"""Offline evaluation: retrieval metrics and baselines as ``docs/PROTOCOL.md`` defines them
+"""Offline evaluation: retrieval metrics and baselines as ``docs/evaluation.md`` describes them
 (ranking metrics, plots and the logistic-regression baseline: ``pinrank.evaluation.ranking`` and
 ``pinrank.evaluation.logreg``)."""
 

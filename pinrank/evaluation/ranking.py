@@ -1,4 +1,4 @@
-"""Ranking metrics, baselines and plots under ``docs/PROTOCOL.md``.
+"""Ranking metrics, baselines and plots of the evaluation protocol (``docs/evaluation.md``).
 
 All metrics take flat arrays over events: ``labels`` (1 = engaged), ``scores`` (probabilities
 where a metric needs them, any monotone score for AUC) and ``users`` (for per-user metrics).

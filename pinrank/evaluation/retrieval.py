@@ -1,10 +1,10 @@
-"""Offline retrieval evaluation as ``docs/PROTOCOL.md`` defines it, plus the two baselines.
+"""Offline retrieval evaluation as ``docs/evaluation.md`` describes it, plus the two baselines.
 
 A :class:`RetrievalTask` holds, per query user, the engaged evaluation items (the ground truth)
 and the train items that must not be ranked (every item the user has a train event for, any
 label). A model turns it into ``topk_ids`` of shape ``[Q, K]``; :func:`retrieval_metrics` scores
 those. Popularity (:func:`popularity_scores` + :func:`rank_by_scores`) and :func:`random_ranking`
-are the PROTOCOL baselines. NumPy only, so the serving side can reuse it without torch.
+are the protocol's baselines. NumPy only, so the serving side can reuse it without torch.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _items_per_user(users: np.ndarray, items: np.ndarray, keys: np.ndarray) -> l
 
 
 def retrieval_task(train: pa.Table, evaluation: pa.Table, catalogue: np.ndarray) -> RetrievalTask:
-    """Build the PROTOCOL retrieval queries from a train and an evaluation (val or test) split.
+    """Build the protocol's retrieval queries from a train and an evaluation (val or test) split.
 
     The queries are the users with at least one engaged event in ``evaluation``; their truth is
     those engaged items. Every item a user has a train event for (engaged or not) is excluded
@@ -181,7 +181,7 @@ def _check_topk(topk_ids: np.ndarray, truth: list[np.ndarray], ks: Sequence[int]
 def retrieval_metrics(
     topk_ids: np.ndarray, truth: list[np.ndarray], ks: Sequence[int] = DEFAULT_KS
 ) -> dict[str, float]:
-    """Recall@K, NDCG@K and HitRate@K of ranked ids, averaged over queries (PROTOCOL).
+    """Recall@K, NDCG@K and HitRate@K of ranked ids, averaged over queries (``docs/evaluation.md``).
 
     Recall@K = hits in the top K / |truth|. NDCG@K uses binary gains: DCG sums
     ``1 / log2(r + 1)`` over the 1-based ranks ``r`` of hits, divided by the DCG of
@@ -335,7 +335,7 @@ def random_ranking(task: RetrievalTask, k: int, seed: int = 0) -> np.ndarray:
 def baseline_metrics(
     task: RetrievalTask, train: pa.Table, ks: Sequence[int] = DEFAULT_KS, seed: int = 0
 ) -> dict[str, float]:
-    """PROTOCOL metrics of the popularity and the random baseline.
+    """The protocol's metrics of the popularity and the random baseline.
 
     Args:
         task: the queries.

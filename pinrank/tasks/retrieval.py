@@ -2,7 +2,7 @@
 
 The LightningModule owns the loss (in-batch softmax, logQ correction, optional mixed negatives,
 accidental-hit removal), the optimiser and the metrics; the network knows nothing of them.
-Evaluation follows ``docs/PROTOCOL.md``: every item the user has no train event with is ranked,
+Evaluation follows ``docs/evaluation.md``: every item the user has no train event with is ranked,
 and the truth is the user's engaged items of the split.
 """
 
@@ -139,7 +139,7 @@ class RetrievalModule(pl.LightningModule):
     # --------------------------------------------------------------------------- evaluation
 
     def task(self, dm: PinrankDataModule, split: str) -> RetrievalTask:
-        """The PROTOCOL task of a split: users with engaged events there, their train items."""
+        """The protocol's task of a split: users with engaged events there, their train items."""
         if split not in self._tasks:
             train = read_table(dm.prepared.split("train"), "events", EVENT_COLUMNS)
             events = read_table(dm.prepared.split(split), "events", EVENT_COLUMNS)

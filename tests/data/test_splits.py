@@ -1,4 +1,4 @@
-"""Tests of the PROTOCOL train / val / test / cold splits.
+"""Tests of the protocol's train / val / test / cold splits (docs/evaluation.md).
 
 Hand-worked small cases, a pure-Python reference on random tables, the streamed writer, and the
 published MovieLens-100K counts (skipped when the data set is absent; it is never copied).
@@ -151,7 +151,7 @@ def test_key_columns_only_and_nulls() -> None:
 
 
 def reference_splits(table: pa.Table, cfg: SplitConfig) -> list[int]:
-    """The PROTOCOL split in plain Python, one user at a time."""
+    """The protocol's split in plain Python, one user at a time."""
     users = table.column("user_id").to_pylist()
     items = table.column("item_id").to_pylist()
     ts = table.column("ts").to_pylist()
@@ -272,7 +272,7 @@ def test_bitmap_grows_for_large_ids(tmp_path: Path) -> None:
         check_disjoint_users(files)
 
 
-# --- MovieLens-100K PROTOCOL counts --------------------------------------------------------------
+# --- MovieLens-100K counts of the protocol -------------------------------------------------------
 
 
 def ml100k_dir() -> Path:

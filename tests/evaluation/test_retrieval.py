@@ -1,6 +1,6 @@
-"""Tests of the PROTOCOL retrieval metrics, task building and baselines.
+"""Tests of the protocol's retrieval metrics (docs/evaluation.md), task building and baselines.
 
-Hand-worked values, a slow pure-Python reference on random data, and the PROTOCOL reference
+Hand-worked values, a slow pure-Python reference on random data, and the protocol's reference
 numbers on MovieLens-100K (skipped when the data set is absent; it is never copied).
 """
 
@@ -92,7 +92,7 @@ def test_metrics_errors(topk: np.ndarray, truth: list[np.ndarray], ks: tuple, ma
 def reference_metrics(
     topk: list[list[int]], truth: list[set[int]], ks: tuple[int, ...]
 ) -> dict[str, float]:
-    """The PROTOCOL definitions, one query and one rank at a time."""
+    """The protocol's definitions, one query and one rank at a time."""
     sums: dict[str, float] = {}
     for row, relevant in zip(topk, truth, strict=True):
         for k in ks:
@@ -254,14 +254,14 @@ def test_random_ranking_is_uniform() -> None:
     assert all(abs(c - 1000) < 150 for c in counts), counts
 
 
-# --- MovieLens-100K PROTOCOL reference values ----------------------------------------------------
+# --- MovieLens-100K reference values of the protocol ---------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def ml_task(
     ml100k: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[RetrievalTask, pa.Table]:
-    """The PROTOCOL test-retrieval task and train split of MovieLens-100K."""
+    """The protocol's test-retrieval task and train split of MovieLens-100K."""
     raw = movielens_raw(ml100k, tmp_path_factory.mktemp("ml100k") / "raw")
     events = read_table(raw / "events", "events")
     parts = split_events(events)

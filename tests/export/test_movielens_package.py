@@ -1,5 +1,6 @@
-"""The package of MovieLens-100K models (PROTOCOL.md data) holds parity with the training path
-for every graph, through ONNX Runtime and the torch backend. Skips without the data set."""
+"""The package of MovieLens-100K models (the data of docs/evaluation.md) holds parity with the
+training path for every graph, through ONNX Runtime and the torch backend. Skips without the data
+set."""
 
 from __future__ import annotations
 
