@@ -98,13 +98,27 @@ class LogisticRegression:
         return z.numpy().astype(np.float64)
 
 
-def fit_logreg(x: SparseRows, l2: float, max_iter: int = 200) -> LogisticRegression:
-    """Minimise ``mean BCE + l2/2 * ||w||^2`` (the intercept is not penalised)."""
+def fit_logreg(
+    x: SparseRows,
+    l2: float,
+    max_iter: int = 200,
+    init: LogisticRegression | None = None,
+    tol: float = 1e-7,
+) -> LogisticRegression:
+    """Minimise ``mean BCE + l2/2 * ||w||^2`` (the intercept is not penalised) with L-BFGS,
+    starting from ``init`` (a neighbouring L2's solution) when given, else from zero weights and
+    the base rate. Stops after ``max_iter`` iterations or when the loss changes by less than
+    ``tol``."""
     y = torch.from_numpy(x.labels.astype(np.float32))
-    rate = float(y.mean().clamp(1e-4, 1 - 1e-4))
-    w = torch.zeros(x.columns, requires_grad=True)
-    b = torch.tensor(float(np.log(rate / (1 - rate))), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    if init is not None:
+        w = init.weights.clone().requires_grad_(True)
+        b = torch.tensor(init.intercept, requires_grad=True)
+    else:
+        rate = float(y.mean().clamp(1e-4, 1 - 1e-4))
+        w = torch.zeros(x.columns, requires_grad=True)
+        b = torch.tensor(float(np.log(rate / (1 - rate))), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_change=tol,
+                            line_search_fn="strong_wolfe")  # fmt: skip
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -122,12 +136,21 @@ def fit_logreg_on_val(
 ) -> tuple[LogisticRegression, dict[float, float]]:
     """Fit every L2 strength of ``grid`` on train; keep the best by val AUC.
 
-    Returns the chosen model and the val AUC of every strength.
+    The path runs from the strongest penalty to the weakest, each fit warm-started from the
+    previous solution (a regularisation path, as glmnet does), and stops at the first strength
+    whose val AUC is below the best so far: weaker penalties fit slowest (the demo data: 14 s at
+    1e-3, 125 s at 1e-6) and, past the best, only overfit further. Returns the chosen model and
+    the val AUC of every strength fitted.
     """
-    best, scores = None, {}
-    for l2 in grid:
-        model = fit_logreg(train, l2)
+    if not grid:
+        raise ValueError("fit_logreg_on_val: the L2 grid is empty")
+    best, scores, previous = None, {}, None
+    for l2 in sorted(grid, reverse=True):
+        model = fit_logreg(train, l2, init=previous)
+        previous = model
         scores[l2] = auc(val.labels, model.logits(val))
+        if best is not None and scores[l2] < scores[best.l2]:
+            break
         if best is None or scores[l2] > scores[best.l2]:
             best = model
     assert best is not None

@@ -3,9 +3,9 @@ evaluates it.
 
 The LightningModule owns the loss (binary cross-entropy on engaged vs seen-but-not-engaged), the
 optimiser and the metrics. After training, :meth:`RankingModule.full_report` scores val, test and
-the cold-start slice, fits the calibration on val, and reports by ``docs/PROTOCOL.md`` next to the
-baselines (item engagement rate, user + item rate, logistic regression on the same crosses) and,
-on synthetic data, the oracle.
+the cold-start slice, fits the calibration on val, and reports as ``docs/evaluation.md``
+describes, next to the baselines (item engagement rate, user + item rate, logistic regression on
+the same crosses) and, on synthetic data, the oracle.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class RankingModule(pl.LightningModule):
         optimizer: a partial optimiser, completed with the parameters (Hydra ``_partial_``).
         calibration: ``platt``, ``isotonic`` or ``identity``; fitted on val after training.
         pos_weight: weight of positive examples in the loss (1 = plain log loss).
-        logreg_grid: L2 strengths tried for the logistic-regression baseline (chosen on val).
+        logreg_grid: L2 strengths tried for the logistic-regression baseline (chosen on val);
+            empty: no such baseline (the demo's quick run).
         examination_lr: learning-rate multiplier of the position-bias tower (a few parameters
             that must settle within the one or two epochs before the rest overfits).
     """
@@ -239,7 +240,7 @@ class RankingModule(pl.LightningModule):
         """Logits of the logistic-regression baseline on every split (None without crosses):
         fitted on the train split's crosses, its L2 chosen on val."""
         rows = {split: r for split in SPLITS if (r := preds[split].crosses) is not None}
-        if len(rows) < len(SPLITS):
+        if len(rows) < len(SPLITS) or not self.logreg_grid:  # no crosses, or turned off
             return None
         train = cross_rows(
             (

@@ -4,6 +4,7 @@ NumPy reference optimum."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -88,3 +89,41 @@ def test_fit_reaches_the_penalised_optimum() -> None:
     # the val search returns a model from the grid and every strength's score
     best, scores = fit_logreg_on_val(x, x, grid=(1e-4, 1.0))
     assert set(scores) == {1e-4, 1.0} and best.l2 == 1e-4
+
+
+def _problem(seed: int = 0, n: int = 2000, cols: int = 40) -> tuple[np.ndarray, object]:
+    """Rows drawn with ``seed`` from one true model (the same weights for every seed)."""
+    true_w = np.random.default_rng(99).normal(0, 1, cols)
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n, cols)) < 0.2).astype(np.float64)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(dense @ true_w)))).astype(np.float32)
+    r, c = np.nonzero(dense)
+    kjt = KeyedJaggedTensor(
+        keys=["x"],
+        values=torch.from_numpy(c.astype(np.int64)),
+        lengths=torch.from_numpy(np.bincount(r, minlength=n)),
+    )
+    return dense, cross_rows([(kjt, y)], [cols])
+
+
+def test_a_warm_start_reaches_the_same_optimum() -> None:
+    _, x = _problem()
+    warm = fit_logreg(x, 1e-3, init=fit_logreg(x, 1e-1))
+    cold = fit_logreg(x, 1e-3)
+    np.testing.assert_allclose(warm.weights.numpy(), cold.weights.numpy(), atol=1e-3)
+    assert abs(warm.intercept - cold.intercept) < 1e-3
+
+
+def test_the_path_runs_strong_to_weak_and_stops_past_the_best() -> None:
+    """Train on one half, validate on the other: the val AUC rises then falls along the path;
+    the search stops at the first strength below the best and returns the best."""
+    _, train = _problem(seed=1, n=40)  # few rows: weak penalties overfit
+    _, val = _problem(seed=2, n=3000)
+    grid = (1e-6, 1e-4, 1e-2, 1.0, 100.0)
+    best, scores = fit_logreg_on_val(train, val, grid)
+    assert list(scores) == [100.0, 1.0, 1e-2]  # 1e-2 is below 1.0: 1e-4 and 1e-6 never fitted
+    assert best.l2 == 1.0 and scores[1e-2] < scores[1.0] > scores[100.0]
+    _, many = _problem(seed=1, n=3000)  # enough rows: the weakest penalty is as good as any
+    assert len(fit_logreg_on_val(many, val, (1e-2, 1e-4))[1]) == 2
+    with pytest.raises(ValueError, match="empty"):
+        fit_logreg_on_val(train, val, ())
