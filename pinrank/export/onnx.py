@@ -1,15 +1,19 @@
 """Export a graph of :mod:`pinrank.export.graphs` to one self-contained ONNX model.
 
-``torch.onnx.export`` (dynamo, opset 18) writes the torch part with dynamic batch and list
-widths; then an ``ai.onnx.ml`` LabelEncoder per vocabulary lookup is put in front, reading the
-raw column (strings included) and writing the index tensor the torch part expects. The result
-takes raw columns only (:mod:`pinrank.features.columns`) and passes ``onnx.checker``.
+``torch.onnx.export`` (opset 18) writes the torch part with dynamic batch and list widths, by one
+of two exporters: ``torchscript`` (the default: the traced graph, about 20x faster to export, e.g.
+3 s against 54 s for the demo's seven graphs) or ``dynamo`` (``torch.export``, the exporter torch
+is moving to). Both are held to the same parity by ``pinrank verify`` and the tests. Then an
+``ai.onnx.ml`` LabelEncoder per vocabulary lookup is put in front, reading the raw column (strings
+included) and writing the index tensor the torch part expects. The result takes raw columns only
+(:mod:`pinrank.features.columns`) and passes ``onnx.checker``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,37 +61,59 @@ def _grown(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return tuple(2 if i == axis else s for i, s in enumerate(shape))
 
 
-def export_graph(graph: Graph, arrays: dict[str, np.ndarray], path: str | Path) -> Path:
-    """Export ``graph`` (traced on ``arrays``, packed raw columns) to ``path``."""
+EXPORTERS = ("torchscript", "dynamo")
+
+
+def export_graph(
+    graph: Graph, arrays: dict[str, np.ndarray], path: str | Path, exporter: str = "torchscript"
+) -> Path:
+    """Export ``graph`` (traced on ``arrays``, packed raw columns) to ``path`` with ``exporter``
+    (:data:`EXPORTERS`)."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter {exporter!r}: expected one of {EXPORTERS}")
     graph.eval()
-    symbols: dict[str, torch.export.Dim] = {}
-
-    def dim(symbol: str) -> torch.export.Dim:
-        if symbol not in symbols:
-            symbols[symbol] = torch.export.Dim(re.sub(r"\W", "_", symbol))
-        return symbols[symbol]
-
-    dynamic = tuple(
-        {a: dim(s) for a, s in enumerate(i.shape) if isinstance(s, str)} for i in graph.torch_inputs
-    )
+    inputs = example_inputs(graph, arrays)
+    names = [i.name for i in graph.torch_inputs]
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            graph,
-            example_inputs(graph, arrays),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=[i.name for i in graph.torch_inputs],
-            dynamic_shapes={"args": dynamic},
-            verbose=False,
-        )
-    assert program is not None
-    model = with_label_encoders(_rename_outputs(program.model_proto, graph.output_names), graph)
+        if exporter == "torchscript":
+            axes = {
+                i.name: {a: _symbol(s) for a, s in enumerate(i.shape) if isinstance(s, str)}
+                for i in graph.torch_inputs
+            }
+            with tempfile.TemporaryDirectory() as tmp:
+                traced = Path(tmp) / "traced.onnx"
+                torch.onnx.export(graph, inputs, traced, dynamo=False, opset_version=OPSET,
+                                  input_names=names, output_names=list(graph.output_names),
+                                  dynamic_axes=axes, do_constant_folding=True)  # fmt: skip
+                proto = onnx.load(str(traced))
+        else:
+            symbols: dict[str, torch.export.Dim] = {}
+
+            def dim(symbol: str) -> torch.export.Dim:
+                if symbol not in symbols:
+                    symbols[symbol] = torch.export.Dim(_symbol(symbol))
+                return symbols[symbol]
+
+            dynamic = tuple(
+                {a: dim(s) for a, s in enumerate(i.shape) if isinstance(s, str)}
+                for i in graph.torch_inputs
+            )
+            program = torch.onnx.export(graph, inputs, dynamo=True, opset_version=OPSET,
+                                        input_names=names, dynamic_shapes={"args": dynamic},
+                                        verbose=False)  # fmt: skip
+            assert program is not None
+            proto = _rename_outputs(program.model_proto, graph.output_names)
+    model = with_label_encoders(proto, graph)
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def _symbol(name: str) -> str:
+    return re.sub(r"\W", "_", name)
 
 
 def with_label_encoders(model: onnx.ModelProto, graph: Graph) -> onnx.ModelProto:

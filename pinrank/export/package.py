@@ -62,6 +62,7 @@ def build_package(
     context: dict[str, Any] | None = None,
     overwrite: bool = False,
     signing_key: Ed25519PrivateKey | None = None,
+    exporter: str = "torchscript",
 ) -> Package:
     """Export ``runs`` (at most one retrieval and one ranking run, trained on the same prepared
     data) into the package folder ``out``, signed with ``signing_key`` (``None``: unsigned, for
@@ -70,6 +71,7 @@ def build_package(
 
     ``context``: values of the context columns used when a feed is scored before it is shown
     (position, surface); a column left out takes its most frequent value in train events.
+    ``exporter``: the ONNX exporter of :func:`pinrank.export.onnx.export_graph`.
     """
     prepared = _common_data(runs)
     out = Path(out)
@@ -94,7 +96,7 @@ def build_package(
         built = graphs_for(run.net, spec, state, columns, run.calibration)
         for name, graph in built.items():
             feed_arrays = arrays | _parts(graphs, tmp, arrays)
-            path = export_graph(graph, feed_arrays, tmp / "graphs" / f"{name}.onnx")
+            path = export_graph(graph, feed_arrays, tmp / "graphs" / f"{name}.onnx", exporter)
             graphs[name] = _graph_entry(path, graph)
         save_model(run.net, str(_mkdir(tmp / "weights") / f"{run.kind}.safetensors"))
         models[run.kind] = _model_entry(run)
@@ -113,7 +115,7 @@ def build_package(
         "models": models,
         "catalogue": {"path": "catalogue/items.parquet", "rows": items.num_rows},
         "fallback": {"path": "fallback/popular.parquet"},
-        "provenance": provenance(runs, prepared, command),
+        "provenance": provenance(runs, prepared, command, exporter),
     }
     if "retrieval" in models:
         manifest["index"] = _write_index(tmp, runs, items, columns)
@@ -286,7 +288,9 @@ def _write_index(
     }
 
 
-def provenance(runs: list[TrainedRun], prepared: Prepared, command: str) -> dict[str, Any]:
+def provenance(
+    runs: list[TrainedRun], prepared: Prepared, command: str, exporter: str = "torchscript"
+) -> dict[str, Any]:
     """How, when and by whom the package was built, and how to build it again."""
     repo = Path(__file__).resolve().parents[2]
     return {
@@ -300,6 +304,7 @@ def provenance(runs: list[TrainedRun], prepared: Prepared, command: str) -> dict
             "fingerprint": prepared.fingerprint(),
         },
         "export_command": command,
+        "exporter": exporter,
         "train_commands": {r.kind: r.record.train_command for r in runs},
     }
 

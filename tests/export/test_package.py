@@ -404,3 +404,42 @@ def test_a_long_list_does_not_set_the_padded_width(package_dir: Path) -> None:
             assert np.abs(a[name] - b[name]).max() <= 1e-6, (graph, name)
     report = verify(package, tables)
     assert report.ok, str(report)
+
+
+@pytest.fixture(scope="module")
+def dynamo_package_dir(trained_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """The fixture package's runs exported again with the dynamo exporter."""
+    from package_fixtures import SIGNING_KEY
+
+    from pinrank.export.package import build_package
+    from pinrank.export.run import TrainedRun
+
+    runs = [TrainedRun.load(trained_runs["retrieval"]), TrainedRun.load(trained_runs["ranking"])]
+    out = tmp_path_factory.mktemp("dynamo") / "pkg"
+    build_package(runs, out, command="pytest", signing_key=SIGNING_KEY, exporter="dynamo")
+    return out
+
+
+@pytest.mark.parametrize("rows", [1, 700])
+def test_both_exporters_match_the_training_path_and_each_other(
+    package_dir: Path, dynamo_package_dir: Path, rows: int
+) -> None:
+    """The traced (torchscript) and the torch.export (dynamo) graphs agree with the training path
+    (so with each other) at batch sizes and list widths other than the ones they were traced on,
+    and on corrupted rows."""
+    traced, dynamo = load_package(package_dir, TRUST), load_package(dynamo_package_dir, TRUST)
+    assert traced.manifest["provenance"]["exporter"] == "torchscript"
+    assert dynamo.manifest["provenance"]["exporter"] == "dynamo"
+    tables = held_out_rows(_prepared(package_dir), "test", rows)
+    for package in (traced, dynamo):
+        report = verify(package, tables)
+        assert set(report.diffs) == GRAPH_OUTPUTS and report.ok, str(report)
+    corrupted = corrupt(held_out_rows(_prepared(package_dir), "val", 300))
+    assert verify(dynamo, corrupted).ok
+
+
+def test_an_unknown_exporter_is_refused() -> None:
+    from pinrank.export.onnx import export_graph
+
+    with pytest.raises(ValueError, match="exporter 'tflite'"):
+        export_graph(None, {}, "x.onnx", exporter="tflite")  # type: ignore[arg-type]
