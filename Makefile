@@ -1,5 +1,9 @@
 # pinrank: one-command entry points. Everything runs inside .venv, created by `make setup`.
 PY := .venv/bin/python
+PINRANK := .venv/bin/pinrank
+# the demo's short runs (the full ones: drop these overrides; docs/demo.md compares the two)
+DEMO_TWO_TOWER ?= trainer.enable_progress_bar=false trainer.max_epochs=2
+DEMO_RANKER ?= trainer.enable_progress_bar=false trainer.max_epochs=3 model.module.logreg_grid=[]
 DATA ?= data/demo
 PACKAGE ?= outputs/packages/demo
 KEYS ?= outputs/keys
@@ -14,19 +18,19 @@ setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-
 system:  ## system packages: redis-server (Redis store tests) and wrk (service load test)
 	bash scripts/system-packages.sh
 
-demo:  ## end to end on the embedded default: data -> two-tower -> ranker -> package (verified) -> feeds -> batch feeds for every user
-	$(PY) -m pinrank.cli demo --out $(DATA)
-	$(PY) train.py task_name=demo data.source.root=$(DATA) trainer.enable_progress_bar=false
-	$(PY) train.py task_name=demo_ranker model=wide_deep data.source.root=$(DATA) trainer.enable_progress_bar=false
-	$(PY) -m pinrank.cli keygen --out $(KEYS) --if-missing
-	$(PY) export.py "run_dir=[$(call latest,demo),$(call latest,demo_ranker)]" out=$(PACKAGE) overwrite=true signing_key=$(KEYS)/signing.key
-	$(PY) -m pinrank.cli feed $(PACKAGE) $(TRUST) --data $(DATA)/prepared --users 2 --k 10
-	$(PY) -m pinrank.cli feed $(PACKAGE) $(TRUST) --data $(DATA)/prepared --user 999999999 --interests 3 7 --k 5
-	$(PY) -m pinrank.cli users --data $(DATA)/prepared --out $(DATA)/users --arrow $(DATA)/users.arrow
-	$(PY) -m pinrank.cli feeds $(PACKAGE) $(TRUST) --users $(DATA)/users --out outputs/feeds/demo --overwrite
+demo:  ## end to end on the embedded default in about 3 minutes: data -> two-tower -> ranker -> package (verified) -> feeds -> batch feeds (docs/demo.md)
+	$(PINRANK) demo --out $(DATA)
+	$(PINRANK) train task_name=demo data.source.root=$(DATA) $(DEMO_TWO_TOWER)
+	$(PINRANK) train task_name=demo_ranker model=wide_deep data.source.root=$(DATA) $(DEMO_RANKER)
+	$(PINRANK) keygen --out $(KEYS) --if-missing
+	$(PINRANK) export "run_dir=[$(call latest,demo),$(call latest,demo_ranker)]" out=$(PACKAGE) overwrite=true signing_key=$(KEYS)/signing.key
+	$(PINRANK) feed $(PACKAGE) $(TRUST) --data $(DATA)/prepared --users 1 --k 5
+	$(PINRANK) feed $(PACKAGE) $(TRUST) --data $(DATA)/prepared --user 999999999 --interests 3 7 --k 3
+	$(PINRANK) users --data $(DATA)/prepared --out $(DATA)/users --arrow $(DATA)/users.arrow
+	$(PINRANK) feeds $(PACKAGE) $(TRUST) --users $(DATA)/users --out outputs/feeds/demo --overwrite --no-progress
 
 serve:  ## the feed service on the demo package and users (http://127.0.0.1:8000/docs)
-	$(PY) -m serve run $(PACKAGE) $(TRUST) --users $(DATA)/users.arrow
+	$(PINRANK) serve run $(PACKAGE) $(TRUST) --users $(DATA)/users.arrow
 
 test: lint  ## lint, then the default suite (MovieLens tests skip when ../shared/data/ml-100k is absent)
 	$(PY) -m pytest -q -m "not slow"

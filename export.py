@@ -1,55 +1,10 @@
 """Export trained runs to one model package: ``python export.py run_dir=<run> out=<dir>``.
 
-A thin Hydra shell (``conf/export.yaml``) over :func:`pinrank.export.package.build_package`:
-``run_dir`` is one training run or a list (a retrieval run and a ranking run trained on the same
-data go into one package). ``signing_key`` (default ``$PINRANK_SIGNING_KEY``) is the Ed25519
-private key that signs it (``pinrank keygen`` makes one); without it the package is unsigned
-and loaders refuse it unless they allow unsigned packages. The package is verified against the
-training path before the command returns (``verify.rows=0`` skips it).
+The thin shell the card asks for; the same command installed is ``pinrank export``. The Hydra
+app is :mod:`pinrank.export.main`, its config ``conf/export.yaml``.
 """
 
-from __future__ import annotations
-
-import shlex
-import sys
-import warnings
-
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from pinrank.data.prepare import Prepared
-from pinrank.export.package import build_package
-from pinrank.export.run import TrainedRun
-from pinrank.export.verify import held_out_rows, verify
-from pinrank.serving.signing import load_private_key
-
-warnings.filterwarnings("ignore")
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    dirs = cfg.run_dir if OmegaConf.is_list(cfg.run_dir) else [cfg.run_dir]
-    runs = [TrainedRun.load(str(d)) for d in dirs]
-    command = shlex.join(["python", "export.py", *sys.argv[1:]])
-    context = OmegaConf.to_container(cfg.context, resolve=True)
-    assert isinstance(context, dict)
-    key = load_private_key(cfg.signing_key) if cfg.signing_key else None
-    if key is None:
-        print("export: WARNING: no signing_key: the package is UNSIGNED (development only)")
-    package = build_package(runs, cfg.out, command, {str(k): v for k, v in context.items()},
-                            overwrite=cfg.overwrite, signing_key=key)  # fmt: skip
-    graphs = ", ".join(package.manifest["graphs"])
-    signed = f"signed by key {package.signer}" if package.signer else "unsigned"
-    print(f"package: {package.root} ({graphs}; {len(package.manifest['files'])} files; "
-          f"version {package.version}, {signed})")  # fmt: skip
-    if cfg.verify.rows:
-        tables = held_out_rows(Prepared.load(runs[0].prepared.root), cfg.verify.split,
-                               cfg.verify.rows)  # fmt: skip
-        report = verify(package, tables, tol=cfg.verify.tol)
-        print(report)
-        if not report.ok:
-            raise SystemExit(1)
-
+from pinrank.export.main import main
 
 if __name__ == "__main__":
     main()

@@ -1,61 +1,10 @@
 """Train a pinrank model: ``python train.py [data=...] [model=...] [trainer=...] [experiment=...]``.
 
-A thin Hydra shell: it builds the objects the config names and hands them to the library; no
-library code sees the config. Writes ``metrics.json``, checkpoints and CSV logs in the run
-directory, and last ``run.json`` (:mod:`pinrank.runs`), the one file export reads.
+The thin shell the card asks for; the same command installed is ``pinrank train``. The Hydra app
+is :mod:`pinrank.training.main`, its configs ``conf/`` (shipped as ``pkg://pinrank.conf``).
 """
 
-from __future__ import annotations
-
-import json
-import warnings
-from pathlib import Path
-
-import hydra
-import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-
-from pinrank.training import fit_and_evaluate, summary_table, write_run_record
-
-# Our streams split row groups between workers, so their __len__ is exact; Lightning cannot know.
-warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
-warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    pl.seed_everything(cfg.seed, workers=True)
-    source = instantiate(cfg.data.source)
-    prepared = source.ensure()
-    # the model says how its data must be streamed (positives, crosses, negatives, ...)
-    dm = instantiate(
-        cfg.data.datamodule, data_dir=str(prepared.root), **cfg.model.get("datamodule", {})
-    )
-    net = instantiate(cfg.model.net)(spec=dm.spec, state=dm.state, dense_dims=dm.dense_dims())
-    module = instantiate(cfg.model.module)(net=net)
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=list(instantiate(cfg.callbacks).values()),
-        logger=list(instantiate(cfg.logger).values()),
-    )
-    out_dir = cfg.paths.output_dir
-    config = OmegaConf.to_container(cfg, resolve=True)
-    metrics = fit_and_evaluate(
-        trainer, module, dm, out_dir, ks=list(cfg.eval_ks), oracle=source.oracle(),
-        extra={"config/seed": cfg.seed, "train/world_size": trainer.world_size},
-    )  # fmt: skip
-    if trainer.is_global_zero:
-        Path(out_dir, "config.json").write_text(json.dumps(config, indent=2))
-        command = " ".join(["python train.py", *HydraConfig.get().overrides.task])
-        net = OmegaConf.to_container(cfg.model.net, resolve=True)
-        write_run_record(out_dir, module, net, prepared, metrics, command, config)  # type: ignore[arg-type]
-        print(summary_table(metrics, "test"))
-        print(f"run.json: {Path(out_dir, 'run.json')}")
-    value = metrics.get(cfg.model.monitor.replace("val/", "test/"))
-    return float(value) if value is not None else None
-
+from pinrank.training.main import main
 
 if __name__ == "__main__":
     main()

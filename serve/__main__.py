@@ -3,6 +3,10 @@
     python -m serve run outputs/packages/demo --users data/demo/users
     python -m serve run outputs/packages/demo --redis redis://127.0.0.1:6379/0
     python -m serve load-redis --users data/demo/users --redis redis://127.0.0.1:6379/0
+    python -m serve run outputs/packages/demo --config serve/service.yaml
+
+``--config FILE`` reads the options of ``run`` from a YAML file (``serve/service.yaml`` lists them
+all with their defaults); options given on the command line win over the file.
 
 The admin token (``POST /admin/reload``) is read from ``$PINRANK_ADMIN_TOKEN`` or
 ``--admin-token-file``, never from the command line (other users can read it there).
@@ -11,16 +15,17 @@ The admin token (``POST /admin/reload``) is read from ``$PINRANK_ADMIN_TOKEN`` o
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
+from pinrank import logs
 from pinrank.serving.feed import FeedConfig
 from pinrank.serving.signing import add_trust_arguments, trust_from_args
 from pinrank.serving.store import TableStore, UserStore
-from serve.batcher import SCORING
-from serve.http import timed_h11
+
+from .batcher import SCORING
+from .http import timed_h11
 
 TOKEN_ENV = "PINRANK_ADMIN_TOKEN"
 
@@ -44,10 +49,39 @@ def user_store(args: argparse.Namespace) -> UserStore:
     return TableStore.from_path(args.users)
 
 
+def config_file(path: str, parser: argparse.ArgumentParser) -> dict[str, object]:
+    """The options a YAML file sets, by their names on the command line without ``--``
+    (``batch-max`` or ``batch_max``); a clear error for an unknown option or a wrong type."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise SystemExit(f"--config {path}: {err}") from None
+    if not isinstance(raw, dict):
+        raise SystemExit(f"--config {path}: expected a mapping of option: value")
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        dest = str(key).replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest == "config":
+            raise SystemExit(f"--config {path}: unknown option {key!r}; known: {sorted(actions)}")
+        if value is not None and action.type is not None and not isinstance(value, list):
+            try:
+                value = action.type(value)  # type: ignore[operator]
+            except (TypeError, ValueError):
+                raise SystemExit(f"--config {path}: {key}: {value!r} is not valid") from None
+        if action.choices is not None and value not in action.choices:
+            raise SystemExit(f"--config {path}: {key}: {value!r} not one of {list(action.choices)}")
+        values[dest] = value
+    return values
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from serve.app import Settings, create_app
+    from .app import Settings, create_app
 
     settings = Settings(
         package=Path(args.package),
@@ -94,9 +128,10 @@ def cmd_load_redis(args: argparse.Namespace) -> None:
     print(f"[serve] wrote {n:,} users to {args.redis} under {args.redis_prefix!r}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__)
+def build_parser(prog: str = "python -m serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve feeds over HTTP")
     run.add_argument("package")
@@ -143,9 +178,27 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--redis", help="redis://host:port/db: read users from Redis")
         p.add_argument("--redis-prefix", default="pinrank:user:")
     run.add_argument("--store-timeout-ms", type=float, default=50.0)
+    run.add_argument("--config", help="YAML file of run options (serve/service.yaml)")
+    return parser
+
+
+def parse(argv: list[str] | None = None, prog: str = "python -m serve") -> argparse.Namespace:
+    """The arguments of ``argv``, with ``run --config FILE``'s options under the flags given."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.command == "run" and args.config:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        run = sub.choices["run"]
+        run.set_defaults(**config_file(args.config, run))
+        args = parser.parse_args(argv)
     if args.command == "load-redis" and not args.redis:
         parser.error("load-redis needs --redis URL")
+    return args
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m serve") -> None:
+    logs.setup(fmt="detailed")  # verbosity: pinrank -q/-v, or $PINRANK_VERBOSITY
+    args = parse(argv, prog)
     args.func(args)
 
 

@@ -48,21 +48,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pinrank.serving.feed import Feed, FeedConfig
 from pinrank.serving.signing import Trust
 from pinrank.serving.store import UserStore
-from serve.batcher import SCORING, Batcher, Executor, InThread, Overloaded
-from serve.http import (
+
+from .batcher import SCORING, Batcher, Executor, InThread, Overloaded
+from .http import (
     BodyLimit,
     Measure,
     SafeJSONResponse,
     error,
 )
-from serve.metrics import Metrics
-from serve.model import Model, load_model
-from serve.routes import Busy, admin_routes, feed_routes, ops_routes
-from serve.schemas import (
+from .metrics import Metrics
+from .model import Model, load_model
+from .routes import Busy, admin_routes, feed_routes, ops_routes
+from .schemas import (
     jsonable,
     validation_message,
 )
-from serve.workers import ScoringProcess, WorkerConfig
+from .workers import ScoringProcess, WorkerConfig
 
 log = logging.getLogger("pinrank.serve")
 

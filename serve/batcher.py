@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from pinrank.serving.feed import Feed
-    from serve.metrics import Metrics
-    from serve.model import Model
+
+    from .metrics import Metrics
+    from .model import Model
 
 SCORING = ("processes", "threads")  # where batches are scored (Settings.scoring)
 WORKER_NICENESS = 5  # scoring yields the CPU to the event loop (Linux: per thread or process)

@@ -18,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 
 from pinrank.serving.ids import MAX_ID_LENGTH
 from pinrank.serving.store import StoreError
-from serve.batcher import Overloaded
-from serve.http import SafeJSONResponse, error, json_body, strict_params
-from serve.schemas import (
+
+from .batcher import Overloaded
+from .http import SafeJSONResponse, error, json_body, strict_params
+from .schemas import (
     INT64_MAX,
     FeedOut,
     OriginalId,
@@ -33,7 +34,7 @@ from serve.schemas import (
 )
 
 if TYPE_CHECKING:
-    from serve.app import Service
+    from .app import Service
 
 log = logging.getLogger("pinrank.serve")
 

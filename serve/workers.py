@@ -38,13 +38,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from serve.batcher import WORKER_NICENESS, WorkerLost
+from .batcher import WORKER_NICENESS, WorkerLost
 
 if TYPE_CHECKING:
     from pinrank.serving.feed import Feed, FeedConfig
     from pinrank.serving.scorer import FeedScorer
     from pinrank.serving.store import UserStore
-    from serve.model import Model
+
+    from .model import Model
 
 log = logging.getLogger("pinrank.serve")
 KEEP_MODELS = 2  # the current model and the one before it (requests still finishing on it)
@@ -64,7 +65,8 @@ class WorkerConfig:
 def _serve(conn: Connection, store: UserStore, config: WorkerConfig) -> None:
     """The child's loop: answer each message with ``("ok", value)`` or ``("error", text)``."""
     from pinrank.serving.signing import Trust
-    from serve.model import load_model
+
+    from .model import load_model
 
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICENESS)

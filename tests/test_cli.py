@@ -1,4 +1,5 @@
-"""The command line: the demo runs end to end; bad input exits 2 with the culprit named."""
+"""The command line: one ``pinrank`` command whose every subcommand has a description, defaults
+and examples; the demo runs end to end; bad input exits 2 with the culprit named."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pinrank import logs
 from pinrank.cli import main
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "[data] report" in out and "label rate" in out and "null" in out
+    lines = out.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("[data] ") for line in lines), out
+    assert "label rate" in out and "values replaced by the spec's policies" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["tables"]["events"] == 200_000
     assert sum(s["events"] for s in report["splits"].values()) == 200_000
@@ -155,3 +159,100 @@ def test_ingest_reads_and_prepares_a_data_config(
     # a field overridden from the command line; a bad rule exits 2 naming it
     assert main(["ingest", str(config), "--set", "label=stars >= 9"]) == 2
     assert "label 'stars >= 9' matches no row of 600 events" in capsys.readouterr().err
+
+
+def test_version_and_every_subcommand_has_description_defaults_and_examples(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pinrank.cli import PASS_THROUGH, build_parser, version
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"pinrank {version()}"
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(commands) >= {
+        "generate",
+        "inspect",
+        "ingest",
+        "prepare",
+        "report",
+        "demo",
+        "train",
+        "export",
+        "keygen",
+        "verify",
+        "feed",
+        "users",
+        "feeds",
+        "serve",
+    }
+    for name, sub in commands.items():
+        if name in PASS_THROUGH:
+            continue
+        text = sub.format_help()
+        assert "examples:\n  pinrank " + name in text, name
+        assert sub.description and len(sub.description) > 10, name
+        if any(a.default not in (None, False, [], "==SUPPRESS==") for a in sub._actions[1:]):
+            assert "(default: " in text, name
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_hydra_commands_answer_with_their_config(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["-q", command, "--help"])
+    assert stop.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "== Config ==" in out
+    if command == "train":
+        assert "model: two_tower, wide_deep" in out  # the shipped config groups
+
+
+def test_serve_answers_with_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", "run", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pinrank serve run") and "--config" in out
+
+
+def test_verbosity_sets_the_loggers(tmp_path: Path) -> None:
+    import logging
+
+    keygen = ["keygen", "--out", str(tmp_path), "--if-missing"]
+    for argv, ours, theirs in [
+        (["-q", *keygen], logging.WARNING, logging.WARNING),
+        (keygen, logging.INFO, logging.WARNING),
+        (["-v", *keygen], logging.DEBUG, logging.INFO),
+    ]:
+        assert main(argv) == 0
+        assert logging.getLogger("pinrank").level == ours, argv
+        assert logging.getLogger("faiss.loader").level == theirs, argv
+        assert logging.getLogger("pytorch_lightning").level == theirs, argv
+        assert logging.getLogger().level == theirs, argv
+    logs.setup(0)
+
+
+def test_library_info_lines_are_quiet_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    logs.setup(0)
+    logging.getLogger("faiss.loader").info("Loading faiss with AVX512 support.")
+    logging.info("Successfully loaded: 'fbgemm_gpu_py.so'")  # FBGEMM logs on the root logger
+    logging.getLogger("pinrank.demo").info("[demo] a result line")
+    logging.getLogger("faiss.loader").warning("a real problem")
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["[demo] a result line", "WARNING faiss.loader: a real problem"]
+
+
+def test_a_shipped_data_config_is_found_by_name(tmp_path: Path) -> None:
+    from pinrank.data.sources import SyntheticSource, load_source
+
+    source = load_source("synthetic", tmp_path)
+    assert isinstance(source, SyntheticSource)
+    assert source.root == str(tmp_path / "data" / "synthetic")
+    assert Path(source.spec).is_file() and Path(source.spec).name == "synthetic.yaml"
+    with pytest.raises(FileNotFoundError):
+        load_source("no_such_config", tmp_path)

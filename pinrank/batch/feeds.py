@@ -182,7 +182,7 @@ def run_feeds(
         (out / SUCCESS).unlink(missing_ok=True)
         records = {u.index: r for u in units if (r := done(out, u)) is not None}
         todo = [u for u in units if u.index not in records]
-        log.info("%d units, %d already done, %d to do", len(units), len(records), len(todo))
+        log.info("%d shards: %d done before, %d to do", len(units), len(records), len(todo))
         bar = _progress(
             sum(u.rows for u in units), sum(u.rows for u in units if u.index in records), progress
         )

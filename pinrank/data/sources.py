@@ -168,13 +168,19 @@ NESTED = {"split": SplitConfig, "generator": SyntheticConfig}
 def load_source(
     config: str | Path, root_dir: str | Path = ".", overrides: dict[str, Any] | None = None
 ) -> _Source:
-    """The source of a data config (``conf/data/*.yaml``) outside Hydra, e.g. for
-    ``pinrank ingest``: ``${paths.*}`` resolve as in training with ``paths.root_dir=root_dir``,
-    ``overrides`` replace fields of ``source`` (``{"root": ..., "base": ...}``). The class is
-    looked up in :data:`SOURCES`; nothing else named in the file is imported."""
+    """The source of a data config (a file, or the name of a shipped one such as ``ml100k``)
+    outside Hydra, e.g. for ``pinrank ingest``: ``${paths.*}`` resolve as in training with
+    ``paths.root_dir=root_dir``, ``overrides`` replace fields of ``source`` (``{"root": ...}``).
+    The class is looked up in :data:`SOURCES`; nothing else named in the file is imported."""
     from omegaconf import OmegaConf
 
-    paths = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "paths" / "default.yaml")
+    from pinrank.resources import conf_dir, conf_file, register_resolvers
+
+    shipped = conf_dir() / "data" / f"{config}.yaml"
+    if not Path(config).exists() and shipped.is_file():  # a shipped config by name: "ml100k"
+        config = shipped
+    register_resolvers()
+    paths = OmegaConf.load(conf_file("paths", "default.yaml"))
     paths.root_dir = str(root_dir)
     paths.output_dir = str(Path(root_dir) / "outputs")
     cfg = OmegaConf.merge({"paths": paths, "seed": 0}, OmegaConf.load(config))

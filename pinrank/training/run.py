@@ -105,8 +105,17 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def summary_table(metrics: dict[str, Any], split: str = "test") -> str:
-    """The model's metrics on ``split`` next to the baselines and the oracle, as text.
+def _metric_order(name: str) -> tuple[str, int, str]:
+    """recall@10 before recall@100: by family, then cut-off as a number."""
+    family, _, k = name.partition("@")
+    return (family, int(k), "") if k.isdigit() else (family, -1, k)
+
+
+def summary_table(
+    metrics: dict[str, Any], split: str = "test", names: Sequence[str] | None = None
+) -> str:
+    """The model's metrics on ``split`` next to the baselines and the oracle, as text: the
+    metrics ``names`` (a model config's ``summary``) in that order, else every headline metric.
 
     Example::
 
@@ -116,9 +125,11 @@ def summary_table(metrics: dict[str, Any], split: str = "test") -> str:
     """
     prefix = f"{split}/"
     # the headline metrics; sub-groups such as ``test/uncalibrated/...`` stay in metrics.json
-    names = sorted(
-        k[len(prefix) :] for k in metrics if k.startswith(prefix) and "/" not in k[len(prefix) :]
-    )
+    found = [k[len(prefix) :] for k in metrics if k.startswith(prefix)]
+    if names is None:
+        names = sorted((n for n in found if "/" not in n), key=_metric_order)
+    elif missing := [n for n in names if n not in found]:
+        raise ValueError(f"summary names {missing}, not among the {split} metrics {sorted(found)}")
     columns = [("model", prefix)]
     # every baseline the report has on this split, in the report's order
     baselines = [
