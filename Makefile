@@ -10,7 +10,7 @@ KEYS ?= outputs/keys
 TRUST := --trusted-key $(KEYS)/signing.pub
 latest = $$(ls -td outputs/$(1)/runs/*/ | head -1)
 
-.PHONY: setup system demo serve test test-slow lint format bench clean
+.PHONY: setup system demo serve test test-slow lint format bench dist clean
 
 setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-smi finds a GPU)
 	bash scripts/setup.sh
@@ -55,6 +55,9 @@ bench:  ## benchmarks print and save their numbers (JSON, PNG) under benchmarks/
 	$(PY) benchmarks/batch_feeds.py --package $(PACKAGE)
 	$(PY) benchmarks/serve_load.py --package $(PACKAGE) --users $(DATA)/users
 	$(PY) benchmarks/serve_overload.py --package $(PACKAGE) --users $(DATA)/users
+
+dist:  ## the wheel, dist/pinrank-*.whl: pip install "dist/pinrank-VERSION-py3-none-any.whl[serve]"
+	$(PY) -m pip wheel --no-deps --no-build-isolation -q -w dist .
 
 clean:
 	rm -rf data/demo outputs .pytest_cache

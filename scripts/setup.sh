@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 if nvidia-smi -L >/dev/null 2>&1; then flavour=gpu; else flavour=cpu; fi
-key=$(cat requirements/*.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+key=$(cat requirements/*.txt pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.pinrank-setup-$flavour-$key"
 if [ -f "$stamp" ]; then echo "setup: up to date ($flavour, $key)"; exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

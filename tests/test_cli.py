@@ -256,3 +256,26 @@ def test_a_shipped_data_config_is_found_by_name(tmp_path: Path) -> None:
     assert Path(source.spec).is_file() and Path(source.spec).name == "synthetic.yaml"
     with pytest.raises(FileNotFoundError):
         load_source("no_such_config", tmp_path)
+
+
+def test_train_finds_a_teams_data_config_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed, the configs come from the package; ./conf/data/mine.yaml is searched after."""
+    from hydra import compose, initialize_config_module
+
+    from pinrank.resources import register_resolvers
+
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "mine.yaml").write_text(
+        "source:\n  _target_: pinrank.data.sources.SyntheticSource\n"
+        "  root: ${paths.data_dir}/mine\ndatamodule: {}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    register_resolvers()
+    with initialize_config_module("pinrank.conf", version_base="1.3"):
+        mine = compose("train", overrides=["data=mine"])
+        shipped = compose("train", overrides=["model=wide_deep"])
+    assert mine.data.source.root == "./data/mine"
+    assert Path(shipped.data.source.spec).is_file()
+    assert shipped.model.summary[0] == "auc"
