@@ -71,3 +71,21 @@ def test_gpu_index_needs_a_gpu_faiss_sees() -> None:
     with pytest.raises(ValueError, match=r"--gpu-index needs a GPU that faiss sees"):
         check_gpu_faiss(blind)
     check_gpu_faiss(SimpleNamespace(**{**vars(blind), "get_num_gpus": lambda: 1}))
+
+
+def test_the_readme_version_table_matches_the_pinned_sets() -> None:
+    """README.md's CPU and CUDA rows name the versions the lock files pin."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    cpu_row = next(line for line in readme if line.startswith("| CPU "))
+    cuda_row = next(line for line in readme if line.startswith("| CUDA "))
+    cpu, gpu = pins(ROOT / "requirements" / "cpu.txt"), pins(ROOT / "requirements" / "gpu.txt")
+    torchrec = pins(ROOT / "requirements" / "torchrec.txt")["torchrec"]
+    assert cpu_row.split("|")[2].strip().startswith(cpu["torch"]), cpu_row
+    for name in ("fbgemm-gpu-cpu", "faiss-cpu", "onnxruntime"):
+        assert f"{name} {cpu[name]}" in cpu_row, (name, cpu_row)
+    assert cuda_row.split("|")[2].strip().startswith(gpu["torch"]), cuda_row
+    assert f"fbgemm-gpu {gpu['fbgemm-gpu']}" in cuda_row
+    assert f"onnxruntime-gpu[cuda,cudnn] {gpu['onnxruntime-gpu']}" in cuda_row
+    assert f"faiss-cpu {cpu['faiss-cpu']}" in cuda_row and "faiss-gpu" not in "".join(gpu)
+    assert f"| {torchrec} |" in cpu_row and f"| {torchrec} |" in cuda_row
+    assert "CUDA 13" in cuda_row
