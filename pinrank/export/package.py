@@ -36,10 +36,12 @@ from pinrank.evaluation.retrieval import popularity_scores
 from pinrank.export.graphs import Graph, graphs_for
 from pinrank.export.onnx import export_graph
 from pinrank.export.run import TrainedRun
+from pinrank.export.tensors import share
 from pinrank.export.verify import held_out_rows
 from pinrank.features.columns import ColumnSpec, columns_for, pack
 from pinrank.retrieval.bias import impression_counts, item_vectors
 from pinrank.retrieval.topk import FaissTopK
+from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.package import (
     FORMAT,
     FORMAT_VERSION,
@@ -48,6 +50,7 @@ from pinrank.serving.package import (
     write_manifest,
 )
 from pinrank.serving.probe import probe_graphs
+from pinrank.serving.ranking import compute_item_parts, context_arrays
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.signing import Trust
 
@@ -89,7 +92,8 @@ def build_package(
     state.save(tmp / "features" / "state.json")
     items = prepared.items()
     pq.write_table(items, _mkdir(tmp / "catalogue") / "items.parquet")
-    pq.write_table(_popularity(prepared), _mkdir(tmp / "fallback") / "popular.parquet")
+    popular = _popularity(prepared)
+    pq.write_table(popular, _mkdir(tmp / "fallback") / "popular.parquet")
     graphs: dict[str, Any] = {}
     models: dict[str, Any] = {}
     for run in runs:
@@ -119,9 +123,16 @@ def build_package(
     }
     if "retrieval" in models:
         manifest["index"] = _write_index(tmp, runs, items, columns)
+    if "ranker_items" in graphs:
+        manifest["item_parts"] = _write_item_parts(tmp, manifest, items, popular)
     ids = _write_ids(prepared, tmp)
     if ids:
         manifest["ids"] = ids
+    # every tensor once: the graphs' large initializers point into the weights or one shared
+    # file (after the index, which the self-contained item tower computed)
+    manifest["tensors"] = share(
+        tmp, [g["path"] for g in graphs.values()], [m["weights"] for m in models.values()]
+    )
     write_manifest(tmp, manifest, signing_key)
     own = Trust(
         keys=(signing_key.public_key(),) if signing_key else (), allow_unsigned=not signing_key
@@ -246,6 +257,27 @@ def _context_defaults(prepared: Prepared, spec: Any, given: dict[str, Any]) -> d
         vc = pc.value_counts(train.column(name).drop_null()).to_pylist()
         out[name] = max(vc, key=lambda v: (v["counts"], str(v["values"])))["values"] if vc else None
     return out
+
+
+def _write_item_parts(
+    root: Path, manifest: dict[str, Any], items: pa.Table, popular: pa.Table
+) -> dict[str, Any]:
+    """Every catalogue row's part of the ranker (``ranker_items`` with the context defaults),
+    computed once here and stored as raw little-endian arrays ``parts/items/NN.bin`` (dtype and
+    shape in the manifest: no header to parse, nothing a pickle could hide in) for the scorer to
+    memory-map (:func:`pinrank.serving.ranking.stored_item_parts`)."""
+    unsealed = Package.unsealed(root, manifest)
+    backend = OnnxBackend(Package.unsealed(root, {"graphs": manifest["graphs"]}))
+    catalogue = Catalogue(items, popular, unsealed.columns("item"))  # as the scorer packs them
+    parts = compute_item_parts(backend, catalogue, context_arrays(unsealed))
+    folder = _mkdir(root / "parts" / "items")
+    arrays = {}
+    for i, (name, array) in enumerate(sorted(parts.items())):
+        relative = f"parts/items/{i:02d}.bin"
+        little = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
+        (folder / f"{i:02d}.bin").write_bytes(little.tobytes())
+        arrays[name] = {"path": relative, "dtype": little.dtype.str, "shape": list(array.shape)}
+    return {"rows": len(catalogue.ids), "arrays": arrays}
 
 
 def _write_index(

@@ -24,7 +24,9 @@ from pinrank.data.prepare import Prepared
 from pinrank.export.torch_backend import package_net
 from pinrank.features.columns import ColumnSpec, pack
 from pinrank.features.featurizer import Featurizer
+from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.package import Package
+from pinrank.serving.ranking import compute_item_parts, context_arrays, stored_item_parts
 from pinrank.serving.runtime import Backend, OnnxBackend
 
 
@@ -96,7 +98,20 @@ def verify(
                     package.columns("user"),
                     package.has("ranker_pairs"),
                 )
+    if package.manifest.get("item_parts") is not None:
+        _stored_item_parts(report, package, backend)
     return report
+
+
+def _stored_item_parts(report: ParityReport, package: Package, backend: Backend) -> None:
+    """The item parts stored at export against ``ranker_items`` run again over the catalogue."""
+    catalogue = Catalogue.from_package(package)
+    stored = stored_item_parts(package, len(catalogue.ids))
+    assert stored is not None
+    again = compute_item_parts(backend, catalogue, context_arrays(package))
+    if set(again) != set(stored):
+        raise ValueError(f"stored item parts {sorted(stored)}, ranker_items gives {sorted(again)}")
+    report.diffs["ranker_items/stored"] = max(_diff(stored[n], again[n]) for n in stored)
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -51,7 +51,10 @@ from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
 from pinrank.serving.signing import SIGNATURE, SignatureError, Trust
 
-FORMAT, FORMAT_VERSION = "pinrank-model-package", 2  # 2: signed, index size in the manifest
+# 2: signed, index size in the manifest; 3: the graphs' large tensors stored once, as external
+# data in the package's weight files (pinrank.export.tensors). A v2 package still loads.
+FORMAT, FORMAT_VERSION = "pinrank-model-package", 3
+READABLE_VERSIONS = (2, 3)
 MANIFEST, MANIFEST_DIGEST = "manifest.json", "MANIFEST.sha256"
 UNLISTED = (MANIFEST, MANIFEST_DIGEST, SIGNATURE)  # the files that describe the others
 GRAPHS = (
@@ -201,6 +204,13 @@ def referenced_files(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     for part in ("catalogue", "fallback", "index"):
         if part in manifest:
             yield f"{part}.path", manifest[part].get("path")
+    parts = manifest.get("item_parts")
+    arrays = parts.get("arrays") if isinstance(parts, dict) else None
+    for name, spec in arrays.items() if isinstance(arrays, dict) else ():
+        yield f"item_parts.{name}", spec.get("path") if isinstance(spec, dict) else None
+    tensors = manifest.get("tensors")
+    if isinstance(tensors, dict) and tensors.get("path") is not None:
+        yield "tensors.path", tensors["path"]
     ids = manifest.get("ids", {})
     for ns, entry in ids.items() if isinstance(ids, dict) else ():
         yield f"ids.{ns}.path", entry.get("path") if isinstance(entry, dict) else None
@@ -331,10 +341,10 @@ def _parse_manifest(top: Path, data: bytes) -> dict[str, Any]:
         raise PackageError(f"{top / MANIFEST}: not JSON ({err})") from None
     if not isinstance(manifest, dict):
         raise PackageError(f"{top / MANIFEST}: not a JSON object")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
         raise PackageError(
             f"{top}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
-            f"expected {FORMAT!r} v{FORMAT_VERSION}"
+            f"expected {FORMAT!r} v{' or v'.join(map(str, READABLE_VERSIONS))}"
         )
     for key in ("files", "graphs", "models", "features"):
         if not isinstance(manifest.get(key), dict):

@@ -1,7 +1,11 @@
 """Ranking candidates with the package's factorised ranker graphs.
 
-At load, ``ranker_items`` runs once over the whole catalogue (every candidate's part of the
-ranker, with the package's context defaults: a not-yet-shown pin). Per request, ``ranker_user``
+Every candidate's part of the ranker (``ranker_items`` over the whole catalogue, with the
+package's context defaults: a not-yet-shown pin) is computed once, at export, and stored in the
+package as raw arrays that the scorer memory-maps (:func:`stored_item_parts`): the pages are
+shared by every process serving the package, resident memory grows with the rows a process
+touches, and a reload maps the new files instead of recomputing. A package without them (format
+v2) gets them computed at load (:func:`compute_item_parts`). Per request, ``ranker_user``
 runs once per user and ``ranker_pairs`` does only the per-pair work, in runs of at most
 ``max_rows`` candidates. The other ranker graphs (``ranker``, ``ranker_feed``) score the same
 function and are held to these by the package probe (:mod:`pinrank.serving.probe`).
@@ -14,7 +18,7 @@ import numpy as np
 from pinrank.features.columns import pack
 from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.conform import conform
-from pinrank.serving.package import Package
+from pinrank.serving.package import Package, PackageError
 from pinrank.serving.runtime import Backend
 
 GRAPHS = ("ranker_user", "ranker_items", "ranker_pairs")
@@ -27,10 +31,13 @@ class Ranker:
         self, package: Package, backend: Backend, catalogue: Catalogue, max_rows: int = 65536
     ) -> None:
         self.backend, self.catalogue, self.max_rows = backend, catalogue, max_rows
-        columns = package.columns("context")
-        context, _ = conform(package.manifest.get("context_defaults", {}), columns)
-        self.context = pack(context, columns)  # [1] per context input
-        self.item_parts = self._item_parts()
+        self.context = context_arrays(package)  # [1] per context input
+        stored = stored_item_parts(package, len(catalogue.ids))
+        self.item_parts = (
+            stored
+            if stored is not None
+            else compute_item_parts(backend, catalogue, self.context, max_rows)
+        )
 
     def rank(self, user_arrays: dict[str, np.ndarray], rows: list[np.ndarray]) -> list[np.ndarray]:
         """``[N_b]`` calibrated probabilities of each user ``b`` with its catalogue ``rows[b]``
@@ -60,20 +67,76 @@ class Ranker:
             start = stop
         return out
 
-    def _item_parts(self) -> dict[str, np.ndarray]:
-        """``ranker_items`` over the whole catalogue, in runs of at most ``max_rows`` rows; the
-        padded cross features are widened to one width."""
-        n = len(self.catalogue.ids)
-        runs = []
-        for a in range(0, max(n, 1), self.max_rows):
-            rows = np.arange(a, min(a + self.max_rows, n))
-            context = {name: np.repeat(v, len(rows), axis=0) for name, v in self.context.items()}
-            runs.append(self.backend.run("ranker_items", self.catalogue.inputs(rows) | context))
-        out = {}
-        for name in runs[0]:
-            arrays = [r[name] for r in runs]
-            width = max(a.shape[1] if a.ndim == 2 else 0 for a in arrays)
-            if name.endswith((".indices", ".kept")):
-                arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
-            out[name] = np.concatenate(arrays)
-        return out
+
+def context_arrays(package: Package) -> dict[str, np.ndarray]:
+    """``[1]`` per context input: the package's context defaults (a not-yet-shown pin)."""
+    columns = package.columns("context")
+    context, _ = conform(package.manifest.get("context_defaults", {}), columns)
+    return pack(context, columns)
+
+
+def compute_item_parts(
+    backend: Backend, catalogue: Catalogue, context: dict[str, np.ndarray], max_rows: int = 65536
+) -> dict[str, np.ndarray]:
+    """``ranker_items`` over the whole catalogue, in runs of at most ``max_rows`` rows; the
+    padded cross features are widened to one width."""
+    n = len(catalogue.ids)
+    runs = []
+    for a in range(0, max(n, 1), max_rows):
+        rows = np.arange(a, min(a + max_rows, n))
+        repeated = {name: np.repeat(v, len(rows), axis=0) for name, v in context.items()}
+        runs.append(backend.run("ranker_items", catalogue.inputs(rows) | repeated))
+    out = {}
+    for name in runs[0]:
+        arrays = [r[name] for r in runs]
+        width = max(a.shape[1] if a.ndim == 2 else 0 for a in arrays)
+        if name.endswith((".indices", ".kept")):
+            arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
+        out[name] = np.ascontiguousarray(np.concatenate(arrays))
+    return out
+
+
+def stored_item_parts(package: Package, rows: int) -> dict[str, np.ndarray] | None:
+    """The item parts the package stores (``manifest["item_parts"]``), memory-mapped read-only,
+    or ``None`` when it stores none. Each is a listed file of raw little-endian values (its sha256
+    was checked when the package was loaded) whose size must be its manifest dtype (a plain
+    number or bool type) times its shape, with one row per catalogue row; anything else is a
+    PackageError."""
+    entry = package.manifest.get("item_parts")
+    if entry is None:
+        return None
+    where = f"{package.root}: item_parts"
+    arrays = entry.get("arrays") if isinstance(entry, dict) else None
+    if not isinstance(arrays, dict) or not arrays:
+        raise PackageError(f"{where}: expected an 'arrays' object")
+    out = {}
+    for name, spec in arrays.items():
+        try:
+            dtype = np.dtype(str(spec["dtype"]))
+            shape = [int(n) for n in spec["shape"]]
+            path = package.path(spec["path"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise PackageError(f"{where}: {name}: a bad entry {spec!r} ({err})") from None
+        if (
+            dtype.kind not in "biuf"
+            or dtype.byteorder == ">"
+            or shape[:1] != [rows]
+            or min(shape, default=0) < 0
+        ):
+            raise PackageError(
+                f"{where}: {name} is {dtype.str} {shape}; expected a little-endian number or "
+                f"bool array with one row for each of the {rows} catalogue rows"
+            )
+        size = path.stat().st_size
+        if size != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+            raise PackageError(
+                f"{where}: {name}: {spec['path']} holds {size} bytes; {dtype.str} {shape} "
+                "takes the manifest's size times its type"
+            )
+        array = (
+            np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape))
+            if size
+            else np.zeros(shape, dtype)
+        )
+        out[name] = array
+    return out

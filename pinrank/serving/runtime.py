@@ -9,7 +9,7 @@ runs the same networks in torch (for GPU machines without onnxruntime-gpu).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -64,6 +64,21 @@ class OnnxBackend:
         self.package, self.providers = package, choose_providers(providers)
         self.threads = threads
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._blobs: dict[str, bytes] = {}
+
+    def _weights(self, relative: str) -> bytes:
+        """A weights file the graphs' external tensors may point into (the shared tensors, a
+        model's safetensors), read once through the package (listed, digest-checked)."""
+        allowed = {str(m.get("weights")) for m in self.package.manifest.get("models", {}).values()}
+        shared = (self.package.manifest.get("tensors") or {}).get("path")
+        if relative not in allowed | ({shared} if shared else set()):
+            raise PackageError(
+                f"{self.package.root}: external data in {relative!r}, which is not one of the "
+                f"package's weight files ({sorted(allowed | ({shared} if shared else set()))})"
+            )
+        if relative not in self._blobs:
+            self._blobs[relative] = self.package.read(relative)
+        return self._blobs[relative]
 
     def session(self, graph: str) -> ort.InferenceSession:
         if graph not in self._sessions:
@@ -73,7 +88,7 @@ class OnnxBackend:
             opts.log_severity_level = 3
             where = f"{self.package.root}: graph {graph!r}"
             data = self.package.read(self.package.graph_file(graph))  # the hashed bytes
-            check_self_contained(data, where)
+            data = inline_external(data, self._weights, where)
             try:
                 session = ort.InferenceSession(data, opts, providers=self.providers)
             except Exception as err:  # ORT raises its own types for any bad model
@@ -114,24 +129,54 @@ def _empty_outputs(session: ort.InferenceSession) -> dict[str, np.ndarray]:
     return out
 
 
-def check_self_contained(data: bytes, where: str) -> None:
-    """Refuse an ONNX model whose tensors live in external files: ONNX Runtime would open them
-    by the path the model names (relative to the working directory when the model comes from
-    bytes), outside the package and past its digests. Every tensor (initializers, sparse ones,
-    attribute tensors, subgraphs and functions) must hold its data in the model itself."""
-    from onnx import ModelProto, TensorProto
+def inline_external(data: bytes, read: Callable[[str], bytes], where: str) -> bytes:
+    """The model ``data`` with every external tensor's bytes put back in, read by ``read`` from
+    the package-relative location the tensor names (:mod:`pinrank.export.tensors`): ONNX Runtime
+    gets a self-contained model and never opens a path a graph names. Only initializers of the
+    main graph may be external; each must name a location, an offset and a length that fit its
+    file and equal its type's size times its shape. Anything else is a PackageError."""
+    from onnx import ModelProto, TensorProto, helper
 
     model = ModelProto()
     try:
         model.ParseFromString(data)
     except Exception as err:  # protobuf's DecodeError, or anything else a bad file raises
         raise PackageError(f"{where} is not an ONNX model ({err})") from None
-    for t in _tensors(model):
-        if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+    changed = False
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL and not len(t.external_data):
+            continue
+        fields = {e.key: e.value for e in t.external_data}
+        bad = f"{where}: tensor {t.name!r} has external data"
+        if set(fields) - {"location", "offset", "length"} or t.data_type in (
+            TensorProto.STRING,
+            TensorProto.UNDEFINED,
+        ):
+            raise PackageError(f"{bad} that the package format does not allow ({fields})")
+        try:
+            blob = read(fields.get("location", ""))
+        except PackageError as err:
+            raise PackageError(f"{bad}: {err}") from None
+        try:
+            offset, length = int(fields.get("offset", "0")), int(fields["length"])
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, ValueError, TypeError):
+            raise PackageError(f"{bad} with a bad offset, length or type ({fields})") from None
+        expected = itemsize * int(np.prod(list(t.dims), dtype=np.int64))
+        if offset < 0 or length != expected or offset + length > len(blob):
             raise PackageError(
-                f"{where}: tensor {t.name!r} has external data; package graphs must be "
-                "self-contained"
+                f"{bad} of {length} bytes at {offset} in {fields['location']!r} "
+                f"({len(blob)} bytes); its type and shape take {expected}"
             )
+        del t.external_data[:]
+        t.data_location = TensorProto.DEFAULT
+        t.raw_data = blob[offset : offset + length]
+        changed = True
+    for t in _tensors(model):  # anywhere else (attributes, subgraphs, functions): never
+        if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+            raise PackageError(f"{where}: tensor {t.name!r} has external data outside the graph's "
+                               "initializers, which the package format does not allow")  # fmt: skip
+    return model.SerializeToString() if changed else data
 
 
 def _tensors(model: Any) -> Iterator[Any]:

@@ -6,7 +6,7 @@ Pipeline of a known user's feed (:meth:`FeedScorer.feed`)::
       -> user_tower -> FAISS top-max(candidates, k), excluding the user's ``seen`` pins
          (with the popularity prior chosen on val when the package has one)
       + ``interest_candidates`` unseen pins of the user's followed interests, by popularity
-      -> ranker_user once + ranker_pairs over every candidate (ranker_items: at load)
+      -> ranker_user once + ranker_pairs over every candidate (item parts: stored at export)
       -> blending: at most floor(quota * k) pins per source, best score first
       -> diversification ("cap": per interest and per board; "mmr"; "none")
       -> backfill by score where the constraints left the feed short -> top-k, best first

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from package_fixtures import ROOT, SIGNING_KEY, TRUST, resign
 
 from pinrank.cli import main as pinrank
+from pinrank.export.tensors import load_inline
 from pinrank.serving.package import MANIFEST, PackageError, load_package, write_manifest
 from pinrank.serving.signing import SIGNATURE, Trust, generate_key
 from pinrank.serving.store import TableStore
@@ -133,7 +134,7 @@ def garbage_graph(name: str) -> Callable[[Path], str]:
 
 def _scale_ranker(pkg: Path) -> None:
     path = pkg / "graphs" / "ranker.onnx"
-    model = onnx.load(str(path))
+    model = load_inline(pkg, "graphs/ranker.onnx")  # self-contained again, then altered
     for t in model.graph.initializer:
         if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) > 8:
             arr = onnx.numpy_helper.to_array(t) * 3.0
@@ -149,17 +150,42 @@ def altered_ranker(pkg: Path) -> str:
     return "disagree on the probe"
 
 
-def external_data(pkg: Path) -> str:
-    """A graph whose weights point to a file outside the package (ONNX external data)."""
+def _point_external(pkg: Path, location: str, offset: int = 0, grow: int = 0) -> None:
+    """Point the item tower's largest initializer at ``location`` (ONNX external data)."""
     path = pkg / "graphs" / "item_tower.onnx"
-    model = onnx.load(str(path))
-    t = next(t for t in model.graph.initializer if np.prod(t.dims) > 8)
-    onnx.external_data_helper.set_external_data(t, location="../../../etc/hostname")
+    model = load_inline(pkg, "graphs/item_tower.onnx")
+    t = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    length = len(t.raw_data) + grow
+    onnx.external_data_helper.set_external_data(t, location=location, offset=offset, length=length)
     t.ClearField("raw_data")
     t.data_location = onnx.TensorProto.EXTERNAL
     path.write_bytes(model.SerializeToString())
     resign(pkg)
+
+
+def external_data(pkg: Path) -> str:
+    """A graph whose weights point to a file outside the package (ONNX external data)."""
+    _point_external(pkg, "../../../etc/hostname")
     return "has external data"
+
+
+def external_in_a_listed_file(pkg: Path) -> str:
+    """External data in a file of the package that is not a weights file (the catalogue)."""
+    _point_external(pkg, "catalogue/items.parquet")
+    return "not one of the package's weight files"
+
+
+def external_past_the_end(pkg: Path) -> str:
+    """External data whose range runs past the end of the weights file."""
+    size = (pkg / "weights" / "retrieval.safetensors").stat().st_size
+    _point_external(pkg, "weights/retrieval.safetensors", offset=size - 16)
+    return "its type and shape take"
+
+
+def external_wrong_length(pkg: Path) -> str:
+    """External data whose length is not the tensor's type times its shape."""
+    _point_external(pkg, "weights/retrieval.safetensors", grow=4)
+    return "its type and shape take"
 
 
 def crafted_target(pkg: Path) -> str:
@@ -183,6 +209,33 @@ def index_count(pkg: Path) -> str:
     path.write_bytes(bytes(data))
     resign(pkg)
     return "index header .* says 1000000000 vectors"
+
+
+def item_parts_shape(pkg: Path) -> str:
+    """The manifest, re-signed, says an item parts array has another shape than its file."""
+    m = _manifest(pkg)
+    spec = next(iter(m["item_parts"]["arrays"].values()))
+    spec["shape"] = [spec["shape"][0] + 1, *spec["shape"][1:]]
+    resign(pkg, m)
+    return "one row for each of the"
+
+
+def item_parts_size(pkg: Path) -> str:
+    """An item parts file cut short, re-signed."""
+    m = _manifest(pkg)
+    spec = next(iter(m["item_parts"]["arrays"].values()))
+    path = pkg / spec["path"]
+    path.write_bytes(path.read_bytes()[:-4])
+    resign(pkg)
+    return "takes the manifest's size times its type"
+
+
+def item_parts_object_dtype(pkg: Path) -> str:
+    """The manifest, re-signed, says an item parts array holds Python objects."""
+    m = _manifest(pkg)
+    next(iter(m["item_parts"]["arrays"].values()))["dtype"] = "|O"
+    resign(pkg, m)
+    return "expected a little-endian number or bool array"
 
 
 def index_vector_size(pkg: Path) -> str:
@@ -220,8 +273,14 @@ CASES: dict[str, Callable[[Path], str]] = {
     "garbage_ranker_feed": garbage_graph("ranker_feed"),
     "altered_ranker": altered_ranker,
     "external_data": external_data,
+    "external_in_a_listed_file": external_in_a_listed_file,
+    "external_past_the_end": external_past_the_end,
+    "external_wrong_length": external_wrong_length,
     "crafted_target": crafted_target,
     "index_count": index_count,
+    "item_parts_shape": item_parts_shape,
+    "item_parts_size": item_parts_size,
+    "item_parts_object_dtype": item_parts_object_dtype,
     "index_vector_size": index_vector_size,
 }
 

@@ -33,7 +33,7 @@ from pinrank.serving.feed import (
     UNKNOWN_POPULAR,
     FeedConfig,
 )
-from pinrank.serving.package import MANIFEST, Package, load_package, write_manifest
+from pinrank.serving.package import MANIFEST, Package, PackageError, load_package, write_manifest
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.store import TableStore, found
@@ -383,7 +383,15 @@ def test_catalogue_filtered_away_gives_no_candidates(
     shutil.copytree(package_dir, root)
     kept = items.filter(pc.invert(pc.is_in(items.column("item_id"), pa.array(retrieved))))
     pq.write_table(kept, root / "catalogue" / "items.parquet")
-    write_manifest(root, json.loads((root / MANIFEST).read_text()), SIGNING_KEY)
+    manifest = json.loads((root / MANIFEST).read_text())
+    write_manifest(root, manifest, SIGNING_KEY)
+    # the item parts stored at export no longer match the catalogue: refused by name
+    with pytest.raises(PackageError, match="one row for each of the"):
+        FeedScorer(load_package(root, TRUST), store, config=config)
+    # without them (as format v2 packages are), the scorer computes them at load
+    del manifest["item_parts"]
+    shutil.rmtree(root / "parts")
+    write_manifest(root, manifest, SIGNING_KEY)
     feed = FeedScorer(load_package(root, TRUST), store, config=config).feed(uid, k=5)
     assert feed.path == NO_CANDIDATES and feed.counts["candidates.retrieval"] == 0
     unseen = [i for i in popular if i not in retrieved and i not in clean_user["seen"]]

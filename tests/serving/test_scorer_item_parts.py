@@ -1,0 +1,69 @@
+"""The item parts stored at export: the scorer maps them (read-only, no ranker_items run at
+load), serves the same feeds as a package that computes them at load, and reloads map anew."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from package_fixtures import TRUST, resign
+
+from pinrank.serving.feed import FeedConfig
+from pinrank.serving.package import MANIFEST, load_package
+from pinrank.serving.runtime import OnnxBackend
+from pinrank.serving.scorer import FeedScorer
+from pinrank.serving.store import TableStore
+
+
+class Counting(OnnxBackend):
+    """ONNX Runtime, counting the runs of each graph."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.runs: dict[str, int] = {}
+
+    def run(self, graph, inputs):  # type: ignore[no-untyped-def]
+        self.runs[graph] = self.runs.get(graph, 0) + 1
+        return super().run(graph, inputs)
+
+
+def _without_parts(package_dir: Path, root: Path) -> Path:
+    """The package as format v2 left it: no stored item parts."""
+    copy = root / "computed"
+    shutil.copytree(package_dir, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    del manifest["item_parts"]
+    manifest["format_version"] = 2
+    shutil.rmtree(copy / "parts")
+    resign(copy, manifest)
+    return copy
+
+
+def test_stored_parts_are_mapped_not_computed_and_give_the_same_feeds(
+    package_dir: Path, users_path: Path, tmp_path: Path
+) -> None:
+    store = TableStore.from_path(users_path)
+    stored = load_package(package_dir, TRUST)
+    backend = Counting(stored)
+    mapped = FeedScorer(stored, store, backend, FeedConfig())
+    parts = mapped.ranker.item_parts
+    assert parts and all(isinstance(a, np.memmap) and not a.flags.writeable for a in parts.values())
+    assert "ranker_items" not in backend.runs  # nothing recomputed at load
+    computed_package = load_package(_without_parts(package_dir, tmp_path), TRUST)
+    other = Counting(computed_package)
+    computed = FeedScorer(computed_package, store, other, FeedConfig())
+    assert other.runs.get("ranker_items", 0) >= 1
+    for name, array in parts.items():
+        np.testing.assert_array_equal(np.asarray(array), computed.ranker.item_parts[name])
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(users_path, columns=["user_id"]).column(0).to_numpy()[:20]
+    for user in [*ids.tolist(), 10**9]:  # known users, and an unknown one
+        a, b = mapped.feed(int(user), 20), computed.feed(int(user), 20)
+        np.testing.assert_array_equal(a.item_ids, b.item_ids)
+        assert a.path == b.path
+        np.testing.assert_allclose(
+            [i.score or 0.0 for i in a.items], [i.score or 0.0 for i in b.items], atol=1e-6
+        )
