@@ -283,19 +283,35 @@ class RetrievalModule(pl.LightningModule):
         return build_topk(self.index, **self.index_params)
 
 
-def oracle_ranking(oracle: Any, task: RetrievalTask, k: int, chunk: int = 256) -> np.ndarray:
-    """[Q, k] the oracle's best non-excluded items per user (the best achievable ranking)."""
+def oracle_ranking(oracle: Any, task: RetrievalTask, k: int, pairs: int = 1 << 22) -> np.ndarray:
+    """[Q, k] the oracle's best non-excluded items per user (the best achievable ranking).
+
+    Users are scored in chunks of at most ``pairs`` (user, item) scores, so memory does not grow
+    with users x catalogue; each user's top k is selected in O(N) (ties broken by catalogue
+    order, as a stable full sort would)."""
     out = np.full((len(task.users), k), -1, np.int64)
+    chunk = max(1, min(256, pairs // max(len(task.catalogue), 1)))
     for start in range(0, len(task.users), chunk):
         users = task.users[start : start + chunk]
         scores = oracle.retrieval_scores(users, task.catalogue)  # (U, N)
         for row, user_idx in enumerate(range(start, start + len(users))):
-            s = scores[row].copy()
-            s[np.isin(task.catalogue, task.exclude[user_idx])] = -np.inf
-            top = np.argsort(-s, kind="stable")[:k]
+            s = -scores[row]  # ascending is best first
+            s[np.isin(task.catalogue, task.exclude[user_idx])] = np.inf
+            top = _smallest(s, k)
             top = top[np.isfinite(s[top])]
             out[user_idx, : len(top)] = task.catalogue[top]
     return out
+
+
+def _smallest(s: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the ``k`` smallest values, ordered as ``np.argsort(s, kind="stable")[:k]``
+    orders them, without sorting all of ``s``."""
+    if len(s) > k:
+        kth = np.partition(s, k - 1)[k - 1]
+        candidates = np.flatnonzero(s <= kth)  # every tie of the k-th value, in index order
+    else:
+        candidates = np.arange(len(s))
+    return candidates[np.argsort(s[candidates], kind="stable")][:k]
 
 
 __all__ = ["RetrievalModule", "oracle_ranking"]

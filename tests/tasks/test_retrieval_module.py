@@ -88,3 +88,36 @@ def test_full_catalogue_negatives(trained: tuple[RetrievalModule, PinrankDataMod
     assert len(ids) == 8 and torch.allclose(
         log_q, torch.full((8,), np.log(8 / len(dm.catalogue())))
     )
+
+
+def test_oracle_top_k_selects_as_a_stable_full_sort_in_bounded_chunks() -> None:
+    """The oracle's ranking keeps the full sort's order (ties by catalogue order) and scores at
+    most ``pairs`` (user, item) pairs at once."""
+    from types import SimpleNamespace
+
+    from pinrank.tasks.retrieval import _smallest, oracle_ranking
+
+    rng = np.random.default_rng(0)
+    for n, k in [(50, 10), (10, 20), (1000, 100), (7, 7)]:
+        s = rng.integers(0, 5, n).astype(np.float64)  # many ties
+        s[rng.random(n) < 0.2] = np.inf
+        np.testing.assert_array_equal(_smallest(s, k), np.argsort(s, kind="stable")[:k])
+
+    catalogue = np.arange(100, 400)
+    users = np.arange(9)
+    scores = rng.integers(0, 4, (len(users), len(catalogue))).astype(np.float64)
+    largest: list[int] = []
+
+    class Oracle:
+        def retrieval_scores(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
+            largest.append(len(u) * len(items))
+            return scores[u][:, items - 100]
+
+    exclude = [catalogue[rng.choice(len(catalogue), 5, replace=False)] for _ in users]
+    task = SimpleNamespace(users=users, catalogue=catalogue, exclude=exclude)
+    got = oracle_ranking(Oracle(), task, 12, pairs=2 * len(catalogue))  # type: ignore[arg-type]
+    assert max(largest) <= 2 * len(catalogue)
+    for u in users:
+        s = -scores[u].copy()
+        s[np.isin(catalogue, exclude[u])] = np.inf
+        np.testing.assert_array_equal(got[u], catalogue[np.argsort(s, kind="stable")[:12]])
