@@ -13,6 +13,7 @@ from package_fixtures import train
 
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
+from pinrank.resources import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -43,6 +44,7 @@ def _run(args: list[str], tmp: Path) -> dict:
 
 
 def _compose(overrides: list[str]):
+    register_resolvers()  # ${pinrank_conf:} (Hydra registers it when it imports pkg://pinrank.conf)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides, return_hydra_config=True)
 
