@@ -4,6 +4,7 @@ tests (session-scoped: trained once, a minute or so on 2 cores)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,13 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         )
     )
     return {"private": private, "public": public}
+
+
+def free_port() -> int:
+    """A loopback port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def tiny_overrides(tmp: Path, task: str) -> list[str]:

@@ -264,15 +264,12 @@ def test_train_finds_a_teams_data_config_in_the_working_folder(
     """Installed, the configs come from the package; ./conf/data/mine.yaml is searched after."""
     from hydra import compose, initialize_config_module
 
-    from pinrank.resources import register_resolvers
-
     (tmp_path / "conf" / "data").mkdir(parents=True)
     (tmp_path / "conf" / "data" / "mine.yaml").write_text(
         "source:\n  _target_: pinrank.data.sources.SyntheticSource\n"
         "  root: ${paths.data_dir}/mine\ndatamodule: {}\n"
     )
     monkeypatch.chdir(tmp_path)
-    register_resolvers()
     with initialize_config_module("pinrank.conf", version_base="1.3"):
         mine = compose("train", overrides=["data=mine"])
         shipped = compose("train", overrides=["model=wide_deep"])

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from package_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "pinrank", "conf", "serve")
@@ -87,36 +88,22 @@ def test_installed_pinrank_prints_and_serves_a_feed_without_torch(
                tmp_path)  # fmt: skip
     assert ": 5 pins, path " in out and out.count(" pin ") == 5, out
 
-    with socket_port() as port:
-        proc = subprocess.Popen(
-            [pinrank, "serve", "run", str(package_dir), "--users", str(users_path),
-             "--port", str(port), *trust],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        try:
-            user = _first_user(users_path)
-            body = _get_when_up(f"http://127.0.0.1:{port}/v1/feed/{user}?k=5", proc)
-        finally:
-            proc.terminate()
-            log = proc.communicate(timeout=30)[0]
+    port = free_port()
+    proc = subprocess.Popen(
+        [pinrank, "serve", "run", str(package_dir), "--users", str(users_path),
+         "--port", str(port), *trust],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        user = _first_user(users_path)
+        body = _get_when_up(f"http://127.0.0.1:{port}/v1/feed/{user}?k=5", proc)
+    finally:
+        proc.terminate()
+        log = proc.communicate(timeout=30)[0]
     feed = json.loads(body)
     assert len(feed["items"]) == 5, feed
     assert all(0.0 < item["score"] < 1.0 for item in feed["items"]), feed
     assert "Traceback" not in log, log
-
-
-class socket_port:
-    """A loopback port free when entered."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _first_user(users_path: Path) -> int:

@@ -35,12 +35,13 @@ from typing import Any
 
 from pinrank import logs
 from pinrank.cli.common import HelpFormatter
+from pinrank.resources import SERVICE_PACKAGE
 
 # commands handed whole to another parser: Hydra's for train / export, the service's for serve
 PASS_THROUGH = {
     "train": ("pinrank.training.main", "train a model: pinrank train [model=...] [data=...] ..."),
     "export": ("pinrank.export.main", "export trained runs to a verified model package"),
-    "serve": ("pinrank.resources", "the HTTP feed service: pinrank serve run PACKAGE ..."),
+    "serve": (f"{SERVICE_PACKAGE}.__main__", "the HTTP feed service: pinrank serve run PACKAGE"),
 }
 
 
@@ -77,14 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pass_through(command: str, argv: list[str]) -> int:
-    """Run ``train`` / ``export`` (Hydra reads ``sys.argv``) or ``serve`` with ``argv``."""
-    if command == "serve":
-        from pinrank.resources import SERVICE_PACKAGE
-
-        service: Any = importlib.import_module(f"{SERVICE_PACKAGE}.__main__")
-        service.main(argv, prog="pinrank serve")
-        return 0
+    """Run ``serve`` with ``argv``, or ``train`` / ``export`` (Hydra reads ``sys.argv``)."""
     module: Any = importlib.import_module(PASS_THROUGH[command][0])
+    if command == "serve":
+        module.main(argv, prog="pinrank serve")
+        return 0
     saved = sys.argv
     sys.argv = [f"pinrank {command}", *argv]
     try:

@@ -174,12 +174,12 @@ def load_source(
     The class is looked up in :data:`SOURCES`; nothing else named in the file is imported."""
     from omegaconf import OmegaConf
 
-    from pinrank.resources import conf_dir, conf_file, register_resolvers
+    from pinrank.resources import conf_dir, conf_file
 
+    # conf_dir() imports pinrank.conf, which registers ${pinrank_conf:}
     shipped = conf_dir() / "data" / f"{config}.yaml"
     if not Path(config).exists() and shipped.is_file():  # a shipped config by name: "ml100k"
         config = shipped
-    register_resolvers()
     paths = OmegaConf.load(conf_file("paths", "default.yaml"))
     paths.root_dir = str(root_dir)
     paths.output_dir = str(Path(root_dir) / "outputs")

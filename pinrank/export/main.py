@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pinrank import logs
-from pinrank.resources import CONF_SEARCH_PATH, register_resolvers
+from pinrank.resources import CONF_SEARCH_PATH
 
 log = logging.getLogger("pinrank.export")
 
@@ -58,5 +58,4 @@ def _export(cfg: DictConfig) -> None:
             raise SystemExit(1)
 
 
-register_resolvers()
 main = hydra.main(version_base="1.3", config_path=CONF_SEARCH_PATH, config_name="export")(_export)

@@ -266,10 +266,9 @@ def _write_item_parts(
     computed once here and stored as raw little-endian arrays ``parts/items/NN.bin`` (dtype and
     shape in the manifest: no header to parse, nothing a pickle could hide in) for the scorer to
     memory-map (:func:`pinrank.serving.ranking.stored_item_parts`)."""
-    unsealed = Package.unsealed(root, manifest)
-    backend = OnnxBackend(Package.unsealed(root, {"graphs": manifest["graphs"]}))
+    unsealed = Package.unsealed(root, manifest)  # its graphs are still self-contained here
     catalogue = Catalogue(items, popular, unsealed.columns("item"))  # as the scorer packs them
-    parts = compute_item_parts(backend, catalogue, context_arrays(unsealed))
+    parts = compute_item_parts(OnnxBackend(unsealed), catalogue, context_arrays(unsealed))
     folder = _mkdir(root / "parts" / "items")
     arrays = {}
     for i, (name, array) in enumerate(sorted(parts.items())):

@@ -65,16 +65,20 @@ class OnnxBackend:
         self.threads = threads
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._blobs: dict[str, bytes] = {}
+        # the files graphs' external tensors may point into: the models' safetensors and the
+        # shared tensors
+        manifest = package.manifest
+        shared = (manifest.get("tensors") or {}).get("path")
+        self._weight_files = {str(m.get("weights")) for m in manifest.get("models", {}).values()}
+        self._weight_files |= {shared} if shared else set()
 
     def _weights(self, relative: str) -> bytes:
-        """A weights file the graphs' external tensors may point into (the shared tensors, a
-        model's safetensors), read once through the package (listed, digest-checked)."""
-        allowed = {str(m.get("weights")) for m in self.package.manifest.get("models", {}).values()}
-        shared = (self.package.manifest.get("tensors") or {}).get("path")
-        if relative not in allowed | ({shared} if shared else set()):
+        """A weights file the graphs' external tensors may point into, read once through the
+        package (listed, digest-checked)."""
+        if relative not in self._weight_files:
             raise PackageError(
                 f"{self.package.root}: external data in {relative!r}, which is not one of the "
-                f"package's weight files ({sorted(allowed | ({shared} if shared else set()))})"
+                f"package's weight files ({sorted(self._weight_files)})"
             )
         if relative not in self._blobs:
             self._blobs[relative] = self.package.read(relative)

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pinrank import logs
-from pinrank.resources import CONF_SEARCH_PATH, register_resolvers
+from pinrank.resources import CONF_SEARCH_PATH
 
 log = logging.getLogger("pinrank.train")
 
@@ -72,5 +72,4 @@ def _train(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else None
 
 
-register_resolvers()
 main = hydra.main(version_base="1.3", config_path=CONF_SEARCH_PATH, config_name="train")(_train)

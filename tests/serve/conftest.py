@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from package_fixtures import SIGNING_KEY
+from package_fixtures import SIGNING_KEY, free_port
 
 from pinrank.serving.package import MANIFEST, write_manifest
 
@@ -32,12 +32,6 @@ def packages(package_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     graph = out["tampered"] / "graphs" / "ranker_pairs.onnx"
     graph.write_bytes(graph.read_bytes()[:-16] + b"\0" * 16)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
