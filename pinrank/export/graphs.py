@@ -15,10 +15,10 @@ positionally in the order of ``input_names`` (the exporter needs plain tensors) 
   part once ([U] rows); ``ranker_feed`` takes those parts, ``user_index`` int64 [N] and the raw
   candidate columns -> ``probability`` and ``logit`` [N]. The per-pair graph is these two with
   ``user_index = arange(B)``, so all three compute the same function. One difference: the
-  crosses of a user bag with a candidate feature (an interest profile x the pin's interests)
-  are summed by ``ranker_user`` into a table over the candidate feature's indices
-  (:func:`~pinrank.export.front.profile_crosses`) that the pair graphs only gather; the
-  per-pair graph, one user row per pair, computes them pair by pair.
+  crosses of a user feature with a small candidate feature (the gender, an interest profile x
+  the pin's interests) are summed by ``ranker_user`` into one table per candidate feature over
+  its indices (:func:`~pinrank.export.front.table_crosses`) that the pair graphs only gather;
+  the per-pair graph, one user row per pair, computes them pair by pair.
 - ranker_items + ranker_pairs (the catalogue factorisation, for scoring many feeds):
   ``ranker_items`` computes each candidate's part once ([M] catalogue rows with a context);
   ``ranker_pairs`` takes user parts, item parts, ``user_index`` and ``item_index`` [N] and does
@@ -41,7 +41,8 @@ from pinrank.export.front import (
     combine,
     cross_features,
     padded_pool,
-    profile_crosses,
+    table_crosses,
+    table_groups,
     user_part,
 )
 from pinrank.features.columns import ColumnSpec
@@ -144,13 +145,14 @@ def calibrate(logit: torch.Tensor, cal: Calibration) -> torch.Tensor:
 @dataclass(frozen=True)
 class PartLayout:
     """How a part graph hands a :class:`GraphPart` on: the prefix of its outputs, the features
-    pair-wise crosses read, the profile crosses' tables (name -> right cardinality) and whether
-    it carries an examination logit."""
+    pair-wise crosses read, the tables of the tabled crosses (candidate feature -> its
+    cardinality), whether it carries an examination logit, and the tabled crosses' names."""
 
     prefix: str
     crossed: tuple[str, ...]
-    profiles: tuple[tuple[str, int], ...]
+    tables: tuple[tuple[str, int], ...]
     exam: bool
+    tabled: frozenset[str] = frozenset()
 
     def outputs(self) -> list[str]:
         p = self.prefix
@@ -160,7 +162,7 @@ class PartLayout:
             f"{p}.wide",
             *([f"{p}.exam"] if self.exam else []),
             *[n for f in self.crossed for n in (f"{p}.{f}.indices", f"{p}.{f}.kept")],
-            *[f"{p}.{name}.table" for name, _ in self.profiles],
+            *[f"{p}.x_{name}.table" for name, _ in self.tables],
         ]
 
     def inputs(self, rows: str, net: WideDeep) -> list[GraphInput]:
@@ -178,7 +180,7 @@ class PartLayout:
                 GraphInput(f"{p}.{f}.indices", "int64", (rows, f"{p}.{f}.width")),
                 GraphInput(f"{p}.{f}.kept", "bool", (rows, f"{p}.{f}.width")),
             ]
-        out += [GraphInput(f"{p}.{n}.table", "float32", (rows, w)) for n, w in self.profiles]
+        out += [GraphInput(f"{p}.x_{n}.table", "float32", (rows, w)) for n, w in self.tables]
         return out
 
     def part(self, x: dict[str, torch.Tensor]) -> GraphPart:
@@ -192,7 +194,8 @@ class PartLayout:
                 x[f"{p}.exam"] if self.exam else None,
             ),
             {f: (x[f"{p}.{f}.indices"], x[f"{p}.{f}.kept"]) for f in self.crossed},
-            {name: x[f"{p}.{name}.table"] for name, _ in self.profiles},
+            {name: x[f"{p}.x_{name}.table"] for name, _ in self.tables},
+            self.tabled,
         )
 
     def flatten(self, gp: GraphPart) -> tuple[torch.Tensor, ...]:
@@ -206,7 +209,7 @@ class PartLayout:
             part.wide,
             *([part.exam] if self.exam and part.exam is not None else []),
             *[t for f in self.crossed for t in gp.sparse[f]],
-            *[gp.profiles[name] for name, _ in self.profiles],
+            *[gp.tables[name] for name, _ in self.tables],
         )
 
 
@@ -237,8 +240,9 @@ class _SidePartsGraph(Graph):
     """Raw columns of one side [R] -> that side's part of the ranker (``{prefix}.first`` [R, H],
     ``.proj`` [R, K], ``.wide`` [R], on the candidate side of a ranker with an examination tower
     ``.exam`` [R], per feature a pair-wise cross reads ``.{f}.indices`` int64 [R, L] and
-    ``.{f}.kept`` bool [R, L], and on the user side per profile cross ``.{cross}.table`` float32
-    [R, right cardinality] (:func:`profile_crosses`)): :func:`user_part` for the user side, else
+    ``.{f}.kept`` bool [R, L], and on the user side per candidate feature ``f`` of the tabled
+    crosses ``.x_{f}.table`` float32 [R, its cardinality] (:func:`table_crosses`)):
+    :func:`user_part` for the user side, else
     :func:`candidate_part` over the item and context columns."""
 
     def __init__(self, features: RawFeatures, net: WideDeep, user: bool) -> None:
@@ -246,15 +250,16 @@ class _SidePartsGraph(Graph):
         cols = [c for c in features.columns.values() if (c.side == "user") == user]
         super().__init__(column_inputs(cols, rows), features)
         self.net, self.user = net, user
-        self.profiles = profile_crosses(net, features) if user else []
+        self.tabled = table_crosses(net, features) if user else []
         self.layout = PartLayout(
             prefix,
-            tuple(cross_features(net, features, user=user, skip=self.profiles)),
+            tuple(cross_features(net, features, user=user, skip=self.tabled)),
             tuple(
-                (c.name, int(features.state.crosses[c.name]["right_cardinality"]))
-                for c in self.profiles
+                (right, int(features.state.crosses[group[0].name]["right_cardinality"]))
+                for right, group in table_groups(self.tabled).items()
             ),
             _has_exam(net, prefix),
+            frozenset(c.name for c in self.tabled),
         )
         self.output_names = tuple(self.layout.outputs())
 
@@ -262,7 +267,7 @@ class _SidePartsGraph(Graph):
         x = self.named(args)
         rows = x[self.torch_inputs[0].name]
         if self.user:
-            part = user_part(self.net, self.features, x, rows, self.profiles)
+            part = user_part(self.net, self.features, x, rows, self.tabled)
         else:
             part = candidate_part(self.net, self.features, x, rows)
         return self.layout.flatten(part)

@@ -52,7 +52,7 @@ def select(c: Candidates, k: int, config: FeedConfig) -> tuple[np.ndarray, int]:
         chosen = _mmr(c, k, caps, config.mmr_lambda)
     else:
         chosen = _greedy(c, order, k, caps, config)
-    extra = order[~np.isin(order, chosen)][: k - len(chosen)]
+    extra = order[~np.isin(order, chosen)][: k - len(chosen)] if len(chosen) < k else _EMPTY
     picked = np.concatenate([np.array(chosen, np.int64), extra])
     return picked[np.argsort(-c.scores[picked], kind="stable")], len(extra)
 
@@ -60,36 +60,50 @@ def select(c: Candidates, k: int, config: FeedConfig) -> tuple[np.ndarray, int]:
 def _greedy(
     c: Candidates, order: np.ndarray, k: int, caps: dict[str, int], config: FeedConfig
 ) -> list[int]:
-    sources, boards = c.sources.tolist(), c.boards.tolist()
-    interests = c.interests
-    tags_of = (
-        interests.tags if isinstance(interests, RowInterests) else lambda i: interests[i].tolist()
-    )
+    """The walk of :func:`select`'s ``cap`` (and ``none``) rule. The sources, boards and
+    interests that reached their cap are kept in sets, so a candidate is checked with set
+    lookups (the walk visits about half of a feed's candidates)."""
     capped = config.diversity == "cap"
+    sources, boards = c.sources[order].tolist(), c.boards[order].tolist()
+    interests = c.interests
+    tags: list[Sequence[int]]
+    if not capped:
+        tags = [()] * len(order)
+    elif isinstance(interests, RowInterests):  # the catalogue's tuples, by catalogue row
+        rows = interests.rows[order].tolist()
+        tags = list(map(interests.catalogue.interest_tuples().__getitem__, rows))
+    else:
+        tags = [interests[i].tolist() for i in order.tolist()]
     max_board, max_interest = config.max_per_board, config.max_per_interest
     per_source = dict.fromkeys(caps, 0)
     per_board: dict[int, int] = {}
     per_interest: dict[int, int] = {}
+    full_sources = {s for s, cap in caps.items() if cap <= 0}
+    full_boards: set[int] = set()
+    full_tags: set[int] = set()
     chosen: list[int] = []
-    for i in order.tolist():
-        if len(chosen) == k:
-            break
-        source = sources[i]
-        if source in caps and per_source[source] >= caps[source]:
+    walk = zip(order.tolist(), sources, boards, tags, strict=True) if k > 0 else iter(())
+    for i, source, board, its in walk:
+        if source in full_sources:
             continue
         if capped:
-            board, tags = boards[i], tags_of(i)
-            if board >= 0 and per_board.get(board, 0) >= max_board:
-                continue
-            if any(per_interest.get(t, 0) >= max_interest for t in tags):
+            if board in full_boards or not full_tags.isdisjoint(its):
                 continue
             if board >= 0:
-                per_board[board] = per_board.get(board, 0) + 1
-            for t in tags:
-                per_interest[t] = per_interest.get(t, 0) + 1
-        if source in caps:
-            per_source[source] += 1
+                n = per_board[board] = per_board.get(board, 0) + 1
+                if n >= max_board:
+                    full_boards.add(board)
+            for t in its:
+                n = per_interest[t] = per_interest.get(t, 0) + 1
+                if n >= max_interest:
+                    full_tags.add(t)
+        if source in per_source:
+            n = per_source[source] = per_source[source] + 1
+            if n >= caps[source]:
+                full_sources.add(source)
         chosen.append(i)
+        if len(chosen) == k:
+            break
     return chosen
 
 

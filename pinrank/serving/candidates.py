@@ -23,6 +23,8 @@ from pinrank.serving.package import Package
 from pinrank.serving.probe import package_index
 from pinrank.serving.runtime import Backend
 
+_SOURCES = np.array([RETRIEVAL, INTERESTS, POPULAR], object)
+
 
 def check_gpu_faiss(module: Any = faiss) -> None:
     """Fail clearly when ``--gpu-index`` (``gpu_index=True``) cannot be honoured: the faiss
@@ -87,21 +89,30 @@ class CandidateSource:
                 query = query_vectors(query, self.temperature, self.bias)  # [B, D + 2]
             depth = max(self.config.candidates, k)
             _, found_ids = self.index.search(query, depth, exclude=list(excludes))
+        c = self.catalogue
+        found = c.rows(found_ids.reshape(-1)).reshape(found_ids.shape)  # [B, depth], -1: none
+        found[found_ids == -1] = -1
+        sizes = [len(e) for e in excludes]
+        seen = np.split(c.rows(np.concatenate([EMPTY, *excludes])), np.cumsum(sizes)[:-1])
+        marked = np.zeros(len(c.ids), bool)  # each user's excluded rows, cleared after it
         all_rows, all_sources = [], []
         for b in range(len(users)):
-            ids = found_ids[b]
-            retrieved = self.catalogue.rows(ids[ids != -1])
-            retrieved = retrieved[retrieved >= 0]
-            followed = np.union1d(users.interests[b], wanted[b])
+            retrieved = found[b][found[b] >= 0]
+            excluded = seen[b][seen[b] >= 0]
+            followed = (  # the user's are sorted and distinct already
+                np.union1d(users.interests[b], wanted[b]) if wanted[b].size else users.interests[b]
+            )
             limit = self.config.interest_candidates if followed.size else 0
-            taken = np.union1d(excludes[b], self.catalogue.ids[retrieved])
-            by_interest = self.catalogue.popular(limit, taken, followed)
+            marked[excluded] = marked[retrieved] = True
+            n_marked = len(excluded) + len(retrieved)
+            by_interest = c.popular_unmarked(limit, marked, n_marked, followed)
             short = k - len(retrieved) - len(by_interest)
             top_up = EMPTY
             if short > 0 and len(retrieved) + len(by_interest):  # short, not empty: top it up
-                taken = np.union1d(taken, self.catalogue.ids[by_interest])
-                top_up = self.catalogue.popular(short, taken)
+                marked[by_interest] = True
+                top_up = c.popular_unmarked(short, marked, n_marked + len(by_interest))
+            marked[excluded] = marked[retrieved] = marked[by_interest] = False
             all_rows.append(np.concatenate([retrieved, by_interest, top_up]).astype(np.int64))
-            sources = [RETRIEVAL] * len(retrieved) + [INTERESTS] * len(by_interest)
-            all_sources.append(np.array(sources + [POPULAR] * len(top_up), object))
+            counts = [len(retrieved), len(by_interest), len(top_up)]
+            all_sources.append(np.repeat(_SOURCES, counts))
         return all_rows, all_sources

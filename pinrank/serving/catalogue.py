@@ -104,22 +104,38 @@ class Catalogue:
         interest's) can be in the answer, so the cost does not grow with the catalogue.
         """
         limit = max(limit, 0)
-        depth = limit + len(exclude)
-        if interests is None:
-            head = self.by_popularity[:depth]
-        else:
-            at = np.searchsorted(self._tags, interests)
-            at = at[
-                (at < len(self._tags))
-                & (self._tags[np.minimum(at, len(self._tags) - 1)] == interests)
-            ]
-            starts = self._tag_offsets[at]
-            ends = np.minimum(self._tag_offsets[at + 1], starts + depth)
-            head = np.unique(
-                np.concatenate([_EMPTY, *map(self._tag_rows.__getitem__, map(slice, starts, ends))])
-            )
-            head = head[np.argsort(self.rank[head], kind="stable")]
+        head = self._head(limit + len(exclude), interests)
         return head[~np.isin(self.ids[head], exclude)][:limit]
+
+    def popular_unmarked(
+        self, limit: int, marked: np.ndarray, n_marked: int, interests: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:meth:`popular` with the excluded pins given as rows: ``marked`` ``[M]`` bool, true at
+        the (at most ``n_marked``) excluded rows (a caller that scores many users marks and
+        clears each user's rows in one array instead of matching ids)."""
+        limit = max(limit, 0)
+        head = self._head(limit + n_marked, interests)
+        return head[~marked[head]][:limit]
+
+    def _head(self, depth: int, interests: np.ndarray | None) -> np.ndarray:
+        """The first ``depth`` rows of the popularity order, or of each of ``interests``' lists
+        merged (distinct rows, most popular first)."""
+        if interests is None:
+            return self.by_popularity[:depth]
+        if not len(self._tags):  # no pin has an interest
+            return _EMPTY
+        at = np.searchsorted(self._tags, interests)
+        tags = self._tags[np.minimum(at, len(self._tags) - 1)]
+        at = at[(at < len(self._tags)) & (tags == interests)]
+        if not at.size:
+            return _EMPTY
+        starts = self._tag_offsets[at]
+        ends = np.minimum(self._tag_offsets[at + 1], starts + depth)
+        rows = np.concatenate(
+            [self._tag_rows[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+        )
+        # ranks are distinct: their sorted distinct values are the rows, most popular first
+        return self.by_popularity[np.unique(self.rank[rows])]
 
 
 class RowInterests(Sequence[np.ndarray]):

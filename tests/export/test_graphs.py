@@ -10,7 +10,7 @@ import torch
 from pinrank.calibration import Calibration
 from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.prepare import Prepared
-from pinrank.export.front import PROFILE_GRID, profile_crosses
+from pinrank.export.front import PROFILE_GRID, TABLE_WIDTH, table_crosses
 from pinrank.export.graphs import Graph, graphs_for
 from pinrank.export.torch_backend import run_graph
 from pinrank.export.verify import ParityReport, held_out_rows, ranker_parity
@@ -70,30 +70,35 @@ def _parity(ranker, zero_tables: bool = False) -> tuple[ParityReport, _Modules]:
     return report, be
 
 
-def test_the_profile_crosses_are_the_user_bag_crosses(ranker) -> None:
+def test_the_tabled_crosses_are_the_user_crosses_with_a_small_candidate_feature(ranker) -> None:
     net, graphs, *_, dm = ranker
-    names = [c.name for c in profile_crosses(net, graphs["ranker_user"].features)]
-    # bags of the user side x pin interests; not the single-valued user features' crosses
-    assert names == ["interest_x_interest", "seen_x_interest", "history_x_interest"]
+    names = [c.name for c in table_crosses(net, graphs["ranker_user"].features)]
+    # every user feature x pin interests: the single-valued ones (the user id too: one lookup
+    # per interest) and the bags (a matmul with the grid)
+    assert names == [c.name for c in dm.spec.crosses]
+    assert {"user_x_interest", "interest_x_interest", "gender_x_interest"} <= set(names)
     for c in dm.spec.crosses:
         left = dm.spec[c.features[0]]
-        grid = dm.state.cardinality(left.shares or left.name)
-        grid *= dm.state.crosses[c.name]["right_cardinality"]
-        assert (c.name in names) == (left.kind != "categorical" and grid <= PROFILE_GRID)
+        width = dm.state.crosses[c.name]["right_cardinality"]
+        grid = dm.state.cardinality(left.shares or left.name) * width
+        small = left.kind == "categorical" or grid <= PROFILE_GRID
+        assert (c.name in names) == (width <= TABLE_WIDTH and small)
 
 
-def test_user_parts_carry_profile_tables_not_the_profiles(ranker) -> None:
+def test_user_parts_carry_one_table_per_candidate_feature(ranker) -> None:
     _, graphs, tables, *_, dm = ranker
     _, be = _parity(ranker)
     parts = be.outputs["ranker_user"]
     n_users = len(np.unique(tables["user"].column("user_id").to_numpy()))
-    for name in ("seen_x_interest", "history_x_interest", "interest_x_interest"):
-        width = dm.state.crosses[name]["right_cardinality"]
-        assert parts[f"user.{name}.table"].shape == (n_users, width)
-        assert parts[f"user.{name}.table"].dtype == np.float32
-    # the profiles no longer travel to the feed graph (only crosses paired per pair need them)
+    (right,) = {c.features[1] for c in dm.spec.crosses}
+    width = dm.state.cardinality(right)
+    assert [k for k in parts if k.endswith(".table")] == [f"user.x_{right}.table"]
+    assert parts[f"user.x_{right}.table"].shape == (n_users, width)
+    assert parts[f"user.x_{right}.table"].dtype == np.float32
+    # neither the profiles nor the single-valued features travel to the pair graphs: every
+    # cross is in the table
     assert not any(k.startswith(("user.seen_interests", "user.history_interests")) for k in parts)
-    assert "user.user_id.indices" in parts  # user_x_interest stays pair-wise
+    assert not any(k.endswith((".indices", ".kept")) for k in parts)
     feed_inputs = {i.name for i in graphs["ranker_feed"].inputs}
     assert set(parts) <= feed_inputs and set(parts) <= {
         i.name for i in graphs["ranker_pairs"].inputs

@@ -105,6 +105,11 @@ def test_popular_matches_a_scan_of_the_whole_catalogue() -> None:
         expected = order[ok][:limit]
         got = cat.popular(limit, exclude, wanted)
         assert got.tolist() == expected.tolist(), (trial, limit, wanted)
+        # the batch path's form: the excluded pins as marked rows
+        marked = np.zeros(m, bool)
+        marked[cat.rows(exclude)] = True
+        got = cat.popular_unmarked(limit, marked, len(exclude), wanted)
+        assert got.tolist() == expected.tolist(), (trial, limit, wanted)
     assert cat.interests(3).tolist() == [5]
     assert cat.row_interests(np.array([3, 3])).tags(1) == (5,)
 
