@@ -8,8 +8,9 @@ history, seen pins) drawn at random and given fresh ids (the graphs hash ids, so
 valid user), written as Parquet with ``--row-group`` users per row group. Each size runs
 ``pinrank feeds`` in its own process (50-pin feeds from 400 retrieved + 100 interest candidates,
 i.e. 500 ranked per user) and reads back its ``_SUCCESS.json``: users/s while scoring (the
-package load excluded), wall seconds, and the job's peak RSS. Writes
-benchmarks/results/batch_feeds.json and batch_feeds.png.
+package load excluded), wall seconds, and the peak RSS of the driver and of its largest worker
+process (``pinrank feeds`` runs one per CPU by default; ``--workers 1`` scores in the driver).
+Writes benchmarks/results/batch_feeds.json and batch_feeds.png.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def run(package: str, users: Path, out: Path, args: argparse.Namespace) -> dict[
     ]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.perf_counter() - t0
@@ -76,6 +79,9 @@ def run(package: str, users: Path, out: Path, args: argparse.Namespace) -> dict[
         "scoring_s": summary["scoring_seconds"],
         "feeds_per_s": summary["users_scored_per_s"],
         "peak_rss_mb": summary["peak_rss_mb"],
+        "worker_peak_rss_mb": summary.get("worker_peak_rss_mb"),
+        "workers": summary["config"].get("workers"),
+        "threads": summary["config"].get("threads"),
         "paths": {k: v for k, v in summary["counts"].items() if k.startswith("path.")},
     }
 
@@ -100,9 +106,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--package", default="outputs/packages/demo")
     parser.add_argument("--users", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--row-group", type=int, default=20_000)
+    parser.add_argument("--row-group", type=int, default=10_000)
     parser.add_argument("--batch-users", type=int, default=1024)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--workers", type=int, help="local worker processes (default: CPUs)")
     parser.add_argument("--engine", default="local", choices=["local", "ray"])
     parser.add_argument("--work", default="outputs/bench_feeds", help="scratch folder")
     parser.add_argument("--trusted-key", default="outputs/keys/signing.pub")
@@ -118,8 +125,11 @@ def main() -> None:
         users = synthetic_users(base, n, work / f"users_{n}" / "users.parquet", args.row_group)
         r = run(args.package, users, work / f"feeds_{n}", args)
         results.append(r)
+        rss = f"{r['peak_rss_mb']:,.0f} MB"
+        if r["worker_peak_rss_mb"]:
+            rss += f" + {r['workers']} workers of {r['worker_peak_rss_mb']:,.0f} MB"
         print(f"  {n:>9,} users: {r['feeds_per_s']:>8,.0f} feeds/s while scoring, "
-              f"{r['wall_s']:.0f} s wall, peak RSS {r['peak_rss_mb']:,.0f} MB")  # fmt: skip
+              f"{r['wall_s']:.0f} s wall, peak RSS {rss}")  # fmt: skip
         shutil.rmtree(work / f"users_{n}", ignore_errors=True)
     rates = [r["feeds_per_s"] for r in results]
     spread = (max(rates) - min(rates)) / max(rates) if rates else 0.0

@@ -29,8 +29,11 @@ Units are deterministic (fixed batches, no sampling), so a rerun writes the same
 run would have. Memory is bounded by one row group plus one batch's candidates, whatever the
 number of users; write inputs with row groups of 10k-100k users.
 
-Engines: ``local`` (this process, units in order) and ``ray`` (a Ray Data actor pool maps the
-same unit function over the units, one package load per actor; see :func:`run_feeds`).
+Engines: ``local`` (this machine: by default one worker process per CPU, at most one per unit,
+each loading the package once; ``workers=1`` scores in this process) and ``ray`` (a Ray Data
+actor pool maps the same unit function over the units, one package load per actor; see
+:func:`run_feeds`). Worker processes score about 1.5x the feeds of one process running ONNX
+Runtime on as many threads, which leaves the Python of candidates and blending on one core.
 Bad input: a missing or mistyped column stops the job before any unit starts, naming it; null
 ids are skipped and counted; null or malformed values get the spec's defaults (the feed's
 ``path`` says ``personalized_defaults``), and every value the spec's policy replaces is counted
@@ -46,7 +49,6 @@ import fcntl
 import json
 import logging
 import os
-import resource
 import shutil
 import sys
 import time
@@ -71,6 +73,7 @@ from pinrank.batch.units import (
     LocalEngine,
     Unit,
     make_scorer,
+    peak_rss_mb,
     required_columns,
     write_atomic,
     write_json,
@@ -164,6 +167,7 @@ def run_feeds(
     trust = trust or Trust()
     t0 = time.perf_counter()
     package = load_package(package_dir, trust)
+    config = _pin_workers(config, engine, len(plan(users, ())))
     config = _pin_threads(config, engine, ray_options or {})
     scorer = make_scorer(package, config)
     scorer.probe()  # every graph on a probe before any unit: a bad package writes nothing
@@ -287,7 +291,12 @@ def _summary(
         "seconds": round(seconds, 3),
         "scoring_seconds": round(scoring, 3),
         "users_scored_per_s": round(scored / scoring, 1) if scoring > 0 else None,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        # the largest worker process's (local workers; the driver's peak is above)
+        "worker_peak_rss_mb": max(
+            (r["worker_peak_rss_mb"] for r in records.values() if "worker_peak_rss_mb" in r),
+            default=None,
+        ),
         "config": config.to_dict(),
     }
 
@@ -300,16 +309,27 @@ def _engine(name: str, ray_options: dict[str, Any]) -> Engine:
     return LocalEngine()
 
 
+def _pin_workers(config: JobConfig, engine: str, units: int) -> JobConfig:
+    """``config`` with an explicit number of local worker processes (``workers=None``: one per
+    CPU this process may use, at most one per unit; one on a GPU or with the ray engine, whose
+    actors are its workers), so the job identity names it."""
+    if config.workers is not None:
+        return config
+    cpus = len(os.sched_getaffinity(0))
+    local_cpu = engine == "local" and config.device == "cpu"
+    return dataclasses.replace(config, workers=max(min(cpus, units), 1) if local_cpu else 1)
+
+
 def _pin_threads(config: JobConfig, engine: str, ray_options: dict[str, Any]) -> JobConfig:
-    """``config`` with an explicit ONNX Runtime thread count (``threads=None``: the CPUs this
-    process may use, or one Ray actor's share), so the job identity names the count that
-    scored it."""
+    """``config`` with an explicit ONNX Runtime thread count (``threads=None``: this process's
+    CPUs shared by the local workers, or one Ray actor's share), so the job identity names the
+    count that scored it."""
     if config.threads is not None or config.backend != "onnx":
         return config
     if engine == "ray":
         threads = max(int(float(ray_options.get("cpus_per_actor", 1))), 1)
     else:
-        threads = len(os.sched_getaffinity(0))
+        threads = max(len(os.sched_getaffinity(0)) // (config.workers or 1), 1)
     return dataclasses.replace(config, threads=threads)
 
 
@@ -365,10 +385,6 @@ def _lock(out: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _Quiet:

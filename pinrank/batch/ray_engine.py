@@ -18,8 +18,6 @@ import json
 import logging
 import os
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from pinrank.batch.units import FeedsJobError, Job, JobConfig, Unit, make_scorer, score_unit
+from pinrank.batch.units import (
+    FeedsJobError,
+    Job,
+    JobConfig,
+    Unit,
+    make_scorer,
+    score_unit,
+    watch_driver,
+)
 from pinrank.serving.package import load_package
 from pinrank.serving.signing import Trust
 
@@ -55,25 +61,6 @@ class UnitWriter:
             for u in batch["unit"]
         ]
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
-
-
-def watch_driver(pid: int, host: str, every_s: float = 0.5) -> None:
-    """Exit this process as soon as process ``pid`` is gone, when it runs on ``host``."""
-    if host != socket.gethostname():
-        return  # another node: the fence alone keeps a late commit out
-
-    def watch() -> None:
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                log.error("the feeds driver (pid %d) is gone: this worker stops", pid)
-                os._exit(1)
-            except PermissionError:
-                pass  # alive, another user's
-            time.sleep(every_s)
-
-    threading.Thread(target=watch, name="pinrank-driver-watch", daemon=True).start()
 
 
 def run_units(

@@ -11,12 +11,18 @@ under the run's fence (see :mod:`pinrank.batch.feeds` for the exactly-once proto
 from __future__ import annotations
 
 import json
+import logging
 import os
+import resource
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +37,8 @@ from pinrank.features.state import FeatureState, transform_side
 from pinrank.serving.conform import TOO_LONG
 from pinrank.serving.feed import Feed, FeedConfig
 from pinrank.serving.ids import IdCodec
-from pinrank.serving.package import Package, sha256
+from pinrank.serving.package import Package, load_package, sha256
+from pinrank.serving.ranking import MAX_ROWS
 from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.signing import Trust
 
@@ -48,6 +55,7 @@ FEED_SCHEMA = pa.schema(
     ]
 )
 BACKENDS, DEVICES = ("onnx", "torch"), ("cpu", "cuda", "tensorrt")
+log = logging.getLogger(__name__)
 
 
 class FeedsJobError(RuntimeError):
@@ -65,16 +73,20 @@ class JobConfig:
         backend: ``onnx`` (ONNX Runtime) or ``torch`` (the same networks in torch).
         device: ``cpu``, ``cuda`` or ``tensorrt`` (ONNX Runtime's providers; torch: cpu/cuda).
         threads: intra-op threads per ONNX Runtime session (``None``: its default).
+        workers: processes of the ``local`` engine, each scoring whole units with its own copy
+            of the scorer (``1``: the driver's process; ``None``: one per CPU this process may
+            use, at most one per unit; :func:`~pinrank.batch.feeds.run_feeds` resolves it).
         gpu_index: search FAISS on GPU (faiss-gpu and a GPU required).
         feed: how each feed is assembled (candidates, quotas, diversity).
     """
 
     k: int = 50
     batch_users: int = 1024
-    max_rows: int = 65536
+    max_rows: int = MAX_ROWS
     backend: str = "onnx"
     device: str = "cpu"
     threads: int | None = None
+    workers: int | None = 1
     gpu_index: bool = False
     feed: FeedConfig = field(default_factory=FeedConfig)
 
@@ -87,8 +99,12 @@ class JobConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.device not in DEVICES or (self.backend == "torch" and self.device == "tensorrt"):
             raise ValueError(f"device {self.device!r} is not one of {DEVICES} for {self.backend}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        for name in ("threads", "workers"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -325,10 +341,88 @@ class Engine(Protocol):
 
 
 class LocalEngine:
-    """Units one after the other in the driver's process, with the driver's scorer."""
+    """Units on this machine: one after the other in the driver's process with the driver's
+    scorer (``config.workers`` 1), or spread over ``config.workers`` spawned processes, each
+    loading the package once under the driver's trust policy (the local twin of the ray
+    engine's actors: same unit function, same records, the same fence and driver watch)."""
 
     def run(
         self, job: Job, units: list[Unit], out: Path, progress: Callable[[int], None]
     ) -> Iterator[dict[str, Any]]:
-        for unit in units:
-            yield score_unit(job.scorer, unit, out, job.config, progress, job.fence)
+        workers = min(job.config.workers or 1, len(units))
+        if workers <= 1:
+            for unit in units:
+                yield score_unit(job.scorer, unit, out, job.config, progress, job.fence)
+            return
+        setup = (
+            str(job.package.root),
+            job.trust.to_dict(),
+            job.package.version,
+            job.config.to_dict(),
+            os.getpid(),
+            socket.gethostname(),
+        )
+        pool = ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_worker_setup, initargs=setup
+        )
+        try:
+            futures = [pool.submit(_worker_unit, u, str(out), job.fence) for u in units]
+            for future in as_completed(futures):
+                try:
+                    record = future.result()
+                except BrokenProcessPool as err:
+                    raise FeedsJobError(f"a feeds worker process died ({err})") from err
+                progress(record["unit"]["rows"])
+                yield record
+        finally:  # on an error, the units not started are dropped (a rerun resumes them)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_setup(
+    package: str,
+    trust: dict[str, Any],
+    version: str,
+    config: dict[str, Any],
+    driver_pid: int,
+    driver_host: str,
+) -> None:
+    """A local worker process: watch the driver, load the package the driver checked, build
+    the scorer once."""
+    watch_driver(driver_pid, driver_host)
+    loaded = load_package(package, Trust.from_dict(trust))
+    if loaded.version != version:
+        raise FeedsJobError(f"{package} changed under the job: {loaded.version} != {version}")
+    _WORKER["config"] = JobConfig.from_dict(config)
+    _WORKER["scorer"] = make_scorer(loaded, _WORKER["config"])
+
+
+def _worker_unit(unit: Unit, out: str, fence: str) -> dict[str, Any]:
+    record = score_unit(_WORKER["scorer"], unit, Path(out), _WORKER["config"], None, fence)
+    return record | {"worker_peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def watch_driver(pid: int, host: str, every_s: float = 0.5) -> None:
+    """Exit this process as soon as process ``pid`` is gone, when it runs on ``host``."""
+    if host != socket.gethostname():
+        return  # another node: the fence alone keeps a late commit out
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                log.error("the feeds driver (pid %d) is gone: this worker stops", pid)
+                os._exit(1)
+            except PermissionError:
+                pass  # alive, another user's
+            time.sleep(every_s)
+
+    threading.Thread(target=watch, name="pinrank-driver-watch", daemon=True).start()

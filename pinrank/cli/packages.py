@@ -134,10 +134,11 @@ def cmd_feeds(args: argparse.Namespace) -> None:
         config = JobConfig(
             k=args.k,
             batch_users=args.batch_users,
-            max_rows=args.max_rows,
+            **({"max_rows": args.max_rows} if args.max_rows is not None else {}),
             backend=args.backend,
             device=args.device,
             threads=args.threads,
+            workers=args.workers,
             gpu_index=args.gpu_index,
             feed=feed,
         )
@@ -160,12 +161,18 @@ def cmd_feeds(args: argparse.Namespace) -> None:
         )
     except (FeedsJobError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"pinrank feeds: {err}") from err
-    s = result.summary
+    s, config = result.summary, result.summary["config"]
+    rate = s["users_scored_per_s"]
+    workers = (
+        f", {config['workers']} workers of {s['worker_peak_rss_mb']:.0f} MB at most"
+        if s.get("worker_peak_rss_mb")
+        else ""
+    )
     print(
         f"[feeds] {s['users']:,} users, {s['rows']:,} rows in {result.out} "
         f"({s['units']} shards, {s['units_resumed']} resumed); {s['seconds']:.1f}s, "
-        f"{s['users_scored_per_s']:,.0f} users/s, peak RSS {s['peak_rss_mb']:.0f} MB "
-        f"({s['engine']}, {s['config']['backend']} on {s['config']['device']})"
+        f"{f'{rate:,.0f}' if rate else '-'} users/s, peak RSS {s['peak_rss_mb']:.0f} MB{workers} "
+        f"({s['engine']}, {config['backend']} on {config['device']}, {config['threads']} threads)"
     )
     paths = {k.split(".", 1)[1]: v for k, v in s["counts"].items() if k.startswith("path.")}
     print(
@@ -316,14 +323,22 @@ def register(sub: Any) -> None:
         help="re-ranking for diversity",
     )
     b.add_argument("--batch-users", type=int, default=1024, help="users scored together")
-    b.add_argument("--max-rows", type=int, default=65536, help="candidates per ranker run")
+    b.add_argument("--max-rows", type=int, help="most candidates per ranker run (default: 8192)")
     b.add_argument(
         "--backend", default="onnx", choices=["onnx", "torch"], help="what scores the package"
     )
     b.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="where the ranker runs"
     )
-    b.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    b.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads (default: CPUs / workers)"
+    )
+    b.add_argument(
+        "--workers",
+        type=int,
+        help="local: worker processes (default: one per CPU, at most one per row group; "
+        "1: score in this process)",
+    )
     b.add_argument("--gpu-index", action="store_true", help="FAISS search on GPU")
     b.add_argument(
         "--engine",

@@ -83,7 +83,7 @@ class FeedScorer:
 
     def __init__(
         self, package: Package, users: UserStore | None, backend: Backend | None = None,
-        config: FeedConfig | None = None, max_rows: int = 65536, gpu_index: bool = False,
+        config: FeedConfig | None = None, max_rows: int = ranking.MAX_ROWS, gpu_index: bool = False,
     ) -> None:  # fmt: skip
         if not is_int(max_rows) or max_rows < 1:
             raise ValueError(f"max_rows must be an integer >= 1, got {max_rows!r}")

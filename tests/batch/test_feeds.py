@@ -202,7 +202,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(
     run_feeds(package_dir, users_path, reference, CONFIG, progress=False, trust=TRUST)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    kills = 0
+    kills, workers = 0, []
     for committed in (2, 6):
         proc = subprocess.Popen(
             feeds_command(package_dir, users_path, out, key_files["public"]), cwd=ROOT, env=env
@@ -212,11 +212,20 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(
             assert time.monotonic() < deadline, "the job made no progress"
             time.sleep(0.01)
         if proc.poll() is None:
+            workers += _children_of(proc.pid)
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=60)
         assert not (out / SUCCESS).exists() or proc.returncode == 0
     assert kills >= 1, "the job finished before it could be killed"
+    # the command's default: one worker process per CPU (15 units), each gone with the driver
+    cpus = len(os.sched_getaffinity(0))
+    assert json.loads((out / JOB).read_text())["config"]["workers"] == min(cpus, 15)
+    assert len(workers) >= min(cpus, 15) if cpus > 1 else True
+    deadline = time.monotonic() + 30
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(workers), "worker processes outlived the killed driver"
     done = subprocess.run(
         feeds_command(package_dir, users_path, out, key_files["public"]), cwd=ROOT, env=env
     )
@@ -251,6 +260,34 @@ def test_ray_engine_equals_the_local_engine(
         ray.shutdown()
     assert summary["engine"] == "ray" and summary["units_written"] == 6
     same_shards(out, reference)
+
+
+def test_worker_processes_equal_the_local_engine(
+    package_dir: Path, users_dir: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "workers"
+    config = dataclasses.replace(CONFIG, workers=2)
+    summary = run_feeds(package_dir, users_dir, out, config, progress=False, trust=TRUST).summary
+    assert summary["config"]["workers"] == 2 and summary["units_written"] == 6
+    assert summary["worker_peak_rss_mb"] > 0
+    same_shards(out, reference)
+    # a rerun of the same job resumes it in the driver's process: nothing left to do
+    again = run_feeds(package_dir, users_dir, out, config, progress=False, trust=TRUST).summary
+    assert again["units_resumed"] == 6 and again["worker_peak_rss_mb"] is None
+
+
+def test_workers_default_to_the_cpus_at_most_one_per_unit(
+    package_dir: Path, users_dir: Path, tmp_path: Path
+) -> None:
+    auto = dataclasses.replace(CONFIG, workers=None, threads=None)
+    out = tmp_path / "auto"
+    run_feeds(package_dir, users_dir, out, auto, progress=False, trust=TRUST)
+    config = json.loads((out / JOB).read_text())["config"]
+    cpus = len(os.sched_getaffinity(0))
+    assert config["workers"] == min(cpus, 6)  # 6 units
+    assert config["threads"] == max(cpus // config["workers"], 1)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        JobConfig(workers=0)
 
 
 def test_a_damaged_shard_is_found_by_verify_and_written_again(
@@ -350,6 +387,27 @@ def test_a_unit_never_commits_under_a_stale_fence(
     assert not list(out.glob("part-*"))
     record = score_unit(scorer, unit, out, CONFIG, fence="token-of-a-later-run")
     assert (out / record["file"]).exists()
+
+
+def _stat(pid: int) -> list[str]:
+    """``/proc/{pid}/stat`` after the command name: state, ppid, ... (``[]``: no such pid)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    return [
+        int(e.name)
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and _stat(int(e.name))[1:2] == [str(pid)]
+    ]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if _stat(p)[:1] not in ([], ["Z"])]
 
 
 def _cmdline(pid: int) -> str:
