@@ -26,6 +26,7 @@ log = logging.getLogger("pinrank.export")
 
 def _export(cfg: DictConfig) -> None:
     from pinrank.data.prepare import Prepared
+    from pinrank.export.index import IndexConfig
     from pinrank.export.package import build_package
     from pinrank.export.run import TrainedRun
     from pinrank.export.verify import held_out_rows, verify
@@ -38,17 +39,25 @@ def _export(cfg: DictConfig) -> None:
     command = shlex.join(["python", "export.py", *sys.argv[1:]])
     context = OmegaConf.to_container(cfg.context, resolve=True)
     assert isinstance(context, dict)
+    index = OmegaConf.to_container(cfg.index, resolve=True) if "index" in cfg else None
+    assert index is None or isinstance(index, dict)
     key = load_private_key(cfg.signing_key) if cfg.signing_key else None
     if key is None:
         log.warning("export: no signing_key: the package is UNSIGNED (development only)")
     package = build_package(
         runs, cfg.out, command, {str(k): v for k, v in context.items()},
         overwrite=cfg.overwrite, signing_key=key, exporter=cfg.exporter,
+        index=IndexConfig.from_dict({str(k): v for k, v in index.items()} if index else None),
     )  # fmt: skip
     graphs = ", ".join(package.manifest["graphs"])
     signed = f"signed by key {package.signer}" if package.signer else "unsigned"
     print(f"[export] {package.root}: {graphs}; {len(package.manifest['files'])} files, "
           f"version {package.version}, {signed} ({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+    if "index" in package.manifest:
+        ix = package.manifest["index"]
+        print(f"[export] index {ix['factory']} {ix['params']} ({ix['chosen_by']}): "
+              f"recall@{ix['recall']['k']} {ix['recall']['recall_vs_exact']:.4f} vs exact "
+              f"over {ix['recall']['queries']} held-out users")  # fmt: skip
     if cfg.verify.rows:
         tables = held_out_rows(Prepared.load(runs[0].prepared.root), cfg.verify.split,
                                cfg.verify.rows)  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import importlib.metadata
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -34,12 +35,19 @@ from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
 from pinrank.evaluation.retrieval import popularity_scores
 from pinrank.export.graphs import Graph, graphs_for
+from pinrank.export.index import (
+    IndexConfig,
+    check_recall,
+    choose_index,
+    distinct_first,
+    measure_recall,
+)
 from pinrank.export.onnx import export_graph
 from pinrank.export.run import TrainedRun
 from pinrank.export.tensors import share
 from pinrank.export.verify import held_out_rows
 from pinrank.features.columns import ColumnSpec, columns_for, pack
-from pinrank.retrieval.bias import impression_counts, item_vectors
+from pinrank.retrieval.bias import impression_counts, item_vectors, query_vectors
 from pinrank.retrieval.topk import FaissTopK
 from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.package import (
@@ -56,6 +64,7 @@ from pinrank.serving.signing import Trust
 
 VERSIONED = ("pinrank", "torch", "torchrec", "onnx", "onnxruntime", "faiss-cpu", "numpy", "pyarrow")
 TRACE_ROWS = 256
+log = logging.getLogger(__name__)
 
 
 def build_package(
@@ -66,6 +75,7 @@ def build_package(
     overwrite: bool = False,
     signing_key: Ed25519PrivateKey | None = None,
     exporter: str = "torchscript",
+    index: IndexConfig | None = None,
 ) -> Package:
     """Export ``runs`` (at most one retrieval and one ranking run, trained on the same prepared
     data) into the package folder ``out``, signed with ``signing_key`` (``None``: unsigned, for
@@ -75,6 +85,7 @@ def build_package(
     ``context``: values of the context columns used when a feed is scored before it is shown
     (position, surface); a column left out takes its most frequent value in train events.
     ``exporter``: the ONNX exporter of :func:`pinrank.export.onnx.export_graph`.
+    ``index``: how the FAISS index is chosen and checked (:mod:`pinrank.export.index`).
     """
     prepared = _common_data(runs)
     out = Path(out)
@@ -122,7 +133,7 @@ def build_package(
         "provenance": provenance(runs, prepared, command, exporter),
     }
     if "retrieval" in models:
-        manifest["index"] = _write_index(tmp, runs, items, columns)
+        manifest["index"] = _write_index(tmp, runs, items, columns, index or IndexConfig())
     if "ranker_items" in graphs:
         manifest["item_parts"] = _write_item_parts(tmp, manifest, items, popular)
     ids = _write_ids(prepared, tmp)
@@ -280,15 +291,19 @@ def _write_item_parts(
 
 
 def _write_index(
-    root: Path, runs: list[TrainedRun], items: pa.Table, columns: list[ColumnSpec]
+    root: Path,
+    runs: list[TrainedRun],
+    items: pa.Table,
+    columns: list[ColumnSpec],
+    config: IndexConfig,
 ) -> dict[str, Any]:
-    """Embed every catalogue item through the exported item tower and index it with the
-    retrieval run's FAISS factory string and search parameters."""
+    """Embed every catalogue item through the exported item tower and index it with the FAISS
+    index ``config`` chooses (by catalogue size, or the retrieval run's), then measure its recall
+    against exact search on held-out users' queries from the exported user tower."""
     run = next(r for r in runs if r.kind == "retrieval")
     settings = run.record.retrieval
     assert settings is not None  # a retrieval record has them (RunRecord)
-    factory, params = settings.index, dict(settings.index_params)
-    graphs = {"item_tower": {"path": "graphs/item_tower.onnx"}}
+    graphs = {name: {"path": f"graphs/{name}.onnx"} for name in ("item_tower", "user_tower")}
     backend = OnnxBackend(Package.unsealed(root, {"graphs": graphs}))
     item_cols = [c for c in columns if c.side == "item"]
     chunks = [
@@ -297,14 +312,25 @@ def _write_index(
     ]
     emb = np.concatenate(chunks).astype(np.float32)
     ids = items.column("item_id").to_numpy().astype(np.int64)
+    queries = _recall_queries(backend, run.prepared, columns, config.recall_queries)
     entry: dict[str, Any] = {"popularity_bias": settings.popularity_bias}
     if entry["popularity_bias"]:  # the prior chosen on val: searched on augmented vectors
         train = read_table(run.prepared.split("train"), "events", ["item_id"])
         emb = item_vectors(emb, impression_counts(train.column("item_id").to_numpy(), ids))
         temperature: float = getattr(run.net, "temperature")  # noqa: B009 (nn.Module attribute)
+        queries = query_vectors(queries, temperature, settings.popularity_bias)
         entry |= {"temperature": temperature, "prior": "log1p(train impressions)"}
+    factory, params, why = choose_index(
+        config, len(ids), emb.shape[1], settings.index, settings.index_params
+    )
     topk = FaissTopK(factory, params.get("nprobe"), params.get("ef_search"), use_gpu=False)
     topk.index(emb, ids)
+    recall = measure_recall(topk, emb, ids, queries, config.recall_k)
+    log.info(
+        "index %s %s (%s): recall@%d %.4f vs exact over %d held-out users",
+        *(factory, params, why, recall["k"], recall["recall_vs_exact"], recall["queries"]),
+    )
+    check_recall(config, factory, params, recall["recall_vs_exact"])
     path = _mkdir(root / "index") / "items.faiss"
     topk.save(str(path))
     return {
@@ -312,11 +338,31 @@ def _write_index(
         "path": "index/items.faiss",
         "factory": factory,
         "params": params,
+        "chosen_by": why,
+        "recall": recall | {"min_recall": config.min_recall},
         "metric": "inner_product",
         "dim": int(emb.shape[1]),
         "items": len(ids),
         **entry,
     }
+
+
+def _recall_queries(
+    backend: OnnxBackend, prepared: Prepared, columns: list[ColumnSpec], n: int
+) -> np.ndarray:
+    """``[<= n, D]`` user-tower embeddings of the test split's first ``n`` distinct users
+    (in event order), the queries the index's recall is measured on."""
+    users = read_table(prepared.split("test"), "events", ["user_id"]).column("user_id")
+    user_ids = users.to_numpy()
+    picked = user_ids[distinct_first(user_ids, n)]
+    index, _ = prepared.indexes()
+    rows = index.take(picked)
+    user_cols = [c for c in columns if c.side == "user"]
+    chunks = [
+        backend.run("user_tower", pack(rows.slice(i, 8192), user_cols))["embedding"]
+        for i in range(0, rows.num_rows, 8192)
+    ]
+    return np.concatenate(chunks).astype(np.float32)
 
 
 def provenance(

@@ -172,6 +172,11 @@ def test_manifest_carries_features_calibration_metrics_and_provenance(package_di
     assert "model=wide_deep" in prov["train_commands"]["ranking"]
     assert len(prov["data"]["fingerprint"]) == 64 and prov["versions"]["onnxruntime"]
     assert m["index"]["items"] == m["catalogue"]["rows"]
+    # the index chosen by catalogue size, its recall against exact search measured at export
+    assert m["index"]["factory"] == "HNSW32" and "pins (<= 200,000 pins)" in m["index"]["chosen_by"]
+    recall = m["index"]["recall"]
+    assert recall["k"] == min(100, m["catalogue"]["rows"]) and recall["queries"] > 0
+    assert recall["min_recall"] <= recall["recall_vs_exact"] <= 1.0
     assert set(m["context_defaults"]) == {"surface", "position"}
 
 
@@ -374,6 +379,21 @@ def test_a_package_with_the_popularity_prior_retrieves_by_the_biased_score(
     cands = FeedScorer(package, TableStore(users), config=config).candidates(uid, k=10)
     retrieved = cands.item_ids[cands.sources == "retrieval"]
     assert len(retrieved) == 40 and np.isin(retrieved, expected).mean() >= 0.95
+
+
+def test_an_index_below_its_minimum_recall_fails_the_export(
+    trained_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from pinrank.export.index import IndexConfig, IndexRecallError, IndexRule
+    from pinrank.export.package import build_package
+    from pinrank.export.run import TrainedRun
+
+    runs = [TrainedRun.load(trained_runs["retrieval"]), TrainedRun.load(trained_runs["ranking"])]
+    one_list = IndexRule(None, "IVF{nlist},Flat", {"nprobe": 1})  # 1 of several lists
+    config = IndexConfig(by_size=(one_list,), min_recall=0.99)
+    with pytest.raises(IndexRecallError, match=r"IVF\d+,Flat .* below index.min_recall=0.99"):
+        build_package(runs, tmp_path / "pkg", index=config)
+    assert not (tmp_path / "pkg").exists()  # nothing half-written in its place
 
 
 def test_a_long_list_does_not_set_the_padded_width(package_dir: Path) -> None:
