@@ -123,9 +123,12 @@ def test_tiny_training_run_writes_metrics(tmp_path: Path) -> None:
 
 
 def test_ddp_two_processes_train(tmp_path: Path) -> None:
-    metrics = _run([*_tiny(tmp_path), "trainer=ddp", "trainer.max_epochs=1"], tmp_path)
+    args = [*_tiny(tmp_path), "trainer=ddp", "trainer.max_epochs=1", "eval_oracle=false"]
+    metrics = _run(args, tmp_path)
     assert metrics["train/world_size"] == 2
     assert "test/recall@20" in metrics
+    # eval_oracle=false: the generator's oracle is left out of the report
+    assert not any(k.startswith("oracle/") for k in metrics)
 
 
 def test_tiny_wide_deep_run_writes_metrics_calibration_and_plots(tmp_path: Path) -> None:

@@ -323,13 +323,22 @@ class FaissTopK(TopK):
 def build_topk(factory: str = "exact", **kwargs: Any) -> TopK:
     """A :class:`BruteForce` for ``"exact"`` / ``"bruteforce"``, else ``FaissTopK(factory, ...)``.
 
+    Exact search has no knobs: the approximate indexes' (``nprobe``, ``ef_search``,
+    ``train_size``, ``use_gpu``, ``seed``) are ignored for it, so switching a config's index to
+    ``exact`` leaves its ``index_params`` valid; any other keyword is a TypeError.
+
     Example::
 
         >>> build_topk().description, build_topk("HNSW32", ef_search=64, use_gpu=False).description
         ('exact numpy', 'HNSW32 efSearch=64 cpu')
+        >>> build_topk("exact", ef_search=128).description
+        'exact numpy'
     """
     if factory.lower() in _EXACT_NAMES:
-        return BruteForce(**kwargs)
+        unknown = set(kwargs) - {"nprobe", "ef_search", "train_size", "use_gpu", "seed"}
+        if unknown:
+            raise TypeError(f"exact search takes no {sorted(unknown)}")
+        return BruteForce()
     return FaissTopK(factory, **kwargs)
 
 

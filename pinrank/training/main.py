@@ -58,7 +58,8 @@ def _train(cfg: DictConfig) -> float | None:
     log.info(f"[train] {type(module.net).__name__} on {prepared.root}, "
              f"{trainer.max_epochs} epochs -> {out_dir}")  # fmt: skip
     metrics = fit_and_evaluate(
-        trainer, module, dm, out_dir, ks=list(cfg.eval_ks), oracle=source.oracle(),
+        trainer, module, dm, out_dir, ks=list(cfg.eval_ks),
+        oracle=source.oracle() if cfg.get("eval_oracle", True) else None,
         extra={"config/seed": cfg.seed, "train/world_size": trainer.world_size},
     )  # fmt: skip
     if trainer.is_global_zero:
