@@ -13,6 +13,9 @@ function and are held to these by the package probe (:mod:`pinrank.serving.probe
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+
 import numpy as np
 
 from pinrank.features.columns import pack
@@ -42,6 +45,8 @@ class Ranker:
             if stored is not None
             else compute_item_parts(backend, catalogue, self.context, max_rows)
         )
+        # the graphs ranking runs from now on (ranker_items ran once above, if at all)
+        self.graphs = ("ranker_user", "ranker_pairs")
 
     def rank(self, user_arrays: dict[str, np.ndarray], rows: list[np.ndarray]) -> list[np.ndarray]:
         """``[N_b]`` calibrated probabilities of each user ``b`` with its catalogue ``rows[b]``
@@ -137,10 +142,12 @@ def stored_item_parts(package: Package, rows: int) -> dict[str, np.ndarray] | No
                 f"{where}: {name}: {spec['path']} holds {size} bytes; {dtype.str} {shape} "
                 "takes the manifest's size times its type"
             )
-        array = (
-            np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape))
-            if size
-            else np.zeros(shape, dtype)
-        )
+        if not size:
+            out[name] = np.zeros(shape, dtype)
+            continue
+        array = np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape))
+        # rows are read at random: no readahead of the neighbours (where the OS has madvise)
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            array._mmap.madvise(mmap.MADV_RANDOM)  # type: ignore[attr-defined]
         out[name] = array
     return out

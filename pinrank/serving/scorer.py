@@ -53,7 +53,7 @@ from pinrank.serving.ids import IdCodec
 from pinrank.serving.package import Package, PackageError
 from pinrank.serving.probe import probe_graphs
 from pinrank.serving.ranking import Ranker
-from pinrank.serving.runtime import Backend, OnnxBackend
+from pinrank.serving.runtime import Backend, OnnxBackend, trim_memory
 from pinrank.serving.store import ID_COLUMN, StoreError, UserStore
 from pinrank.serving.users import UserRows
 
@@ -99,6 +99,7 @@ class FeedScorer:
         self.ranker = Ranker(package, self.backend, self.catalogue, self.max_rows)
         self.popular = Popular(self.catalogue, self.config)
         self.ids = IdCodec.from_package(package)  # originals of string ids, for the edges
+        trim_memory()
 
     def feed(self, user_id: int, k: int = 50, interests: Sequence[int] | None = None) -> Feed:
         """The user's top-``k`` pins, best first; ``interests``: known to the caller (e.g. picked
@@ -147,6 +148,7 @@ class FeedScorer:
         path, which must be personalized, ``k`` long, with probabilities in ``[0, 1]``."""
         uid, k = check_user_id(user_id), check_k(k)
         probe_graphs(self.package, self.backend, self.catalogue)
+        _keep_only(self.backend, ("user_tower", *self.ranker.graphs))
         feed = self.feeds(self.rows.new_user(uid), k)[0]
         scores = np.array([np.nan if i.score is None else i.score for i in feed.items])
         if feed.path not in (PERSONALIZED, PERSONALIZED_DEFAULTS) or len(feed.items) != k:
@@ -216,3 +218,12 @@ class FeedScorer:
             Candidates(r, c.ids[r], s, score, c.boards[r], c.row_interests(r))
             for r, s, score in zip(rows, sources, self.ranker.rank(users.arrays, rows), strict=True)
         ]
+
+
+def _keep_only(backend: Backend, graphs: Sequence[str]) -> None:
+    """After the probe: only the graphs feeds run stay loaded (where the backend can drop the
+    others), and the memory the loading freed goes back to the system."""
+    release = getattr(backend, "release", None)
+    if release is not None:
+        release(graphs)
+    trim_memory()

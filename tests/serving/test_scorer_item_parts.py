@@ -67,3 +67,29 @@ def test_stored_parts_are_mapped_not_computed_and_give_the_same_feeds(
         np.testing.assert_allclose(
             [i.score or 0.0 for i in a.items], [i.score or 0.0 for i in b.items], atol=1e-6
         )
+
+
+def test_after_the_probe_only_the_graphs_feeds_run_stay_loaded(
+    package_dir: Path, users_path: Path
+) -> None:
+    store = TableStore.from_path(users_path)
+    package = load_package(package_dir, TRUST)
+    backend = Counting(package)
+    scorer = FeedScorer(package, store, backend, FeedConfig())
+    scorer.probe()  # runs every graph of the package
+    assert set(backend.runs) == set(package.manifest["graphs"])
+    # the stored parts leave ranker_items unused: dropped with the other graphs and the weights
+    assert set(backend._sessions) == {"user_tower", "ranker_user", "ranker_pairs"}
+    assert not backend._blobs
+    before = dict(backend.runs)
+    import pyarrow.parquet as pq
+
+    user = int(pq.read_table(users_path, columns=["user_id"]).column(0)[0].as_py())
+    feed = scorer.feed(user, 10)
+    assert feed.path.startswith("personalized") and len(feed.items) == 10
+    ran = {g for g, n in backend.runs.items() if n > before.get(g, 0)}
+    assert ran == {"user_tower", "ranker_user", "ranker_pairs"}
+    # a dropped graph is loaded again when asked for (its weights read again, digest-checked)
+    assert (
+        backend.run("item_tower", scorer.catalogue.inputs(np.arange(3)))["embedding"].shape[0] == 3
+    )

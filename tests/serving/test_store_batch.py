@@ -13,6 +13,7 @@ import pytest
 from pinrank.features.columns import INT_NULL, ColumnSpec, pack
 from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.conform import conform, conform_batch
+from pinrank.serving.store import lookup
 
 COLUMNS = [
     ColumnSpec("user", "user_id", "int"),
@@ -112,6 +113,21 @@ def test_popular_matches_a_scan_of_the_whole_catalogue() -> None:
         assert got.tolist() == expected.tolist(), (trial, limit, wanted)
     assert cat.interests(3).tolist() == [5]
     assert cat.row_interests(np.array([3, 3])).tags(1) == (5,)
+
+
+@pytest.mark.parametrize("spread", [1, 3, 50])  # dense ids (a table), and sparse ones (a search)
+def test_catalogue_rows_of_ids_with_and_without_the_dense_table(spread: int) -> None:
+    rng = np.random.default_rng(spread)
+    ids = rng.choice(spread * 1000, 1000, replace=False).astype(np.int64)
+    ids[7] = ids[3]  # a repeated id: its first row, as the binary search gives
+    items = pa.table({"item_id": ids})
+    popular = pa.table({"item_id": ids[:1], "engaged": [1]})
+    cat = Catalogue(items, popular, [ColumnSpec("item", "item_id", "int")])
+    assert (cat._dense is not None) == (spread < 5)
+    asked = np.concatenate([ids, rng.integers(-5, spread * 1200, 3000), [-(2**62), 2**62]])
+    expected = lookup(np.sort(ids, kind="stable"), np.argsort(ids, kind="stable"), asked)
+    assert cat.rows(asked).tolist() == expected.tolist()
+    assert cat.rows(ids[[3, 7]]).tolist() == [3, 3]
 
 
 def test_a_list_over_its_limit_is_too_long_in_both_conformers() -> None:
