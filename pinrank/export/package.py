@@ -326,7 +326,7 @@ def _write_index(
     topk = FaissTopK(factory, params.get("nprobe"), params.get("ef_search"), use_gpu=False)
     topk.index(emb, ids)
     recall = measure_recall(topk, emb, ids, queries, config.recall_k)
-    log.info(
+    log.debug(
         "index %s %s (%s): recall@%d %.4f vs exact over %d held-out users",
         *(factory, params, why, recall["k"], recall["recall_vs_exact"], recall["queries"]),
     )
