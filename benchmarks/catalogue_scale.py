@@ -10,13 +10,15 @@ that process's peak RSS, workers included, from ``wait4``):
    split and the spec fitted (``SyntheticSource.ensure``);
 2. ``train_retrieval`` / ``train_ranker``: both models for a fixed ``--steps`` steps (one
    epoch of that many batches; the retrieval run evaluates with exact search and no popularity
-   prior sweep, the ranker without the logistic-regression baseline): the package pipeline is
-   measured here, not the models' quality;
+   prior sweep, neither run scores the generator's oracle, the ranker has no logistic-regression
+   baseline): the package pipeline is measured here, not the models' quality;
 3. ``export``: the package, signed and verified against the training path (``pinrank export``;
    the index chosen by catalogue size, its recall@100 against exact search measured);
 4. ``scorer``: the package loaded and a ``FeedScorer`` built and probed, twice in one process
    (the second is a reload: the new scorer is built while the old one still serves), then
-   ``feed(k=50)`` with 500 candidates for ``--feeds`` known users: p50 / p99;
+   ``feed(k=50)`` with 500 candidates for ``--feeds`` known users: p50 / p99; the process's
+   RSS after each step, split into private (anonymous) memory and mapped file pages (the item
+   parts' memory map: shared by every process serving the package, reclaimable);
 5. ``feeds``: ``pinrank feeds`` on ``--feed-users`` users (the prepared users drawn at random
    under fresh ids, row groups of 10,000): feeds/s while scoring.
 
@@ -62,10 +64,14 @@ from pinrank.serving.scorer import FeedScorer
 from pinrank.serving.signing import Trust
 from pinrank.serving.store import TableStore
 
-def rss_mb():
+def rss_mb(field="VmRSS"):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
+
+def rss():
+    return {"rss_mb": round(rss_mb(), 1), "anon_mb": round(rss_mb("RssAnon"), 1),
+            "file_mb": round(rss_mb("RssFile"), 1)}
 
 package_dir, key, feeds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 trust = Trust.from_files([key])
@@ -73,7 +79,7 @@ prepared = Prepared.load(json.loads((__import__("pathlib").Path(package_dir) / "
                          .read_text())["provenance"]["data"]["prepared"])
 store = TableStore(prepared.users())
 base = rss_mb()
-out = {"rss_before_mb": round(base, 1)}
+out = {"rss_before_mb": round(base, 1), "rss_before": rss()}
 scorers = []
 for name in ("load", "reload"):
     t0 = time.perf_counter()
@@ -82,6 +88,7 @@ for name in ("load", "reload"):
     scorer.probe()
     out[f"{name}_s"] = round(time.perf_counter() - t0, 3)
     out[f"{name}_rss_mb"] = round(rss_mb(), 1)
+    out[f"{name}_rss"] = rss()
     scorers.append(scorer)
 users = prepared.users().column("user_id").to_numpy()
 rng = np.random.default_rng(0)
@@ -95,7 +102,7 @@ for u in picked:
     paths[feed.path] = paths.get(feed.path, 0) + 1
 out |= {"feeds": len(ms), "feed_p50_ms": round(float(np.percentile(ms, 50)), 2),
         "feed_p99_ms": round(float(np.percentile(ms, 99)), 2), "paths": paths,
-        "rss_after_feeds_mb": round(rss_mb(), 1)}
+        "rss_after_feeds_mb": round(rss_mb(), 1), "rss_after_feeds": rss()}
 print(json.dumps(out))
 """
 
@@ -163,12 +170,13 @@ def run_size(pins: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result["data"] = stage("data", [py, "-c", DATA, str(data), str(SPEC), json.dumps(gen)],
                            logs / "data.log")  # fmt: skip
     common = [f"data.source.root={data}"] + [
-        f"data.source.generator.{k}={v}" for k, v in gen.items()
+        f"++data.source.generator.{k}={v}" for k, v in gen.items()
     ]
     short = [
-        f"trainer.limit_train_batches={args.steps}",
+        f"++trainer.limit_train_batches={args.steps}",
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
+        "eval_oracle=false",
         f"paths.log_dir={root / 'runs'}",
     ]
     result["train_retrieval"] = stage("train_retrieval", [
