@@ -278,6 +278,9 @@ def main() -> None:
     ap.add_argument("--signing-key", default="outputs/keys/signing.key")
     ap.add_argument("--trusted-key", default="outputs/keys/signing.pub")
     ap.add_argument("--keep", action="store_true", help="keep the data, runs and packages")
+    ap.add_argument(
+        "--fresh", action="store_true", help="drop the sizes not measured now from the results"
+    )
     args = ap.parse_args()
     if not Path(args.signing_key).exists():
         raise SystemExit(f"no {args.signing_key}: run `pinrank keygen --out outputs/keys` first")
@@ -289,17 +292,21 @@ def main() -> None:
             for sub in ("data", "runs", "package"):
                 shutil.rmtree(work / f"pins_{pins}" / sub, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": _cpu(),
-            "cpus": len(os.sched_getaffinity(0)),
-        },
-        "results": results,
+    path = RESULTS / "catalogue_scale.json"
+    machine = {
+        "platform": platform.platform(),
+        "processor": _cpu(),
+        "cpus": len(os.sched_getaffinity(0)),
     }
-    (RESULTS / "catalogue_scale.json").write_text(json.dumps(out, indent=2))
-    plot(results, RESULTS / "catalogue_scale.png")
+    for r in results:
+        r |= {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine}
+    # sizes measured now replace their earlier entries; the others are kept (with their dates)
+    kept = json.loads(path.read_text())["results"] if path.exists() and not args.fresh else []
+    merged = sorted(
+        [r for r in kept if r["pins"] not in args.pins] + results, key=lambda r: r["pins"]
+    )
+    path.write_text(json.dumps({"results": merged}, indent=2))
+    plot(merged, RESULTS / "catalogue_scale.png")
     print(f"wrote {RESULTS / 'catalogue_scale.json'} and catalogue_scale.png")
 
 

@@ -32,7 +32,7 @@ from pinrank.retrieval.topk import FaissTopK
 def test_the_index_is_chosen_by_catalogue_size(items: int, factory: str) -> None:
     got, params, why = choose_index(IndexConfig(), items, 64, "Flat", {})
     assert got == factory
-    assert params == ({"ef_search": 128} if factory.startswith("HNSW") else {"nprobe": 64})
+    assert params == ({"ef_search": 128} if factory.startswith("HNSW") else {"nprobe": 32})
     assert f"{items:,} pins" in why
 
 
