@@ -9,9 +9,10 @@ it (``conf/export.yaml`` ``index``):
   defaults: HNSW up to 200k pins (exact-like recall, no training), IVF-Flat up to 2M (trains in
   seconds, memory = the vectors), IVF-PQ above (a fraction of the memory). IVF visits 32 lists:
   on the 1M-pin package of ``benchmarks/catalogue_scale.py`` (4,096 lists, depth 400, 1 thread)
-  recall@100 was 0.945 / 0.973 / 0.990 at 16 / 32 / 64 lists, at 0.14 / 0.20 / 0.33 ms a query. A factory may say
-  ``{nlist}`` (about ``4 sqrt(N)`` lists, a power of two, at least 39 training points each) and
-  ``{m}`` (PQ sub-quantizers: the largest divisor of the dimension at most half of it).
+  recall@100 was 0.945 / 0.973 / 0.990 at 16 / 32 / 64 lists, at 0.14 / 0.20 / 0.33 ms a query.
+  A factory may say ``{nlist}`` (about ``4 sqrt(N)`` lists, a power of two, at least 39
+  training points each) and ``{m}`` (PQ sub-quantizers: the largest divisor of the dimension
+  at most half of it).
 - ``choose: run``: the retrieval run's own index and parameters.
 
 Whatever is chosen, export measures its recall@k against exact inner-product search on the
