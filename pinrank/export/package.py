@@ -58,7 +58,7 @@ from pinrank.serving.package import (
     write_manifest,
 )
 from pinrank.serving.probe import probe_graphs
-from pinrank.serving.ranking import compute_item_parts, context_arrays
+from pinrank.serving.ranking import context_arrays
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.signing import Trust
 
@@ -271,23 +271,50 @@ def _context_defaults(prepared: Prepared, spec: Any, given: dict[str, Any]) -> d
 
 
 def _write_item_parts(
-    root: Path, manifest: dict[str, Any], items: pa.Table, popular: pa.Table
+    root: Path, manifest: dict[str, Any], items: pa.Table, popular: pa.Table, chunk: int = 65536
 ) -> dict[str, Any]:
     """Every catalogue row's part of the ranker (``ranker_items`` with the context defaults),
     computed once here and stored as raw little-endian arrays ``parts/items/NN.bin`` (dtype and
     shape in the manifest: no header to parse, nothing a pickle could hide in) for the scorer to
-    memory-map (:func:`pinrank.serving.ranking.stored_item_parts`)."""
+    memory-map (:func:`pinrank.serving.ranking.stored_item_parts`). Written ``chunk`` rows at a
+    time, so memory stays bounded by a chunk whatever the catalogue (1.1 GB of parts at 1M
+    pins); a padded array (``.indices``, ``.kept``) has the catalogue-wide width the packed
+    inputs have, a narrower chunk is padded to it."""
     unsealed = Package.unsealed(root, manifest)  # its graphs are still self-contained here
     catalogue = Catalogue(items, popular, unsealed.columns("item"))  # as the scorer packs them
-    parts = compute_item_parts(OnnxBackend(unsealed), catalogue, context_arrays(unsealed))
-    folder = _mkdir(root / "parts" / "items")
-    arrays = {}
-    for i, (name, array) in enumerate(sorted(parts.items())):
-        relative = f"parts/items/{i:02d}.bin"
-        little = np.ascontiguousarray(array, array.dtype.newbyteorder("<"))
-        (folder / f"{i:02d}.bin").write_bytes(little.tobytes())
-        arrays[name] = {"path": relative, "dtype": little.dtype.str, "shape": list(array.shape)}
-    return {"rows": len(catalogue.ids), "arrays": arrays}
+    backend, context = OnnxBackend(unsealed), context_arrays(unsealed)
+    folder, n = _mkdir(root / "parts" / "items"), len(catalogue.ids)
+    files: dict[str, Any] = {}
+    layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+    try:
+        for start in range(0, max(n, 1), chunk):
+            rows = np.arange(start, min(start + chunk, n))
+            repeated = {name: np.repeat(v, len(rows), axis=0) for name, v in context.items()}
+            out = backend.run("ranker_items", catalogue.inputs(rows) | repeated)
+            for i, name in enumerate(sorted(out)):
+                array = np.asarray(out[name])
+                if name not in layout:
+                    layout[name] = (array.dtype.newbyteorder("<"), array.shape[1:])
+                    files[name] = (folder / f"{i:02d}.bin").open("wb")
+                dtype, tail = layout[name]
+                if array.ndim == 2 and array.shape[1] < tail[0]:
+                    array = np.pad(array, ((0, 0), (0, tail[0] - array.shape[1])))
+                if array.shape[1:] != tail:
+                    raise ValueError(f"ranker_items gave {name} of shape {array.shape[1:]} "
+                                     f"after {tail} for the catalogue's first rows")  # fmt: skip
+                files[name].write(np.ascontiguousarray(array, dtype).tobytes())
+    finally:
+        for fh in files.values():
+            fh.close()
+    arrays = {
+        name: {
+            "path": f"parts/items/{i:02d}.bin",
+            "dtype": layout[name][0].str,
+            "shape": [n, *layout[name][1]],
+        }
+        for i, name in enumerate(sorted(layout))
+    }
+    return {"rows": n, "arrays": arrays}
 
 
 def _write_index(
