@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import warnings
 from typing import Any
@@ -132,3 +133,8 @@ def setup(verbosity: int | None = None, *, fmt: str = "plain") -> int:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
     return verbosity
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far, in MB (what commands and batch records report)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -73,11 +73,11 @@ from pinrank.batch.units import (
     LocalEngine,
     Unit,
     make_scorer,
-    peak_rss_mb,
     required_columns,
     write_atomic,
     write_json,
 )
+from pinrank.logs import peak_rss_mb
 from pinrank.serving.package import Package, load_package, sha256
 from pinrank.serving.signing import Trust
 

@@ -30,12 +30,10 @@ from pinrank.batch.units import (
     Job,
     JobConfig,
     Unit,
-    make_scorer,
     score_unit,
     watch_driver,
+    worker_scorer,
 )
-from pinrank.serving.package import load_package
-from pinrank.serving.signing import Trust
 
 log = logging.getLogger(__name__)
 OPTIONS = ("actors", "cpus_per_actor", "gpus_per_actor", "address")
@@ -46,13 +44,7 @@ class UnitWriter:
 
     def __init__(self, package: str, out: str, config: dict[str, Any], job: dict[str, Any]) -> None:
         watch_driver(job["driver_pid"], job["driver_host"])
-        self.config = JobConfig.from_dict(config)
-        loaded = load_package(package, Trust.from_dict(job["trust"]))
-        if loaded.version != job["version"]:
-            raise FeedsJobError(
-                f"{package} changed under the job: {loaded.version} != {job['version']}"
-            )
-        self.scorer = make_scorer(loaded, self.config)
+        self.config, self.scorer = worker_scorer(package, job["trust"], job["version"], config)
         self.out, self.fence = Path(out), job["fence"]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import socket
 import threading
 import time
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 from pinrank.features.columns import INTEREST_COLUMN, SEEN
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState, transform_side
+from pinrank.logs import peak_rss_mb
 from pinrank.serving.conform import TOO_LONG
 from pinrank.serving.feed import Feed, FeedConfig
 from pinrank.serving.ids import IdCodec
@@ -381,6 +381,18 @@ class LocalEngine:
 _WORKER: dict[str, Any] = {}
 
 
+def worker_scorer(
+    package: str, trust: dict[str, Any], version: str, config: dict[str, Any]
+) -> tuple[JobConfig, FeedScorer]:
+    """A worker's (local process or Ray actor) config and scorer: the package loaded under the
+    driver's trust policy, which must be the version the driver checked."""
+    loaded = load_package(package, Trust.from_dict(trust))
+    if loaded.version != version:
+        raise FeedsJobError(f"{package} changed under the job: {loaded.version} != {version}")
+    job_config = JobConfig.from_dict(config)
+    return job_config, make_scorer(loaded, job_config)
+
+
 def _worker_setup(
     package: str,
     trust: dict[str, Any],
@@ -389,24 +401,14 @@ def _worker_setup(
     driver_pid: int,
     driver_host: str,
 ) -> None:
-    """A local worker process: watch the driver, load the package the driver checked, build
-    the scorer once."""
+    """A local worker process: watch the driver, then build its scorer once."""
     watch_driver(driver_pid, driver_host)
-    loaded = load_package(package, Trust.from_dict(trust))
-    if loaded.version != version:
-        raise FeedsJobError(f"{package} changed under the job: {loaded.version} != {version}")
-    _WORKER["config"] = JobConfig.from_dict(config)
-    _WORKER["scorer"] = make_scorer(loaded, _WORKER["config"])
+    _WORKER["config"], _WORKER["scorer"] = worker_scorer(package, trust, version, config)
 
 
 def _worker_unit(unit: Unit, out: str, fence: str) -> dict[str, Any]:
     record = score_unit(_WORKER["scorer"], unit, Path(out), _WORKER["config"], None, fence)
     return record | {"worker_peak_rss_mb": round(peak_rss_mb(), 1)}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set so far, in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def watch_driver(pid: int, host: str, every_s: float = 0.5) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import resource
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,10 +16,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if not shown or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def command(

@@ -9,11 +9,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pinrank.cli.common import command, peak_rss_mb
+from pinrank.cli.common import command
 from pinrank.data.prepare import prepare
 from pinrank.data.sources import SyntheticSource, load_source
 from pinrank.data.splits import SplitConfig
 from pinrank.data.synthetic import SyntheticConfig, generate
+from pinrank.logs import peak_rss_mb
 from pinrank.resources import conf_file
 
 

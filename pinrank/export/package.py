@@ -58,7 +58,7 @@ from pinrank.serving.package import (
     write_manifest,
 )
 from pinrank.serving.probe import probe_graphs
-from pinrank.serving.ranking import context_arrays
+from pinrank.serving.ranking import context_arrays, item_part_runs
 from pinrank.serving.runtime import OnnxBackend
 from pinrank.serving.signing import Trust
 
@@ -282,15 +282,12 @@ def _write_item_parts(
     inputs have, a narrower chunk is padded to it."""
     unsealed = Package.unsealed(root, manifest)  # its graphs are still self-contained here
     catalogue = Catalogue(items, popular, unsealed.columns("item"))  # as the scorer packs them
-    backend, context = OnnxBackend(unsealed), context_arrays(unsealed)
+    runs = item_part_runs(OnnxBackend(unsealed), catalogue, context_arrays(unsealed), chunk)
     folder, n = _mkdir(root / "parts" / "items"), len(catalogue.ids)
     files: dict[str, Any] = {}
     layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     try:
-        for start in range(0, max(n, 1), chunk):
-            rows = np.arange(start, min(start + chunk, n))
-            repeated = {name: np.repeat(v, len(rows), axis=0) for name, v in context.items()}
-            out = backend.run("ranker_items", catalogue.inputs(rows) | repeated)
+        for _, out in runs:
             for i, name in enumerate(sorted(out)):
                 array = np.asarray(out[name])
                 if name not in layout:

@@ -26,7 +26,7 @@ from pinrank.features.columns import ColumnSpec, pack
 from pinrank.features.featurizer import Featurizer
 from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.package import Package
-from pinrank.serving.ranking import context_arrays, stored_item_parts
+from pinrank.serving.ranking import context_arrays, item_part_runs, stored_item_parts
 from pinrank.serving.runtime import Backend, OnnxBackend
 
 
@@ -113,17 +113,14 @@ def _stored_item_parts(
     catalogue = Catalogue.from_package(package)
     stored = stored_item_parts(package, len(catalogue.ids))
     assert stored is not None
-    context, n, worst = context_arrays(package), len(catalogue.ids), 0.0
-    for start in range(0, n, chunk):
-        rows = np.arange(start, min(start + chunk, n))
-        repeated = {name: np.repeat(v, len(rows), axis=0) for name, v in context.items()}
-        again = backend.run("ranker_items", catalogue.inputs(rows) | repeated)
+    worst = 0.0
+    for start, again in item_part_runs(backend, catalogue, context_arrays(package), chunk):
         if set(again) != set(stored):
             raise ValueError(
                 f"stored item parts {sorted(stored)}, ranker_items gives {sorted(again)}"
             )
         for name, array in again.items():
-            ours = np.asarray(stored[name][start : start + len(rows)])
+            ours = np.asarray(stored[name][start : start + len(array)])
             if array.ndim == 2 and ours.ndim == 2 and array.shape[1] < ours.shape[1]:
                 array = np.pad(array, ((0, 0), (0, ours.shape[1] - array.shape[1])))
             worst = max(worst, _diff(ours, array))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -89,12 +90,7 @@ def compute_item_parts(
 ) -> dict[str, np.ndarray]:
     """``ranker_items`` over the whole catalogue, in runs of at most ``max_rows`` rows; the
     padded cross features are widened to one width."""
-    n = len(catalogue.ids)
-    runs = []
-    for a in range(0, max(n, 1), max_rows):
-        rows = np.arange(a, min(a + max_rows, n))
-        repeated = {name: np.repeat(v, len(rows), axis=0) for name, v in context.items()}
-        runs.append(backend.run("ranker_items", catalogue.inputs(rows) | repeated))
+    runs = [out for _, out in item_part_runs(backend, catalogue, context, max_rows)]
     out = {}
     for name in runs[0]:
         arrays = [r[name] for r in runs]
@@ -103,6 +99,19 @@ def compute_item_parts(
             arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
         out[name] = np.ascontiguousarray(np.concatenate(arrays))
     return out
+
+
+def item_part_runs(
+    backend: Backend, catalogue: Catalogue, context: dict[str, np.ndarray], max_rows: int
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """``(first row, ranker_items outputs)`` for each run of at most ``max_rows`` catalogue rows,
+    with the context defaults (one empty run for an empty catalogue): what computing, writing
+    and checking the item parts share."""
+    n = len(catalogue.ids)
+    for start in range(0, max(n, 1), max_rows):
+        rows = np.arange(start, min(start + max_rows, n))
+        repeated = {name: np.repeat(v, len(rows), axis=0) for name, v in context.items()}
+        yield start, backend.run("ranker_items", catalogue.inputs(rows) | repeated)
 
 
 def stored_item_parts(package: Package, rows: int) -> dict[str, np.ndarray] | None:
