@@ -354,6 +354,7 @@ class PinrankDataModule(pl.LightningDataModule):
         self.leave_target_out = leave_target_out
         self.eval_batch_size = eval_batch_size or batch_size
         self.featurizer: Featurizer | None = None
+        self._catalogue_features: FeatureBatch | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.featurizer is None:
@@ -395,6 +396,21 @@ class PinrankDataModule(pl.LightningDataModule):
         assert self.featurizer is not None
         index = self.users if side == "user" else self.items
         return self.featurizer({side: index.take(np.asarray(ids, np.int64))})
+
+    def catalogue_features(self, ids: np.ndarray) -> FeatureBatch:
+        """The item features of catalogue ids (every id must be in the items table), taken from
+        the whole catalogue featurized once and kept: what :meth:`featurize_entities` returns
+        for them (the featurizer works row by row), without featurizing them again at every
+        training step (the two-tower model's sampled negatives)."""
+        self.setup()
+        if self._catalogue_features is None:
+            self._catalogue_features = self.featurize_entities("item", self.items.sorted)
+        rows = np.searchsorted(self.items.sorted, ids)
+        rows = np.minimum(rows, len(self.items.sorted) - 1)
+        if len(ids) and (self.items.sorted[rows] != ids).any():
+            missing = np.asarray(ids)[self.items.sorted[rows] != ids][:5].tolist()
+            raise KeyError(f"item ids {missing} are not in the catalogue")
+        return self._catalogue_features.select(torch.from_numpy(rows.astype(np.int64)))
 
     def catalogue(self) -> np.ndarray:
         """[N] int64 ids of every item in the items table, sorted."""

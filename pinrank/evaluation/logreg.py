@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from pinrank.evaluation.ranking import auc
+from pinrank.features.jagged import KeyedJaggedTensor
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from pinrank.features.jagged import KeyedJaggedTensor
 from pinrank.features.spec import SIDES, FeatureSpec
 from pinrank.features.state import FeatureState, SideArrays, cross_features, transform_side
 from pinrank.features.transforms import Counts, Jagged, take_jagged
@@ -49,21 +49,39 @@ class FeatureBatch:
         return len(next(iter(self.dense.values())))
 
     def select(self, rows: torch.Tensor) -> FeatureBatch:
-        """The examples at ``rows`` (int64 [R], increasing), as a new batch."""
-        n = len(self)
-        keep = torch.zeros(n, dtype=torch.bool, device=rows.device)
-        keep[rows] = True
+        """The examples at ``rows`` (int64 [R]), as a new batch: any order, repeats allowed.
+
+        Example::
+
+            >>> kjt = KeyedJaggedTensor(keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 5]),
+            ...                         lengths=torch.tensor([1, 2, 0, 2]))  # a: [1] [2 3]
+            >>> batch = FeatureBatch({"user": kjt}, {"user": torch.tensor([[0.0], [1.0]])})
+            >>> picked = batch.select(torch.tensor([1, 1, 0]))
+            >>> picked.sparse["user"].values().tolist(), picked.sparse["user"].lengths().tolist()
+            ([2, 3, 2, 3, 1, 4, 5, 4, 5], [2, 2, 1, 2, 2, 0])
+            >>> picked.dense["user"][:, 0].tolist()
+            [1.0, 1.0, 0.0]
+        """
+        n, rows = len(self), rows.long()
         sparse = {}
         for group, kjt in self.sparse.items():
-            lengths = kjt.lengths().view(len(kjt.keys()), n)  # (keys, B)
-            row_of = torch.arange(n, device=rows.device).repeat(len(kjt.keys()))
-            value_row = torch.repeat_interleave(row_of, kjt.lengths().long())
+            keys = len(kjt.keys())
+            lengths = kjt.lengths().long()
+            offsets = torch.zeros(len(lengths) + 1, dtype=torch.long, device=lengths.device)
+            torch.cumsum(lengths, 0, out=offsets[1:])
+            # (key, row) slots of the new batch, key-major as in the KeyedJaggedTensor
+            key_starts = torch.arange(keys, device=rows.device)[:, None] * n
+            slots = (key_starts + rows[None, :]).reshape(-1)
+            new_lengths = lengths[slots]
+            starts = torch.repeat_interleave(offsets[slots], new_lengths)
+            first = torch.repeat_interleave(torch.cumsum(new_lengths, 0) - new_lengths, new_lengths)
+            index = starts + torch.arange(len(starts), device=rows.device) - first
             weights = kjt.weights_or_none()
             sparse[group] = KeyedJaggedTensor(
                 keys=kjt.keys(),
-                values=kjt.values()[keep[value_row]],
-                lengths=lengths[:, rows].reshape(-1),
-                weights=None if weights is None else weights[keep[value_row]],
+                values=kjt.values()[index],
+                lengths=new_lengths.to(kjt.lengths().dtype),
+                weights=None if weights is None else weights[index],
                 stride=len(rows),
             )
 

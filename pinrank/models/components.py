@@ -1,22 +1,103 @@
-"""Building blocks shared by the networks: the sparse arch (torchrec) and MLPs.
+"""Building blocks shared by the networks: the sparse arch and MLPs.
 
 Networks are plain ``nn.Module``s built from the feature spec and its fitted state (which give
 the embedding tables' sizes); losses, metrics and optimisers live in ``pinrank.tasks``.
+
+The sparse arch pools embedding tables over a ``KeyedJaggedTensor`` with one of two backends
+of the same interface, parameter names and checkpoint format (``ebc.embedding_bags.t_<feature>
+.weight``), chosen by :func:`set_sparse_backend` (``train.py sparse_arch=...``):
+
+- ``torchrec``: torchrec's ``EmbeddingBagCollection``, what its sharded model-parallel training
+  (``DistributedModelParallel``) shards;
+- ``torch``: plain ``nn.EmbeddingBag``s, for where torchrec does not import (macOS, a CUDA
+  version it has no build for, the lent GPU machine's image). Same initialisation from the same
+  seed, same pooling: the same losses (tests/models/test_sparse_arch.py).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from pinrank.features.jagged import TORCHREC, KeyedJaggedTensor
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
+
+BACKENDS = ("torchrec", "torch")
+_backend = "torchrec" if TORCHREC else "torch"
+
+
+def set_sparse_backend(name: str) -> str:
+    """Which backend the :class:`SparseArch` built from now on use: ``torchrec``, ``torch``, or
+    ``auto`` (torchrec where it imports). Returns the backend chosen."""
+    global _backend
+    if name == "auto":
+        name = "torchrec" if TORCHREC else "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"sparse_arch {name!r}: expected auto or one of {BACKENDS}")
+    if name == "torchrec" and not TORCHREC:
+        raise ImportError("sparse_arch=torchrec, but torchrec does not import here: use torch")
+    _backend = name
+    return name
+
+
+def sparse_backend() -> str:
+    """The backend new :class:`SparseArch` use."""
+    return _backend
+
+
+class EmbeddingBags(nn.Module):
+    """The ``torch`` backend: one ``nn.EmbeddingBag`` per table under ``embedding_bags``
+    (torchrec's ``EmbeddingBagCollection`` layout and parameter names), pooled in table order.
+
+    Initialised as torchrec initialises its collection (each bag's own init, then uniform in
+    +-sqrt(1 / rows) table by table), so that the same seed gives the same weights.
+    """
+
+    def __init__(self, tables: Sequence[TableSpec], weighted: bool) -> None:
+        super().__init__()
+        self.weighted = weighted
+        self.features = [t.feature for t in tables]
+        self.embedding_bags = nn.ModuleDict(
+            {
+                f"t_{t.feature}": nn.EmbeddingBag(
+                    t.num_embeddings,
+                    t.embedding_dim,
+                    mode="mean" if t.pooling == "mean" else "sum",
+                    include_last_offset=True,
+                )
+                for t in tables
+            }
+        )
+        for t, bag in zip(tables, self.bags(), strict=True):
+            bound = math.sqrt(1.0 / t.num_embeddings)
+            nn.init.uniform_(bag.weight, -bound, bound)
+
+    def bags(self) -> list[nn.EmbeddingBag]:
+        return [b for b in self.embedding_bags.values() if isinstance(b, nn.EmbeddingBag)]
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        keys, rows = features.keys(), features.stride()
+        lengths = features.lengths().view(len(keys), rows)
+        totals = lengths.sum(dim=1).tolist()  # values per key
+        starts = dict(zip(keys, itertools.accumulate([0, *totals[:-1]]), strict=True))
+        position = {k: i for i, k in enumerate(keys)}
+        values, weights = features.values(), features.weights_or_none()
+        pooled = []
+        for feature, bag in zip(self.features, self.bags(), strict=True):
+            i, start = position[feature], starts[feature]
+            end = start + totals[i]
+            offsets = torch.zeros(rows + 1, dtype=lengths.dtype, device=lengths.device)
+            torch.cumsum(lengths[i], 0, out=offsets[1:])
+            w = weights[start:end] if self.weighted and weights is not None else None
+            pooled.append(bag(values[start:end], offsets, per_sample_weights=w).float())
+        return torch.cat(pooled, dim=1)
 
 
 @dataclass(frozen=True)
@@ -78,7 +159,20 @@ class SparseArch(nn.Module):
             raise ValueError("a weighted SparseArch pools by weighted sums: every table 'sum'")
         self.tables, self.weighted = list(tables), weighted
         self.output_dim = sum(t.embedding_dim for t in self.tables)
-        self.ebc = EmbeddingBagCollection(
+        self.backend = _backend
+        self.ebc: Any = (
+            self._torchrec(self.tables, weighted)
+            if self.backend == "torchrec"
+            else EmbeddingBags(self.tables, weighted)
+        )
+        for t in self.tables:
+            nn.init.normal_(self.weight(t.feature), std=init_std)
+
+    @staticmethod
+    def _torchrec(tables: Sequence[TableSpec], weighted: bool) -> nn.Module:
+        from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+
+        return EmbeddingBagCollection(
             tables=[
                 EmbeddingBagConfig(
                     num_embeddings=t.num_embeddings,
@@ -87,13 +181,11 @@ class SparseArch(nn.Module):
                     feature_names=[t.feature],
                     pooling=PoolingType.MEAN if t.pooling == "mean" else PoolingType.SUM,
                 )
-                for t in self.tables
+                for t in tables
             ],
             is_weighted=weighted,  # the KeyedJaggedTensor's per-value weights scale the rows
             device=torch.device("cpu"),
         )
-        for bag in self.ebc.embedding_bags.values():
-            nn.init.normal_(bag.weight, std=init_std)
 
     def weight(self, feature: str) -> nn.Parameter:
         """The embedding table of ``feature``."""
@@ -111,6 +203,8 @@ class SparseArch(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         if not self.tables:
             return torch.zeros(features.stride(), 0, device=features.values().device)
+        if self.backend == "torch":
+            return self.ebc(features)  # type: ignore[no-any-return,unused-ignore]
         return self.ebc(features).values()  # (B, sum of widths), in table order
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from pinrank.features.featurizer import FeatureBatch
+from pinrank.features.jagged import KeyedJaggedTensor
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
 from pinrank.models.components import SparseArch, TableSpec, mlp, tables_for

@@ -42,9 +42,9 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from pinrank.features.featurizer import FeatureBatch, FeedBatch
+from pinrank.features.jagged import KeyedJaggedTensor
 from pinrank.features.spec import FeatureSpec
 from pinrank.features.state import FeatureState
 from pinrank.models.components import SparseArch, TableSpec, mlp, tables_for, tie_shared

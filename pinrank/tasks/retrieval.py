@@ -95,7 +95,7 @@ class RetrievalModule(pl.LightningModule):
             # torch's global generator: seeded per run (and per rank) by seed_everything
             ids = catalogue[torch.randint(len(catalogue), (self.mixed_negatives,)).numpy()]
             log_q_value = math.log(self.mixed_negatives / len(catalogue))
-        emb = self.net.item_embedding(dm.featurize_entities("item", ids).to(self.device))
+        emb = self.net.item_embedding(dm.catalogue_features(ids).to(self.device))
         log_q = torch.full((len(ids),), log_q_value, device=self.device)
         return emb, torch.from_numpy(ids).to(self.device), log_q
 

@@ -34,11 +34,19 @@ def _train(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
+    from pytorch_lightning.accelerators import CPUAccelerator
 
-    from pinrank.training import fit_and_evaluate, summary_table, write_run_record
+    from pinrank.models.components import set_sparse_backend
+    from pinrank.training import (
+        fit_and_evaluate,
+        summary_table,
+        training_threads,
+        write_run_record,
+    )
 
     logs.setup()
     _quiet_warnings()
+    sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.data.source)
     prepared = source.ensure()
@@ -54,13 +62,18 @@ def _train(cfg: DictConfig) -> float | None:
         logger=list(instantiate(cfg.logger).values()),
     )
     out_dir = cfg.paths.output_dir
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    processes = trainer.num_devices if on_cpu else 1  # processes on this machine's CPUs
+    threads = training_threads(cfg.get("threads", "auto"), dm.num_workers, processes)
     config = OmegaConf.to_container(cfg, resolve=True)
     log.info(f"[train] {type(module.net).__name__} on {prepared.root}, "
              f"{trainer.max_epochs} epochs -> {out_dir}")  # fmt: skip
     metrics = fit_and_evaluate(
         trainer, module, dm, out_dir, ks=list(cfg.eval_ks),
         oracle=source.oracle() if cfg.get("eval_oracle", True) else None,
-        extra={"config/seed": cfg.seed, "train/world_size": trainer.world_size},
+        extra={"config/seed": cfg.seed, "train/world_size": trainer.world_size,
+               "train/sparse_arch": sparse_arch},
+        threads=threads,
     )  # fmt: skip
     if trainer.is_global_zero:
         Path(out_dir, "config.json").write_text(json.dumps(config, indent=2))

@@ -29,7 +29,8 @@ def _cat(batches: list[FeatureBatch]) -> dict[str, torch.Tensor]:
         for side, x in b.dense.items():
             out.setdefault(f"dense/{side}", []).append(x)
         for name in ("labels", "user_ids", "item_ids"):
-            out.setdefault(name, []).append(getattr(b, name))
+            if getattr(b, name) is not None:  # entity batches have no labels
+                out.setdefault(name, []).append(getattr(b, name))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -102,10 +103,13 @@ def test_labels_are_the_engaged_column(synthetic_prepared: Prepared) -> None:
     np.testing.assert_array_equal(got, want.astype(np.float32))
 
 
-def test_select_rows_equals_featurizing_those_rows(synthetic_prepared: Prepared) -> None:
+@pytest.mark.parametrize("rows", [[0, 3, 4, 17, 49], [49, 3, 3, 0, 17, 3]])
+def test_select_rows_equals_featurizing_those_rows(
+    synthetic_prepared: Prepared, rows: list[int]
+) -> None:
     dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=50)
     batch = next(iter(dm.val_dataloader()))
-    rows = torch.tensor([0, 3, 4, 17, 49])
+    rows = torch.tensor(rows)
     picked = batch.select(rows)
     events = read_table(synthetic_prepared.split("val"), "events").take(rows.numpy())
     assert dm.featurizer is not None
@@ -114,6 +118,18 @@ def test_select_rows_equals_featurizing_those_rows(synthetic_prepared: Prepared)
     assert any(k.endswith("/weights") for k in want)  # the profile crosses' weights follow too
     for key, value in want.items():
         assert torch.equal(_cat([picked])[key], value), key
+
+
+def test_catalogue_features_equal_featurizing_those_items(synthetic_prepared: Prepared) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), num_workers=0)
+    catalogue = dm.catalogue()
+    ids = np.random.default_rng(0).choice(catalogue, size=300)  # unsorted, with repeats
+    got, want = _cat([dm.catalogue_features(ids)]), _cat([dm.featurize_entities("item", ids)])
+    assert got.keys() == want.keys() and "item/item_id/values" in got
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    with pytest.raises(KeyError, match="not in the catalogue"):
+        dm.catalogue_features(np.array([catalogue[0], catalogue.max() + 1]))
 
 
 @pytest.mark.parametrize("engaged_only", [False, True])
