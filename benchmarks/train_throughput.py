@@ -1,10 +1,11 @@
 """Benchmark: training throughput (impressions/s) of each model, split into phases.
 
-    python benchmarks/train_throughput.py                              # demo data, both models
-    python benchmarks/train_throughput.py --data data/large --batches 200
+    python benchmarks/train_throughput.py                      # the embedded default's data
+    python benchmarks/train_throughput.py --data synthetic_large --batches 300
 
 Each (model, mode) runs in its own process, with the same configs ``pinrank train`` composes
-(``model=two_tower`` / ``model=wide_deep`` on ``data.source.root=DATA``), and trains one epoch
+(``model=two_tower`` / ``model=wide_deep``, ``data=DATA``: a data config, prepared on first use
+as training would), and trains one epoch
 (or ``--batches`` batches) with validation and checkpoints off:
 
 - ``phases``: ``num_workers=0``, so every phase runs in the one process and is timed: reading
@@ -17,7 +18,8 @@ Each (model, mode) runs in its own process, with the same configs ``pinrank trai
 
 Impressions/s counts the batch rows the model trains on (the train split's impressions; sampled
 "no event" negatives are not counted). Peak RSS is the process's (and its workers') maximum.
-Writes benchmarks/results/train_throughput.json and train_throughput.png.
+Adds its results to benchmarks/results/train_throughput.json under ``--label`` and plots every
+set's phases in train_throughput.png.
 """
 
 from __future__ import annotations
@@ -66,10 +68,11 @@ def one(model: str, data: str, mode: str, batches: int | None, overrides: list[s
     _quiet_warnings()
     register_resolvers()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"data.source.root={data}", *overrides])
-    from pinrank.models.components import set_sparse_backend
+        cfg = compose("train", overrides=[f"model={model}", f"data={data}", *overrides])
+    from pinrank.models.components import set_embedding_updates, set_sparse_backend
 
     sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
+    set_embedding_updates(cfg.get("embedding_updates", "dense"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     prepared = instantiate(cfg.data.source).ensure()
     dm_args = dict(cfg.model.get("datamodule", {}))
@@ -148,6 +151,7 @@ def one(model: str, data: str, mode: str, batches: int | None, overrides: list[s
         "num_workers": dm.num_workers,
         "threads": torch.get_num_threads(),
         "sparse_arch": sparse_arch,
+        "embedding_updates": cfg.get("embedding_updates", "dense"),
         "batch_size": dm.batch_size,
         "impressions": phases.rows,
         "seconds": round(total, 3),
@@ -165,7 +169,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     phased = [r for r in results if r["mode"] == "phases"]
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.6 * len(phased)))
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.6 * len(phased)))
     for i, r in enumerate(phased):
         left = 0.0
         per = {k: 1e6 * v / r["impressions"] for k, v in r["phases_s"].items()}  # us / impression
@@ -173,21 +177,21 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             if k in per:
                 ax.barh(i, per[k], left=left, color=f"C{j}", label=k if i == 0 else None)
                 left += per[k]
-    ax.set_yticks(range(len(phased)), [f"{r['model']}\n{r['data']}" for r in phased])
+    ax.set_yticks(range(len(phased)), [f"{r['model']}, {r['data']}" for r in phased])
     ax.set(xlabel="microseconds per impression (one process, num_workers=0)")
     ax.set_title("training time per impression, by phase")
-    ax.legend(fontsize=7, ncol=4, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", nargs="+", default=["data/demo"], help="data.source.root")
+    parser.add_argument("--data", nargs="+", default=["synthetic"], help="data configs")
     parser.add_argument("--models", nargs="+", default=["two_tower", "wide_deep"])
     parser.add_argument("--modes", nargs="+", default=["phases", "pipeline"])
     parser.add_argument("--batches", type=int, help="train batches per run (default: an epoch)")
-    parser.add_argument("--label", default="", help="names this set of results in the JSON")
+    parser.add_argument("--label", default="", help="names this set of results in the JSON "
+                        "(a set of the same label is replaced)")  # fmt: skip
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -219,7 +223,11 @@ def main() -> None:
                       f"{rate:>8,.0f} impressions/s, {r['impressions']:,} in "
                       f"{r['seconds']:.1f} s, peak RSS {rss:,} MB  [{per}]")  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {
+    path = RESULTS / "train_throughput.json"
+    # one file, a set of results per label: earlier sets (other data, other settings) stay
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    sets = saved.get("sets", {}) if isinstance(saved.get("sets"), dict) else {}
+    sets[args.label or "default"] = {
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -227,12 +235,13 @@ def main() -> None:
             "device": "cpu",
         },
         "date": time.strftime("%Y-%m-%d"),
-        "label": args.label,
         "overrides": args.overrides,
+        "batches": args.batches,
         "results": results,
     }
-    (RESULTS / "train_throughput.json").write_text(json.dumps(result, indent=2))
-    plot(results, RESULTS / "train_throughput.png")
+    path.write_text(json.dumps({"sets": sets}, indent=2))
+    plot([r | {"data": label} for label, v in sets.items() for r in v["results"]],
+         RESULTS / "train_throughput.png")  # fmt: skip
     print(f"wrote {RESULTS / 'train_throughput.json'} and .png")
 
 

@@ -14,23 +14,27 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pinrank.data.examples import (
-    EVENT_DERIVED_USER_COLUMNS,
     INTEREST_BAGS,
-    TRAIN_ENGAGED,
-    TRAIN_EVENTS,
     EntityIndex,
     interest_bags,
     join_examples,
 )
-from pinrank.data.io import open_dataset
+from pinrank.data.io import open_dataset, read_table
 from pinrank.data.prepare import Prepared
+from pinrank.data.rows import (
+    as_cold_start,
+    interest_profiles,
+    item_sequences,
+    leave_event_out,
+    leave_target_out,
+    sampled_users,
+)
 from pinrank.features.featurizer import FeatureBatch, Featurizer
 from pinrank.features.spec import SIDES, FeatureSpec
 from pinrank.features.state import FeatureState
@@ -57,6 +61,8 @@ class StreamConfig:
             for training streams.
         shard_ranks: under torch.distributed, each rank streams its own equal share of rows
             (the Trainer's loaders); otherwise every row is streamed (reports, predictions).
+        user_fraction: stream only the events of this share of users, the same users in every
+            split and run (:func:`sampled_users`); 1.0 = every event.
     """
 
     batch_size: int = 1024
@@ -68,9 +74,7 @@ class StreamConfig:
     cold_start_rate: float = 0.0
     leave_stats_out: bool = False
     shard_ranks: bool = False
-
-
-UNKNOWN_USER_ID = -1  # stands for "an id the model has never seen" in simulated cold-start rows
+    user_fraction: float = 1.0
 
 
 class EventStream(IterableDataset):
@@ -134,6 +138,9 @@ class EventStream(IterableDataset):
         table = self.fragments[i].to_table(schema=self.dataset.schema)
         if self.cfg.engaged_only:
             table = table.filter(table["engaged"])
+        if self.cfg.user_fraction < 1.0:
+            users = table["user_id"].to_numpy()
+            table = table.filter(pa.array(sampled_users(users, self.cfg.user_fraction)))
         return table
 
     def featurize(self, events: pa.Table, rng: np.random.Generator | None = None) -> FeatureBatch:
@@ -180,114 +187,16 @@ class EventStream(IterableDataset):
     def _count(self, fragment: ds.Fragment) -> int:
         key = id(fragment)
         if key not in self._counts:
-            # a row-group fragment's count_rows() counts the whole file: read one column instead
-            col = fragment.to_table(columns=["engaged"], schema=self.dataset.schema)["engaged"]
-            self._counts[key] = int(pc.sum(col).as_py() or 0) if self.cfg.engaged_only else len(col)
+            # a row-group fragment's count_rows() counts the whole file: read columns instead
+            cols = ["engaged", "user_id"] if self.cfg.user_fraction < 1.0 else ["engaged"]
+            table = fragment.to_table(columns=cols, schema=self.dataset.schema)
+            keep = np.ones(table.num_rows, bool)
+            if self.cfg.engaged_only:
+                keep &= table["engaged"].to_numpy(zero_copy_only=False).astype(bool)
+            if self.cfg.user_fraction < 1.0:
+                keep &= sampled_users(table["user_id"].to_numpy(), self.cfg.user_fraction)
+            self._counts[key] = int(keep.sum())
         return self._counts[key]
-
-
-def item_sequences(spec: FeatureSpec) -> list[str]:
-    """User columns holding item ids: sources of user features that share the vocabulary of the
-    item-side ``item_id`` feature (history, seen, ...)."""
-    return sorted(
-        {
-            f.source
-            for f in spec.side("user", sparse=True)
-            if f.shares and spec[f.shares].side == "item" and spec[f.shares].source == "item_id"
-        }
-    )
-
-
-def interest_profiles(spec: FeatureSpec) -> list[str]:
-    """User columns holding interest profiles (:data:`~pinrank.data.examples.INTEREST_BAGS`)
-    that the spec's user features read."""
-    return sorted({f.source for f in spec.side("user")} & set(INTEREST_BAGS))
-
-
-def leave_target_out(users: pa.Table, targets: np.ndarray, columns: list[str]) -> pa.Table:
-    """Remove row ``r``'s target item from its list ``columns``.
-
-    The history columns hold the whole training period, so a training impression's own item is
-    in its user's history: a model would learn to find the item in the history, a situation that
-    never occurs when scoring later events (whose items are new to the user). Leaving the target
-    out makes training rows look like scoring rows.
-
-    Example::
-
-        >>> users = pa.table({"history": [[1, 2, 3], [4], None]})
-        >>> leave_target_out(users, np.array([2, 5, 1]), ["history"])["history"].to_pylist()
-        [[1, 3], [4], None]
-    """
-    for name in columns:
-        col = users.column(name).combine_chunks()
-        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy()
-        row = np.repeat(np.arange(len(col)), lengths)
-        values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
-        keep = values != targets[row]
-        offsets = np.r_[0, np.cumsum(np.bincount(row[keep], minlength=len(col)))].astype(np.int32)
-        new = pa.ListArray.from_arrays(
-            pa.array(offsets), pa.array(values[keep], col.type.value_type), mask=col.is_null()
-        )
-        users = users.set_column(users.schema.get_field_index(name), name, new)
-    return users
-
-
-def leave_event_out(items: pa.Table, engaged: np.ndarray, real: int) -> pa.Table:
-    """Remove each training impression from its own pin's train counts.
-
-    ``train_events`` and ``train_engaged`` count every train impression, the row's own included:
-    a row would see its own label in its features (strongly so for pins with few events), which
-    never happens when scoring later events. The first ``real`` rows are train impressions; rows
-    after them (sampled negatives) are not counted in the statistics and keep them.
-
-    Example::
-
-        >>> items = pa.table({"train_events": [3, 1, 2], "train_engaged": [2, 1, 0]})
-        >>> leave_event_out(items, np.array([True, True, False]), real=2).to_pylist()
-        [{'train_events': 2, 'train_engaged': 1}, {'train_events': 0, 'train_engaged': 0}, \
-{'train_events': 2, 'train_engaged': 0}]
-    """
-    own = np.zeros(items.num_rows, np.int64)
-    own[:real] = 1
-    label = np.where(own == 1, np.asarray(engaged, np.int64), 0)
-    for name, minus in ((TRAIN_EVENTS, own), (TRAIN_ENGAGED, label)):
-        if name not in items.column_names:
-            continue
-        col = items.column(name)
-        new = pc.max_element_wise(
-            pc.subtract(col, pa.array(minus, col.type)), pa.scalar(0, col.type)
-        )
-        items = items.set_column(items.schema.get_field_index(name), name, new)
-    return items
-
-
-def as_cold_start(users: pa.Table, rows: np.ndarray) -> pa.Table:
-    """Users at ``rows`` (bool mask) made to look like new users: the columns derived from train
-    events (:data:`~pinrank.data.examples.EVENT_DERIVED_USER_COLUMNS`) become null, as for a user
-    without train events, and the id becomes :data:`UNKNOWN_USER_ID`, out of every vocabulary.
-    Sign-up attributes (demographics, stated interests) stay.
-
-    Example::
-
-        >>> users = pa.table({"user_id": [7, 8], "gender": ["F", "M"], "history": [[1], [2, 3]]})
-        >>> new = as_cold_start(users, np.array([False, True]))
-        >>> new.to_pylist()  # doctest: +NORMALIZE_WHITESPACE
-        [{'user_id': 7, 'gender': 'F', 'history': [1]},
-         {'user_id': -1, 'gender': 'M', 'history': None}]
-    """
-    if not rows.any():
-        return users
-    mask = pa.array(rows)
-    for name in (*EVENT_DERIVED_USER_COLUMNS, "user_id"):
-        if name not in users.column_names:
-            continue
-        col = users.column(name)
-        fill = (
-            pa.scalar(UNKNOWN_USER_ID, col.type) if name == "user_id" else pa.scalar(None, col.type)
-        )
-        new = pc.if_else(mask, fill, col)
-        users = users.set_column(users.schema.get_field_index(name), name, new)
-    return users
 
 
 def _rank_world() -> tuple[int, int]:
@@ -320,6 +229,8 @@ class PinrankDataModule(pl.LightningDataModule):
             user (:func:`as_cold_start`); 0 = off.
         leave_stats_out: in training batches, remove each impression from its pin's train
             counts (:func:`leave_event_out`).
+        eval_users: evaluate (val, test and cold streams, :meth:`eval_events`) on this share
+            of users (:func:`sampled_users`), to bound evaluation on large data; 1.0 = all.
 
     Example::
 
@@ -340,8 +251,11 @@ class PinrankDataModule(pl.LightningDataModule):
         sampled_negatives: int = 0,
         cold_start_rate: float = 0.0,
         leave_stats_out: bool = False,
+        eval_users: float = 1.0,
     ) -> None:
         super().__init__()
+        sampled_users(np.zeros(0, np.int64), eval_users)  # checks the fraction
+        self.eval_users = eval_users
         if not 0.0 <= cold_start_rate < 1.0:
             raise ValueError(f"cold_start_rate must be in [0, 1), got {cold_start_rate}")
         self.cold_start_rate, self.leave_stats_out = cold_start_rate, leave_stats_out
@@ -445,10 +359,20 @@ class PinrankDataModule(pl.LightningDataModule):
             1.0 if as_new_users else self.cold_start_rate if train and shuffle else 0.0,
             self.leave_stats_out and train,
             shard_ranks,
+            1.0 if train else self.eval_users,
         )
         return EventStream(
             str(self.prepared.split(split)), self.featurizer, self.users, self.items, cfg
         )
+
+    def eval_events(self, split: str, columns: list[str] | None = None) -> pa.Table:
+        """A split's events as its streams give them: for val, test and cold, only the
+        ``eval_users`` sample's; the train split whole."""
+        events = read_table(self.prepared.split(split), "events", columns)
+        if split == "train" or self.eval_users == 1.0:
+            return events
+        keep = sampled_users(events["user_id"].to_numpy(), self.eval_users)
+        return events.filter(pa.array(keep))
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         stream = self.stream(split, shuffle, shard_ranks=True)

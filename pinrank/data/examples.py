@@ -7,6 +7,7 @@ batch of impressions costs the same whatever the size of the users and items tab
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -51,6 +52,11 @@ class EntityIndex:
 
     def __init__(self, table: pa.Table, id_column: str) -> None:
         ids = table.column(id_column).to_numpy()
+        # one chunk per column: taking rows of a table in 154 chunks (10M users read from
+        # Parquet) costs 58x more than of one (benchmarks/README.md, training throughput); a
+        # list column past 2**31 values cannot be one chunk and stays as it is
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowCapacityError):
+            table = table.combine_chunks()
         self.table, self.id_column = table, id_column
         self.order = np.argsort(ids, kind="stable")
         self.sorted = ids[self.order]

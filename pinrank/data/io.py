@@ -101,7 +101,10 @@ class ShardWriter:
     """Appends rows of one table to numbered shards ``part-00000.parquet`` ... in a folder.
 
     Each shard is written whole and renamed into place once it holds ``rows_per_shard`` rows
-    (or on :meth:`close`), so memory stays bounded by one shard whatever the total.
+    (or on :meth:`close`), so memory stays bounded by one shard whatever the total. With
+    ``split_writes=False`` a write is never cut across two shards (a shard closes once it holds
+    at least ``rows_per_shard`` rows): a writer of whole users' events keeps each user's events
+    in one shard, as per-user splitting needs.
 
     Example::
 
@@ -113,8 +116,15 @@ class ShardWriter:
         [2, 1]
     """
 
-    def __init__(self, folder: str | os.PathLike[str], table: str, rows_per_shard: int) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        table: str,
+        rows_per_shard: int,
+        split_writes: bool = True,
+    ) -> None:
         self.folder = Path(folder)
+        self.split_writes = split_writes
         self.table = table
         self.rows_per_shard = rows_per_shard
         self._pending: list[pa.Table] = []
@@ -130,6 +140,11 @@ class ShardWriter:
         data = data.select(target.names).cast(target)
         self._pending.append(data)
         self._pending_rows += data.num_rows
+        if not self.split_writes:
+            if self._pending_rows >= self.rows_per_shard:
+                self._flush(pa.concat_tables(self._pending))
+                self._pending, self._pending_rows = [], 0
+            return
         while self._pending_rows >= self.rows_per_shard:
             merged = pa.concat_tables(self._pending)
             self._flush(merged.slice(0, self.rows_per_shard))

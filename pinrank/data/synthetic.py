@@ -376,7 +376,8 @@ def generate(cfg: SyntheticConfig, out: str | Path) -> Path:
     activity = rng.lognormal(0.0, 1.0, cfg.n_users)
     counts = rng.multinomial(cfg.n_events, activity / activity.sum())
     users_w = ShardWriter(out / "users", "users", cfg.rows_per_shard)
-    events_w = ShardWriter(out / "events", "events", cfg.rows_per_shard)
+    # a chunk holds whole users: never cut one across shards (prepare splits users per shard)
+    events_w = ShardWriter(out / "events", "events", cfg.rows_per_shard, split_writes=False)
     write_truth(out / "truth", cfg.truth, item_truth, cfg.personal_share, cat.shares)
     with pq.ParquetWriter(out / "truth" / "users.parquet", TRUTH_USERS, compression="zstd") as tw:
         for c, start in enumerate(range(0, cfg.n_users, cfg.users_per_chunk)):

@@ -31,6 +31,20 @@ from pinrank.features.state import FeatureState
 
 BACKENDS = ("torchrec", "torch")
 _backend = "torchrec" if TORCHREC else "torch"
+_sparse_min_rows: int | None = None  # tables of at least this many rows get sparse gradients
+
+
+def set_embedding_updates(mode: str, min_rows: int = 65_536) -> None:
+    """How the tables of :class:`SparseArch` built from now on are updated: ``dense`` (every
+    row at every step: the configured optimiser sees a dense gradient) or ``sparse`` (tables of
+    at least ``min_rows`` rows return sparse gradients, for lazy updates of the looked-up rows
+    only: :mod:`pinrank.tasks.optim`; the ``torch`` backend only)."""
+    global _sparse_min_rows
+    if mode not in ("dense", "sparse"):
+        raise ValueError(f"embedding_updates {mode!r}: expected dense or sparse")
+    if mode == "sparse" and _backend != "torch":
+        raise ValueError("embedding_updates=sparse needs sparse_arch=torch")
+    _sparse_min_rows = min_rows if mode == "sparse" else None
 
 
 def set_sparse_backend(name: str) -> str:
@@ -60,7 +74,9 @@ class EmbeddingBags(nn.Module):
     +-sqrt(1 / rows) table by table), so that the same seed gives the same weights.
     """
 
-    def __init__(self, tables: Sequence[TableSpec], weighted: bool) -> None:
+    def __init__(
+        self, tables: Sequence[TableSpec], weighted: bool, sparse_min_rows: int | None = None
+    ) -> None:
         super().__init__()
         self.weighted = weighted
         self.features = [t.feature for t in tables]
@@ -71,6 +87,7 @@ class EmbeddingBags(nn.Module):
                     t.embedding_dim,
                     mode="mean" if t.pooling == "mean" else "sum",
                     include_last_offset=True,
+                    sparse=sparse_min_rows is not None and t.num_embeddings >= sparse_min_rows,
                 )
                 for t in tables
             }
@@ -163,7 +180,7 @@ class SparseArch(nn.Module):
         self.ebc: Any = (
             self._torchrec(self.tables, weighted)
             if self.backend == "torchrec"
-            else EmbeddingBags(self.tables, weighted)
+            else EmbeddingBags(self.tables, weighted, _sparse_min_rows)
         )
         for t in self.tables:
             nn.init.normal_(self.weight(t.feature), std=init_std)

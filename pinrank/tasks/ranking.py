@@ -36,6 +36,7 @@ from pinrank.evaluation.ranking import (
 )
 from pinrank.features.featurizer import FeatureBatch
 from pinrank.models.wide_deep import WideDeep
+from pinrank.tasks.optim import build_optimizer
 
 # completed with the parameters, or with parameter groups (dicts of params and options)
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -129,11 +130,16 @@ class RankingModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         tower = list(self.net.examination_parameters())
         if not tower or self.examination_lr == 1.0:
-            return self.optimizer_factory(self.parameters())
+            return build_optimizer(
+                self.optimizer_factory, self.net, [{"params": self.parameters()}]
+            )
         own = {id(p) for p in tower}
         rest = [p for p in self.parameters() if id(p) not in own]
-        optimizer = self.optimizer_factory([{"params": rest}, {"params": tower}])
-        optimizer.param_groups[1]["lr"] *= self.examination_lr  # both start at the default lr
+        groups: list[dict[str, Any]] = [{"params": rest}, {"params": tower, "examination": True}]
+        optimizer = build_optimizer(self.optimizer_factory, self.net, groups)
+        for group in optimizer.param_groups:
+            if group.get("examination"):
+                group["lr"] *= self.examination_lr  # every group starts at the default lr
         return optimizer
 
     # ---------------------------------------------------------------------------- evaluation
@@ -259,7 +265,7 @@ class RankingModule(pl.LightningModule):
     ) -> np.ndarray:
         """The oracle's P(engaged) of each event, with the impression's position."""
         cols = ["user_id", "item_id", "position"]
-        events = read_table(dm.prepared.split(split), "events", cols)
+        events = dm.eval_events(split, cols)
         users, items = events["user_id"].to_numpy(), events["item_id"].to_numpy()
         if not (np.array_equal(users, p.users) and np.array_equal(items, p.items)):
             raise RuntimeError(f"{split}: stream order differs from the events table")

@@ -30,6 +30,7 @@ from pinrank.retrieval import build_topk, recall_vs_exact
 from pinrank.retrieval.bias import impression_counts, item_vectors, query_vectors
 from pinrank.runs import RetrievalSettings
 from pinrank.tasks.losses import StreamingFrequency, sampled_softmax_loss
+from pinrank.tasks.optim import build_optimizer
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 EVENT_COLUMNS = ["user_id", "item_id", "ts", "engaged"]
@@ -134,7 +135,7 @@ class RetrievalModule(pl.LightningModule):
         self.log_dict(metrics, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+        return build_optimizer(self.optimizer_factory, self.net, [{"params": self.parameters()}])
 
     # --------------------------------------------------------------------------- evaluation
 
@@ -142,7 +143,7 @@ class RetrievalModule(pl.LightningModule):
         """The protocol's task of a split: users with engaged events there, their train items."""
         if split not in self._tasks:
             train = read_table(dm.prepared.split("train"), "events", EVENT_COLUMNS)
-            events = read_table(dm.prepared.split(split), "events", EVENT_COLUMNS)
+            events = dm.eval_events(split, EVENT_COLUMNS)
             self._tasks[split] = retrieval_task(train, events, dm.catalogue())
         return self._tasks[split]
 

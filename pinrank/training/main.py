@@ -36,7 +36,7 @@ def _train(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
     from pytorch_lightning.accelerators import CPUAccelerator
 
-    from pinrank.models.components import set_sparse_backend
+    from pinrank.models.components import set_embedding_updates, set_sparse_backend
     from pinrank.training import (
         fit_and_evaluate,
         summary_table,
@@ -47,6 +47,7 @@ def _train(cfg: DictConfig) -> float | None:
     logs.setup()
     _quiet_warnings()
     sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
+    set_embedding_updates(cfg.get("embedding_updates", "dense"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.data.source)
     prepared = source.ensure()
@@ -72,7 +73,8 @@ def _train(cfg: DictConfig) -> float | None:
         trainer, module, dm, out_dir, ks=list(cfg.eval_ks),
         oracle=source.oracle() if cfg.get("eval_oracle", True) else None,
         extra={"config/seed": cfg.seed, "train/world_size": trainer.world_size,
-               "train/sparse_arch": sparse_arch},
+               "train/sparse_arch": sparse_arch,
+               "train/embedding_updates": cfg.get("embedding_updates", "dense")},
         threads=threads,
     )  # fmt: skip
     if trainer.is_global_zero:

@@ -29,7 +29,8 @@ def training_threads(setting: int | str | None, num_workers: int, processes: int
     ``auto``: the CPUs left to each process once the DataLoader workers have theirs,
     ``max(1, cpus // processes - num_workers)``. The ranker's and the towers' operators are
     small (a 1024-row batch, 256-wide layers, many embedding bags): on 2 cores with a worker
-    featurizing, one thread trains 1.3-1.7x faster than two (benchmarks/README.md#training).
+    featurizing, one thread trains 1.2-1.6x faster than two
+    (benchmarks/README.md#training-throughput-train_throughputpy).
     An int sets it; None leaves torch's default.
 
     Example::

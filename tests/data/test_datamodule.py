@@ -12,6 +12,7 @@ from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.examples import join_examples
 from pinrank.data.io import read_table
 from pinrank.data.prepare import Prepared
+from pinrank.data.rows import sampled_users
 from pinrank.features.featurizer import FeatureBatch
 
 
@@ -150,7 +151,7 @@ def test_length_is_exact_with_many_row_groups(
 
 
 def test_training_rows_leave_their_target_out(synthetic_prepared: Prepared) -> None:
-    from pinrank.data.datamodule import item_sequences
+    from pinrank.data.rows import item_sequences
 
     dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=512)
     assert item_sequences(dm.spec) == ["history", "seen"]
@@ -230,8 +231,8 @@ def test_cold_start_rate_shows_that_share_of_rows_as_new_users(
 def test_training_rows_leave_their_own_label_out_of_item_counts(
     synthetic_prepared: Prepared,
 ) -> None:
-    from pinrank.data.datamodule import leave_event_out
     from pinrank.data.examples import join_examples as join
+    from pinrank.data.rows import leave_event_out
 
     dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=500, leave_stats_out=True)
     dm.setup()
@@ -259,8 +260,8 @@ def test_interest_profiles_leave_the_target_out_like_its_pins(synthetic_prepared
     real training rows (repeats and unknown pins)."""
     import pyarrow as pa
 
-    from pinrank.data.datamodule import interest_profiles, leave_target_out
     from pinrank.data.examples import INTEREST_BAGS, interest_bags
+    from pinrank.data.rows import interest_profiles, leave_target_out
 
     dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=512)
     bags = interest_profiles(dm.spec)
@@ -309,3 +310,27 @@ def test_training_rows_have_interest_profiles_without_their_target(
     b = full.sparse["user"]["seen_interests"].lengths()
     assert bool((a <= b).all()) and int((b - a).sum()) > len(train) // 2
     assert int(train.sparse["user"]["history_interests"].lengths().sum()) > 0
+
+
+def test_eval_users_streams_the_sampled_users_events_only(synthetic_prepared: Prepared) -> None:
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=64, eval_users=0.3)
+    full = read_table(synthetic_prepared.split("val"), "events")
+    want = dm.eval_events("val")
+    users = set(want["user_id"].to_pylist())
+    assert 0.15 < len(users) / len(set(full["user_id"].to_pylist())) < 0.45
+    # every event of a kept user, none of the others
+    assert want.num_rows == sum(u in users for u in full["user_id"].to_pylist())
+    stream = dm.stream("val")
+    batches = list(stream)
+    assert len(stream) == len(batches)
+    got = torch.cat([b.user_ids for b in batches]).numpy()
+    np.testing.assert_array_equal(got, want["user_id"].to_numpy())
+    # the same users in another split; training streams every event
+    test_users = set(dm.eval_events("test")["user_id"].to_pylist())
+    all_test = set(read_table(synthetic_prepared.split("test"), "events")["user_id"].to_pylist())
+    keep = sampled_users(np.array(sorted(all_test)), 0.3)
+    assert test_users == set(np.array(sorted(all_test))[keep].tolist())
+    train_rows = sum(len(b) for b in dm.stream("train", shuffle=True))
+    assert train_rows == read_table(synthetic_prepared.split("train"), "events").num_rows
+    with pytest.raises(ValueError, match="eval user fraction"):
+        PinrankDataModule(str(synthetic_prepared.root), eval_users=0.0)

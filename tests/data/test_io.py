@@ -89,6 +89,14 @@ def test_shard_writer_streams_in_bounded_shards(tmp_path: Path) -> None:
     assert not list((tmp_path / "ev").glob(".*tmp*")), "temporary files left behind"
 
 
+def test_shard_writer_can_keep_each_write_in_one_shard(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path / "ev", "events", rows_per_shard=3, split_writes=False)
+    for i in range(4):
+        w.write(_events(2).set_column(0, "user_id", pa.array([2 * i, 2 * i + 1], pa.int64())))
+    assert w.close() == [4, 4]  # a shard closes once it holds 3 rows or more, never mid-write
+    assert read_table(tmp_path / "ev", "events")["user_id"].to_pylist() == list(range(8))
+
+
 def test_conform_orders_and_casts_columns() -> None:
     t = _events()
     shuffled = t.select(list(reversed(t.column_names)))

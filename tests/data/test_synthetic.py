@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pinrank.data.io import open_dataset, read_table
+from pinrank.data.splits import check_disjoint_users
 from pinrank.data.synthetic import SyntheticConfig, generate, interest_shares
 from pinrank.data.truth import Oracle, TruthParams, examination, expected_sigmoid
 
@@ -132,3 +133,5 @@ def test_users_of_a_chunk_are_in_one_event_shard(tmp_path: Path) -> None:
     assert sum(pq.read_metadata(f).num_rows for f in files) == cfg.n_events
     users = pa.concat_tables([pq.read_table(f) for f in files])["user_id"].to_numpy()
     assert (np.diff(users) >= 0).all()  # written in user order
+    # no user's events are cut across two shards: prepare splits each shard's users alone
+    check_disjoint_users(files)

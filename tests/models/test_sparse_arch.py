@@ -137,3 +137,51 @@ def test_training_without_torchrec_gives_torchrecs_losses(
     assert len(got["losses"]) == len(want["losses"]) == 6
     assert got["losses"] == pytest.approx(want["losses"], abs=1e-5)
     assert len(set(want["losses"])) > 1  # it trained: the loss moved
+
+
+def test_sparse_updates_move_only_the_looked_up_rows_of_large_tables(backend) -> None:
+    from pinrank.models.components import set_embedding_updates
+    from pinrank.tasks.optim import Combined, build_optimizer, sparse_tables
+
+    backend("torch")
+    set_embedding_updates("sparse", min_rows=50)
+    try:
+        torch.manual_seed(0)
+        tables = [TableSpec("big", 60, 2, "sum"), TableSpec("small", 4, 2, "sum")]
+        net = torch.nn.Sequential()
+        net.add_module("arch", SparseArch(tables))
+        net.add_module("head", torch.nn.Linear(4, 1))
+    finally:
+        set_embedding_updates("dense")
+    big, small = net.arch.weight("big"), net.arch.weight("small")
+    assert sparse_tables(net) == [big]  # the small table keeps dense updates
+    factory = lambda params: torch.optim.Adam(params, lr=0.1, weight_decay=1e-3)  # noqa: E731
+    opt = build_optimizer(factory, net, [{"params": net.parameters()}])
+    assert isinstance(opt, Combined)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in net.parameters()
+    }
+    kjt = KeyedJagged(["big", "small"], torch.tensor([7, 9, 7, 1, 2]), torch.tensor([2, 1, 1, 1]))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    net.head(net.arch(kjt)).sum().backward()
+    assert big.grad is not None and big.grad.is_sparse
+    opt.step()
+    moved = (big != before["arch.ebc.embedding_bags.t_big.weight"]).any(dim=1)
+    assert moved.nonzero().flatten().tolist() == [7, 9]
+    # dense Adam with weight decay moves every row of the small table and the head
+    assert (small != before["arch.ebc.embedding_bags.t_small.weight"]).all()
+    assert not torch.equal(net.head.weight, before["head.weight"])
+    # the optimiser's state round-trips (Lightning checkpoints it)
+    state = opt.state_dict()
+    opt.load_state_dict(state)
+    assert set(state) == {"dense", "sparse"}
+
+
+def test_sparse_updates_need_the_torch_backend(backend) -> None:
+    from pinrank.models.components import set_embedding_updates
+
+    backend("torchrec")
+    with pytest.raises(ValueError, match="needs sparse_arch=torch"):
+        set_embedding_updates("sparse")
+    with pytest.raises(ValueError, match="expected dense or sparse"):
+        set_embedding_updates("lazy")
