@@ -136,12 +136,19 @@ class EventStream(IterableDataset):
 
     def _read(self, i: int) -> pa.Table:
         table = self.fragments[i].to_table(schema=self.dataset.schema)
+        keep = self._keep(table)
+        return table if keep is None else table.filter(pa.array(keep))
+
+    def _keep(self, events: pa.Table) -> np.ndarray | None:
+        """The rows of ``events`` this stream keeps (engaged only, the sampled users' only);
+        None: every row."""
+        keep = None
         if self.cfg.engaged_only:
-            table = table.filter(table["engaged"])
+            keep = events["engaged"].to_numpy(zero_copy_only=False).astype(bool)
         if self.cfg.user_fraction < 1.0:
-            users = table["user_id"].to_numpy()
-            table = table.filter(pa.array(sampled_users(users, self.cfg.user_fraction)))
-        return table
+            users = sampled_users(events["user_id"].to_numpy(), self.cfg.user_fraction)
+            keep = users if keep is None else keep & users
+        return keep
 
     def featurize(self, events: pa.Table, rng: np.random.Generator | None = None) -> FeatureBatch:
         """One batch: join events with their users and pins, then featurize.
@@ -188,14 +195,9 @@ class EventStream(IterableDataset):
         key = id(fragment)
         if key not in self._counts:
             # a row-group fragment's count_rows() counts the whole file: read columns instead
-            cols = ["engaged", "user_id"] if self.cfg.user_fraction < 1.0 else ["engaged"]
-            table = fragment.to_table(columns=cols, schema=self.dataset.schema)
-            keep = np.ones(table.num_rows, bool)
-            if self.cfg.engaged_only:
-                keep &= table["engaged"].to_numpy(zero_copy_only=False).astype(bool)
-            if self.cfg.user_fraction < 1.0:
-                keep &= sampled_users(table["user_id"].to_numpy(), self.cfg.user_fraction)
-            self._counts[key] = int(keep.sum())
+            table = fragment.to_table(columns=["engaged", "user_id"], schema=self.dataset.schema)
+            keep = self._keep(table)
+            self._counts[key] = table.num_rows if keep is None else int(keep.sum())
         return self._counts[key]
 
 
@@ -317,14 +319,15 @@ class PinrankDataModule(pl.LightningDataModule):
         for them (the featurizer works row by row), without featurizing them again at every
         training step (the two-tower model's sampled negatives)."""
         self.setup()
-        if self._catalogue_features is None:
-            self._catalogue_features = self.featurize_entities("item", self.items.sorted)
-        rows = np.searchsorted(self.items.sorted, ids)
-        rows = np.minimum(rows, len(self.items.sorted) - 1)
-        if len(ids) and (self.items.sorted[rows] != ids).any():
-            missing = np.asarray(ids)[self.items.sorted[rows] != ids][:5].tolist()
-            raise KeyError(f"item ids {missing} are not in the catalogue")
-        return self._catalogue_features.select(torch.from_numpy(rows.astype(np.int64)))
+        if self._catalogue_features is None:  # in the items table's row order
+            ids_in_table = self.items.table.column(self.items.id_column).to_numpy()
+            self._catalogue_features = self.featurize_entities("item", ids_in_table)
+        rows = self.items.rows(np.asarray(ids, np.int64))
+        if (rows < 0).any():
+            raise KeyError(
+                f"item ids {np.asarray(ids)[rows < 0][:5].tolist()} are not in the catalogue"
+            )
+        return self._catalogue_features.select(torch.from_numpy(rows))
 
     def catalogue(self) -> np.ndarray:
         """[N] int64 ids of every item in the items table, sorted."""

@@ -15,7 +15,10 @@ from pinrank.data.examples import (
     TRAIN_EVENTS,
 )
 from pinrank.features.spec import FeatureSpec
+from pinrank.features.transforms import hash_ids, hash_params
 
+# the features' id hash (the one the graphs compute), with its own multipliers
+EVAL_USERS_HASH, EVAL_USERS_BUCKETS = hash_params("eval_users"), 1_000_000
 UNKNOWN_USER_ID = -1  # stands for "an id the model has never seen" in simulated cold-start rows
 
 
@@ -37,12 +40,8 @@ def sampled_users(user_ids: np.ndarray, fraction: float) -> np.ndarray:
         raise ValueError(f"eval user fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return np.ones(len(user_ids), bool)
-    x = np.asarray(user_ids).astype(np.uint64)
-    with np.errstate(over="ignore"):  # splitmix64's finaliser: wraps modulo 2**64
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+    bucket = hash_ids(np.asarray(user_ids), *EVAL_USERS_HASH, buckets=EVAL_USERS_BUCKETS)
+    return bucket <= round(fraction * EVAL_USERS_BUCKETS)
 
 
 def item_sequences(spec: FeatureSpec) -> list[str]:

@@ -66,16 +66,17 @@ class FeatureBatch:
         sparse = {}
         for group, kjt in self.sparse.items():
             keys = len(kjt.keys())
-            lengths = kjt.lengths().long()
-            offsets = torch.zeros(len(lengths) + 1, dtype=torch.long, device=lengths.device)
-            torch.cumsum(lengths, 0, out=offsets[1:])
             # (key, row) slots of the new batch, key-major as in the KeyedJaggedTensor
             key_starts = torch.arange(keys, device=rows.device)[:, None] * n
             slots = (key_starts + rows[None, :]).reshape(-1)
-            new_lengths = lengths[slots]
-            starts = torch.repeat_interleave(offsets[slots], new_lengths)
-            first = torch.repeat_interleave(torch.cumsum(new_lengths, 0) - new_lengths, new_lengths)
-            index = starts + torch.arange(len(starts), device=rows.device) - first
+            new_lengths = kjt.lengths()[slots].long()
+            # offsets() is computed once per KeyedJaggedTensor and kept (a catalogue's
+            # features are selected from at every training step)
+            # value j of slot s sits at offsets[s] + j in the old values, at new_start[s] + j in
+            # the new ones
+            new_starts = torch.cumsum(new_lengths, 0) - new_lengths
+            shift = torch.repeat_interleave(kjt.offsets()[slots].long() - new_starts, new_lengths)
+            index = shift + torch.arange(len(shift), device=rows.device)
             weights = kjt.weights_or_none()
             sparse[group] = KeyedJaggedTensor(
                 keys=kjt.keys(),

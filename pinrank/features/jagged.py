@@ -21,12 +21,15 @@ __all__ = ["TORCHREC", "Jagged", "KeyedJagged", "KeyedJaggedTensor"]
 
 class Jagged:
     """One key's rows: ``values`` and ``lengths`` [B] (and ``weights``), as torchrec's
-    ``JaggedTensor``."""
+    ``JaggedTensor``; the offsets are computed once, when first asked for."""
 
     def __init__(
         self, values: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | None = None
     ) -> None:
+        if weights is not None and len(weights) != len(values):
+            raise ValueError(f"{len(weights)} weights for {len(values)} values")
         self._values, self._lengths, self._weights = values, lengths, weights
+        self._offsets: torch.Tensor | None = None
 
     def values(self) -> torch.Tensor:
         return self._values
@@ -39,15 +42,20 @@ class Jagged:
 
     def weights(self) -> torch.Tensor:
         if self._weights is None:
-            raise ValueError("this jagged tensor has no weights")
+            raise ValueError(f"this {type(self).__name__} has no weights")
         return self._weights
 
     def offsets(self) -> torch.Tensor:
-        """[B + 1] start of each row in ``values``, and the end."""
-        return _offsets(self._lengths)
+        """[len(lengths) + 1]: where each row starts in ``values``, and the end."""
+        if self._offsets is None:
+            self._offsets = torch.zeros(
+                len(self._lengths) + 1, dtype=self._lengths.dtype, device=self._lengths.device
+            )
+            torch.cumsum(self._lengths, 0, out=self._offsets[1:])
+        return self._offsets
 
 
-class KeyedJagged:
+class KeyedJagged(Jagged):
     """Sparse features of ``stride`` rows, by key; the subset of torchrec's
     ``KeyedJaggedTensor`` that pinrank uses, with the same layout.
 
@@ -72,10 +80,8 @@ class KeyedJagged:
             stride = len(lengths) // len(keys) if keys else 0
         if len(lengths) != len(keys) * stride:
             raise ValueError(f"{len(lengths)} lengths for {len(keys)} keys x {stride} rows")
-        if weights is not None and len(weights) != len(values):
-            raise ValueError(f"{len(weights)} weights for {len(values)} values")
-        self._keys, self._values, self._lengths = list(keys), values, lengths
-        self._weights, self._stride = weights, stride
+        super().__init__(values, lengths, weights)
+        self._keys, self._stride = list(keys), stride
 
     @classmethod
     def from_lengths_sync(
@@ -90,23 +96,6 @@ class KeyedJagged:
 
     def keys(self) -> list[str]:
         return self._keys
-
-    def values(self) -> torch.Tensor:
-        return self._values
-
-    def lengths(self) -> torch.Tensor:
-        return self._lengths
-
-    def weights_or_none(self) -> torch.Tensor | None:
-        return self._weights
-
-    def weights(self) -> torch.Tensor:
-        if self._weights is None:
-            raise ValueError("this KeyedJagged has no weights")
-        return self._weights
-
-    def offsets(self) -> torch.Tensor:
-        return _offsets(self._lengths)
 
     def stride(self) -> int:
         return self._stride
@@ -136,12 +125,6 @@ class KeyedJagged:
         return KeyedJagged(
             self._keys, move(self._values), move(self._lengths), move(self._weights), self._stride
         )
-
-
-def _offsets(lengths: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(len(lengths) + 1, dtype=lengths.dtype, device=lengths.device)
-    torch.cumsum(lengths, 0, out=out[1:])
-    return out
 
 
 try:  # torchrec's, where it imports (the sharded training path needs it)

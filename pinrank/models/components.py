@@ -101,19 +101,20 @@ class EmbeddingBags(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         keys, rows = features.keys(), features.stride()
-        lengths = features.lengths().view(len(keys), rows)
-        totals = lengths.sum(dim=1).tolist()  # values per key
-        starts = dict(zip(keys, itertools.accumulate([0, *totals[:-1]]), strict=True))
+        if rows == 0:
+            width = sum(b.embedding_dim for b in self.bags())
+            return torch.zeros(0, width, device=features.values().device)
+        offsets = features.offsets()  # key k's rows: offsets[k * rows : (k + 1) * rows + 1]
+        bounds = offsets[::rows].tolist()  # where each key's values start, and the end
         position = {k: i for i, k in enumerate(keys)}
         values, weights = features.values(), features.weights_or_none()
         pooled = []
         for feature, bag in zip(self.features, self.bags(), strict=True):
-            i, start = position[feature], starts[feature]
-            end = start + totals[i]
-            offsets = torch.zeros(rows + 1, dtype=lengths.dtype, device=lengths.device)
-            torch.cumsum(lengths[i], 0, out=offsets[1:])
+            i = position[feature]
+            start, end = bounds[i], bounds[i + 1]
+            own = offsets[i * rows : (i + 1) * rows + 1] - start
             w = weights[start:end] if self.weighted and weights is not None else None
-            pooled.append(bag(values[start:end], offsets, per_sample_weights=w).float())
+            pooled.append(bag(values[start:end], own, per_sample_weights=w).float())
         return torch.cat(pooled, dim=1)
 
 

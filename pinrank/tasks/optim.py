@@ -89,7 +89,8 @@ def build_optimizer(
     """The configured optimiser over ``groups`` (``{"params": [...], ...}``), with the tables
     that have sparse gradients moved to a lazy Adam of the same learning rate."""
     groups = [{**g, "params": list(g["params"])} for g in groups]
-    tables = {id(p) for p in sparse_tables(net)}
+    sparse_params = sparse_tables(net)
+    tables = {id(p) for p in sparse_params}
     if not tables:
         return factory(groups if len(groups) > 1 else groups[0]["params"])
     dense_groups = [
@@ -100,5 +101,5 @@ def build_optimizer(
     lr = dense.param_groups[0]["lr"]
     betas = dense.defaults.get("betas", (0.9, 0.999))
     eps = dense.defaults.get("eps", 1e-8)
-    sparse = torch.optim.SparseAdam(sparse_tables(net), lr=lr, betas=betas, eps=eps)
+    sparse = torch.optim.SparseAdam(sparse_params, lr=lr, betas=betas, eps=eps)
     return Combined(dense, sparse)
