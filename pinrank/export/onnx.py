@@ -124,7 +124,7 @@ def with_label_encoders(model: onnx.ModelProto, graph: Graph) -> onnx.ModelProto
     nodes = []
     for name, (f, col) in graph.vocab.items():
         owner = f.shares or f.name
-        vocab = graph.features.state.features[owner]["vocab"]
+        vocab = graph.features.state.features[owner]["vocab"].to_pylist()
         values = list(range(2, len(vocab) + 2))
         attrs: dict[str, Any]
         if col.kind == "string":

@@ -11,8 +11,6 @@ held to the same parity check (``pinrank verify --backend torch``). Kept outside
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pyarrow as pa
 import torch
@@ -28,25 +26,25 @@ from pinrank.features.transforms import MISSING, OOV, VocabLookup
 from pinrank.serving.package import Package, PackageError
 
 
-def label_encode(values: np.ndarray, lookup: VocabLookup, vocab: list[Any]) -> np.ndarray:
+def label_encode(values: np.ndarray, lookup: VocabLookup) -> np.ndarray:
     """What the graphs' LabelEncoder computes, with the featurizer's own lookup: ``2 + rank``
     for a known value, 1 (out of vocabulary) otherwise, and 0 for the empty string (a missing
     string) when it is not a vocabulary value. Any shape.
 
     Example::
 
-        >>> label_encode(np.array(["b", "", "z"], object), VocabLookup(["a", "b"]), ["a", "b"])
+        >>> label_encode(np.array(["b", "", "z"], object), VocabLookup(["a", "b"]))
         array([3, 0, 1])
-        >>> label_encode(np.array([[7, 5], [9, 9]]), VocabLookup([5, 7]), [5, 7]).tolist()
+        >>> label_encode(np.array([[7, 5], [9, 9]]), VocabLookup([5, 7])).tolist()
         [[3, 2], [1, 1]]
     """
     flat = values.reshape(-1)
     is_string = flat.dtype == object
-    if not vocab:
+    if not lookup.size:
         out = np.full(flat.shape, OOV, np.int64)
     else:
         out = lookup(pa.array(flat, pa.string() if is_string else pa.int64()))
-    if is_string and "" not in vocab:
+    if is_string and not lookup.has_empty:
         out[flat == ""] = MISSING
     return out.reshape(values.shape)
 
@@ -115,8 +113,7 @@ def run_graph(
         if i.name in g.vocab:
             f, col = g.vocab[i.name]
             owner = f.shares or f.name
-            vocab, lookup = state.features[owner]["vocab"], state.lookups()[owner]
-            arr = label_encode(np.asarray(inputs[col.name]), lookup, vocab)
+            arr = label_encode(np.asarray(inputs[col.name]), state.lookups()[owner])
         else:
             arr = np.asarray(inputs[i.name])
         args.append(torch.from_numpy(np.ascontiguousarray(arr)).to(device))

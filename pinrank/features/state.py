@@ -1,16 +1,19 @@
 """Fitted feature state (vocabularies, statistics, hash constants) and applying it to rows.
 
-The state is learned from training rows only (:func:`fit`) and saved as plain JSON: nothing in it
-executes code on load. :func:`transform_side` turns one side's Arrow rows into jagged index arrays
-and dense float32 matrices, following the spec's missing-value policies and counting every value
-it replaces.
+The state is learned from training rows only (:func:`fit`) and saved as plain JSON, with each
+vocabulary in an Arrow IPC file beside it (``vocab/{feature}.arrow``, one column ``value``, its
+sha256 in the JSON): a million-id vocabulary loads as one int64 array, not as a JSON list of
+Python ints. Nothing in either executes code on load. :func:`transform_side` turns one side's
+Arrow rows into jagged index arrays and dense float32 matrices, following the spec's
+missing-value policies and counting every value it replaces.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,17 +37,20 @@ from pinrank.features.transforms import (
     jagged_product,
     numeric_column,
     truncate,
+    vocab_array,
 )
 
 STATE_VERSION = 1
+VOCAB_DIR = "vocab"
 
 
 @dataclass
 class FeatureState:
-    """Everything fitted for a spec, keyed by feature or cross name; plain JSON-able data.
+    """Everything fitted for a spec, keyed by feature or cross name.
 
     Per categorical feature: ``cardinality`` and, by transform, ``vocab`` (values in index order
-    from 2), ``hash`` ``{a, b, buckets}``, or ``boundaries``. Per numeric feature: ``default``
+    from 2: an Arrow int64 or string array; saved as a file beside the JSON), ``hash``
+    ``{a, b, buckets}``, or ``boundaries``. Per numeric feature: ``default``
     (raw fill), ``mean`` and ``std`` (for standardize), each a list of ``dim`` floats. Per cross:
     ``{a, b, buckets, right_cardinality, cardinality}``. ``rows`` counts the fitted rows per side.
     """
@@ -55,6 +61,9 @@ class FeatureState:
     version: int = STATE_VERSION
 
     def __post_init__(self) -> None:
+        for st in self.features.values():  # one in-memory form: Arrow arrays
+            if "vocab" in st and not isinstance(st["vocab"], pa.Array):
+                st["vocab"] = vocab_array(list(st["vocab"]))
         # built lazily from the vocabularies; not part of the saved state
         self._lookups: dict[str, VocabLookup] = {}
 
@@ -76,19 +85,36 @@ class FeatureState:
         return int(entry["cardinality"])
 
     def save(self, path: str | Path) -> Path:
+        """Write the JSON to ``path`` and every vocabulary to ``vocab/{feature}.arrow`` beside
+        it (the JSON names each file with its size and sha256)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {f.name: getattr(self, f.name) for f in fields(self)}
+        features = {}
+        for name, st in self.features.items():
+            if "vocab" in st:
+                st = {**st, "vocab": _write_vocab(path.parent, name, st["vocab"])}
+            features[name] = st
+        data["features"] = features
         path.write_text(json.dumps(data, indent=1, sort_keys=True))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureState:
-        return cls.from_json(Path(path).read_text(), str(path))
+        path = Path(path)
+        return cls.from_json(path.read_text(), str(path), lambda rel: path.parent / rel)
 
     @classmethod
-    def from_json(cls, text: str, where: str = "feature state") -> FeatureState:
-        """The state from the text :meth:`save` wrote; ValueError naming ``where`` otherwise."""
+    def from_json(
+        cls,
+        text: str,
+        where: str = "feature state",
+        read: Callable[[str], Any] | None = None,
+    ) -> FeatureState:
+        """The state from the text :meth:`save` wrote; ValueError naming ``where`` otherwise.
+
+        ``read``: relative path -> the file's bytes or a path to it (the vocabulary files
+        beside the JSON; a package passes its verified reader)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -99,7 +125,64 @@ class FeatureState:
         names = {f.name for f in fields(cls)}
         if set(data) - names:
             raise ValueError(f"{where}: unknown feature state keys {sorted(set(data) - names)}")
+        features = data.get("features")
+        if not isinstance(features, dict):
+            raise ValueError(f"{where}: 'features' is not an object")
+        for name, st in features.items():
+            if isinstance(st, dict) and isinstance(st.get("vocab"), dict):
+                if read is None:
+                    raise ValueError(f"{where}: vocabulary of {name!r} is a file, and no reader")
+                st["vocab"] = _read_vocab(name, st["vocab"], read, where)
         return cls(**data)
+
+
+def vocab_file(name: str) -> str:
+    """Where the vocabulary of feature ``name`` lies, relative to the state's JSON."""
+    return f"{VOCAB_DIR}/{name}.arrow"
+
+
+def _write_vocab(folder: Path, name: str, values: pa.Array) -> dict[str, Any]:
+    rel = vocab_file(name)
+    (folder / VOCAB_DIR).mkdir(parents=True, exist_ok=True)
+    table = pa.table({"value": values})
+    with pa.OSFile(str(folder / rel), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    digest = hashlib.sha256((folder / rel).read_bytes()).hexdigest()
+    return {"file": rel, "size": len(values), "sha256": digest}
+
+
+def _read_vocab(
+    name: str, entry: dict[str, Any], read: Callable[[str], Any], where: str
+) -> pa.Array:
+    """One vocabulary file, checked: the file the name implies, its sha256, one non-null,
+    duplicate-free int64 or string column of the recorded size."""
+    rel = vocab_file(name)
+    bad = f"{where}: vocabulary {rel}"
+    if entry.get("file") != rel:
+        raise ValueError(f"{bad}: the state names {entry.get('file')!r} instead")
+    got = read(rel)
+    data = got if isinstance(got, bytes) else Path(got).read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise ValueError(f"{bad}: sha256 differs from the state's")
+    try:
+        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+        table.validate(full=True)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{bad}: not an Arrow IPC file ({err})") from None
+    if table.schema.names != ["value"] or not (
+        pa.types.is_int64(table.schema.field(0).type)
+        or pa.types.is_string(table.schema.field(0).type)
+    ):
+        raise ValueError(f"{bad}: expected one int64 or string column 'value', got {table.schema}")
+    values = table.column(0).combine_chunks()
+    if len(values) != entry.get("size") or values.null_count:
+        raise ValueError(
+            f"{bad}: {len(values)} values ({values.null_count} null), expected "
+            f"{entry.get('size')} non-null"
+        )
+    if pc.count_distinct(values).as_py() != len(values):
+        raise ValueError(f"{bad}: duplicate values")
+    return values
 
 
 # ----------------------------------------------------------------------------------------- fit
@@ -207,7 +290,7 @@ def _feature_state(
     if f.vocab is not None:
         kept = [(v, n) for v, n in vocab_counts[f.name].items() if n >= f.vocab.min_count]
         kept.sort(key=lambda vn: (-vn[1], vn[0]))  # frequency, then value: deterministic
-        values = [v for v, _ in kept[: f.vocab.max_size]]
+        values = vocab_array([v for v, _ in kept[: f.vocab.max_size]])
         return {"vocab": values, "cardinality": len(values) + 2}
     if f.hash_buckets is not None:
         a, b = hash_params(f.name)

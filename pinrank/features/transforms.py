@@ -59,16 +59,22 @@ def bucketize(x: np.ndarray, boundaries: np.ndarray) -> np.ndarray:
 
 
 class VocabLookup:
-    """Maps raw values to vocabulary indices: ``2 + rank`` when known, :data:`OOV` otherwise."""
+    """Maps raw values to vocabulary indices: ``2 + rank`` when known, :data:`OOV` otherwise.
 
-    def __init__(self, values: list) -> None:
-        self.is_string = bool(values) and isinstance(values[0], str)
+    ``values``: the vocabulary in index order, an Arrow array (int64 or string) or a list."""
+
+    def __init__(self, values: pa.Array | list) -> None:
+        arr = values if isinstance(values, pa.Array) else vocab_array(values)
+        self.size = len(arr)
+        self.is_string = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
         if self.is_string:
-            self.value_set = pa.array(values, pa.string())
+            self.value_set = arr.cast(pa.string())
+            self.has_empty = bool(pc.any(pc.equal(self.value_set, "")).as_py())
         else:
-            vals = np.asarray(values, dtype=np.int64)
+            vals = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
             self.order = np.argsort(vals, kind="stable")
             self.sorted = vals[self.order]
+            self.has_empty = False
 
     def __call__(self, arr: pa.Array) -> np.ndarray:
         """Indices for a null-free array of values."""
@@ -81,6 +87,20 @@ class VocabLookup:
         pos = np.minimum(np.searchsorted(self.sorted, x), self.sorted.size - 1)
         found = self.sorted[pos] == x
         return np.where(found, self.order[pos] + 2, OOV).astype(np.int64)
+
+
+def vocab_array(values: list) -> pa.Array:
+    """A vocabulary's values (all strings or all ints) as an Arrow string or int64 array; an
+    empty vocabulary is int64.
+
+    Example::
+
+        >>> vocab_array(["b", "a"]).type, vocab_array([3, 1]).type, vocab_array([]).type
+        (DataType(string), DataType(int64), DataType(int64))
+    """
+    if values and isinstance(values[0], str):
+        return pa.array(values, pa.string())
+    return pa.array(values, pa.int64())
 
 
 def flatten_lists(col: pa.Array, counts: Counts, name: str) -> tuple[pa.Array, np.ndarray]:

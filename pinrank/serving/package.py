@@ -157,7 +157,14 @@ class Package:
         return FeatureSpec.from_dict(yaml.safe_load(self.manifest["features"]["spec"]))
 
     def state(self) -> FeatureState:
-        return FeatureState.from_json(self.read(self.manifest["features"]["state"]).decode())
+        """The fitted feature state; its vocabulary files are read through :meth:`read`."""
+        path = str(self.manifest["features"]["state"])
+        folder = str(PurePosixPath(path).parent)
+        return FeatureState.from_json(
+            self.read(path).decode(),
+            f"{self.root}: {path}",
+            lambda rel: self.read(f"{folder}/{rel}"),
+        )
 
     def columns(self, side: str) -> list[ColumnSpec]:
         """The raw input columns of one side, as the graphs expect them (list columns with the

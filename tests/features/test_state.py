@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -86,10 +87,10 @@ def state() -> FeatureState:
 
 def test_fitted_state_hand_worked(state: FeatureState) -> None:
     f = state.features
-    assert f["gender"]["vocab"] == ["F", "M"] and f["gender"]["cardinality"] == 4
+    assert f["gender"]["vocab"].to_pylist() == ["F", "M"] and f["gender"]["cardinality"] == 4
     assert f["age"]["mean"] == [25.0] and f["age"]["std"] == [5.0] and f["age"]["default"] == [25.0]
-    assert f["likes"]["vocab"] == [2]  # 1 and 3 seen once: below min_count 2
-    assert f["item_id"]["vocab"] == [10, 11]
+    assert f["likes"]["vocab"].to_pylist() == [2]  # 1 and 3 seen once: below min_count 2
+    assert f["item_id"]["vocab"].to_pylist() == [10, 11]
     assert f["history"] == {"shares": "item_id", "cardinality": 4}
     assert f["emb"]["mean"] == [2.0, 3.0]  # the null row is not fitted
     # views: log1p then clip to [0, 3]: values 0, 1, 3
@@ -105,6 +106,86 @@ def test_state_round_trips_as_plain_json(state: FeatureState, tmp_path: Path) ->
     json.loads(path.read_text())  # plain JSON, nothing executable
     again = FeatureState.load(path)
     assert again.features == state.features and again.crosses == state.crosses
+
+
+def test_vocabularies_are_arrow_files_beside_the_json(state: FeatureState, tmp_path: Path) -> None:
+    path = state.save(tmp_path / "state.json")
+    saved = json.loads(path.read_text())["features"]["item_id"]["vocab"]
+    assert saved["file"] == "vocab/item_id.arrow" and saved["size"] == 2
+    table = pa.ipc.open_file(str(tmp_path / saved["file"])).read_all()
+    assert table.column("value").to_pylist() == [10, 11]  # index order: 2, 3
+    assert "[10, 11]" not in path.read_text()  # no id list in the JSON
+    assert FeatureState.load(path).features["gender"]["vocab"].to_pylist() == ["F", "M"]
+
+
+def _write_arrow(path: Path, values: pa.Array, name: str = "value") -> None:
+    table = pa.table({name: values})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+
+
+def _reseal(path: Path, feature: str) -> None:
+    """Record the vocabulary file's new sha256 in the JSON (a consistent forgery)."""
+    data = json.loads(path.read_text())
+    entry = data["features"][feature]["vocab"]
+    entry["sha256"] = hashlib.sha256((path.parent / entry["file"]).read_bytes()).hexdigest()
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("flip", "sha256 differs"),
+        ("garbage", "not an Arrow IPC file"),
+        ("duplicates", "duplicate values"),
+        ("nulls", "null"),
+        ("column", "one int64 or string column"),
+        ("elsewhere", "names '../x.arrow'"),
+    ],
+)
+def test_a_tampered_vocabulary_file_is_refused(
+    state: FeatureState, tmp_path: Path, tamper: str, message: str
+) -> None:
+    path = state.save(tmp_path / "state.json")
+    vocab = tmp_path / "vocab" / "item_id.arrow"
+    if tamper == "flip":
+        data = bytearray(vocab.read_bytes())
+        data[len(data) // 2] ^= 1
+        vocab.write_bytes(bytes(data))
+    elif tamper == "garbage":
+        vocab.write_bytes(b"not arrow at all")
+        _reseal(path, "item_id")
+    elif tamper == "elsewhere":
+        data = json.loads(path.read_text())
+        data["features"]["item_id"]["vocab"]["file"] = "../x.arrow"
+        path.write_text(json.dumps(data))
+    else:
+        values = {
+            "duplicates": (pa.array([10, 10], pa.int64()), "value"),
+            "nulls": (pa.array([10, None], pa.int64()), "value"),
+            "column": (pa.array([1.5, 2.5]), "value"),
+        }[tamper]
+        _write_arrow(vocab, *values)
+        _reseal(path, "item_id")
+    with pytest.raises(ValueError, match=message) as err:
+        FeatureState.load(path)
+    assert "vocab/item_id.arrow" in str(err.value)
+
+
+def test_a_vocabulary_file_needs_a_reader(state: FeatureState, tmp_path: Path) -> None:
+    path = state.save(tmp_path / "state.json")
+    with pytest.raises(ValueError, match="vocabulary of 'gender' is a file, and no reader"):
+        FeatureState.from_json(path.read_text())
+
+
+def test_a_state_written_with_inline_lists_still_loads(state: FeatureState) -> None:
+    data = {
+        "features": {"gender": {"vocab": ["F", "M"], "cardinality": 4}},
+        "crosses": {},
+        "version": 1,
+    }
+    again = FeatureState.from_json(json.dumps(data))
+    assert again.lookups()["gender"](pa.array(["M", "X"])).tolist() == [3, 1]
 
 
 def test_bad_values_follow_the_policy_and_are_counted(state: FeatureState) -> None:
@@ -217,16 +298,18 @@ def test_fit_sees_train_rows_only(synthetic_prepared: Prepared) -> None:
     assert state.rows["context"] == train.num_rows
     assert state.features["item_id"]["vocab"]  # pins seen in train only
     train_items = set(np.unique(train["item_id"].to_numpy()).tolist())
-    assert set(state.features["item_id"]["vocab"]) == train_items
+    assert set(state.features["item_id"]["vocab"].to_pylist()) == train_items
 
 
 def test_movielens_state_excludes_cold_and_future(ml100k: Path, tmp_path: Path) -> None:
     raw = movielens_raw(ml100k, tmp_path / "raw")
     spec = Path(__file__).resolve().parents[2] / "conf" / "features" / "movielens.yaml"
     prepared = prepare(raw, tmp_path / "prepared", spec)
-    vocab = set(prepared.state().features["user_id"]["vocab"])
+    vocab = set(prepared.state().features["user_id"]["vocab"].to_pylist())
     assert len(vocab) == 849 and not any(u % 10 == 0 for u in vocab)
     test = read_table(prepared.split("test"), "events")
     train_items = set(read_table(prepared.split("train"), "events")["item_id"].to_pylist())
     test_only = set(test["item_id"].to_pylist()) - train_items
-    assert test_only and not test_only & set(prepared.state().features["item_id"]["vocab"])
+    assert test_only and not test_only & set(
+        prepared.state().features["item_id"]["vocab"].to_pylist()
+    )
