@@ -112,6 +112,9 @@ def test_tiny_training_run_writes_metrics(tmp_path: Path) -> None:
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["train/epochs"] == 2
     assert metrics["test/recall@20"] > metrics["baseline/random/test/recall@20"]
+    # what each run records of its cost, and the runtime settings it ran under
+    assert metrics["train/seconds"] > 0 and metrics["report/seconds"] > 0
+    assert metrics["train/peak_rss_mb"] > 100 and metrics["train/flush_denormal"] is True
     # the popularity prior's beta is the grid value with the best val recall@20
     grid = {
         float(k.split("/")[2]): v for k, v in metrics.items() if k.startswith("tuning/popularity")

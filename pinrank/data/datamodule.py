@@ -340,12 +340,15 @@ class PinrankDataModule(pl.LightningDataModule):
         shuffle: bool = False,
         as_new_users: bool = False,
         shard_ranks: bool = False,
+        user_fraction: float | None = None,
     ) -> EventStream:
         """The :class:`EventStream` of one split (``train``, ``val``, ``test`` or ``cold``).
 
         ``as_new_users``: every user is shown as a new user would be (:func:`as_cold_start`),
         e.g. to measure cold-start quality on validation events. ``shard_ranks``: under
         torch.distributed, stream this rank's share only (the Trainer's loaders do).
+        ``user_fraction``: the share of users whose events it streams (:func:`sampled_users`);
+        by default every user's in train, ``eval_users`` in the others.
         """
         self.setup()
         assert self.featurizer is not None
@@ -362,7 +365,7 @@ class PinrankDataModule(pl.LightningDataModule):
             1.0 if as_new_users else self.cold_start_rate if train and shuffle else 0.0,
             self.leave_stats_out and train,
             shard_ranks,
-            1.0 if train else self.eval_users,
+            user_fraction if user_fraction is not None else 1.0 if train else self.eval_users,
         )
         return EventStream(
             str(self.prepared.split(split)), self.featurizer, self.users, self.items, cfg

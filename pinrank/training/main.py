@@ -32,6 +32,7 @@ def _quiet_warnings() -> None:
 
 def _train(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
+    import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
     from pytorch_lightning.accelerators import CPUAccelerator
@@ -48,6 +49,7 @@ def _train(cfg: DictConfig) -> float | None:
     _quiet_warnings()
     sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
     set_embedding_updates(cfg.get("embedding_updates", "dense"))
+    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.data.source)
     prepared = source.ensure()
@@ -74,7 +76,8 @@ def _train(cfg: DictConfig) -> float | None:
         oracle=source.oracle() if cfg.get("eval_oracle", True) else None,
         extra={"config/seed": cfg.seed, "train/world_size": trainer.world_size,
                "train/sparse_arch": sparse_arch,
-               "train/embedding_updates": cfg.get("embedding_updates", "dense")},
+               "train/embedding_updates": cfg.get("embedding_updates", "dense"),
+               "train/flush_denormal": bool(cfg.get("flush_denormal", True))},
         threads=threads,
     )  # fmt: skip
     if trainer.is_global_zero:
@@ -83,6 +86,10 @@ def _train(cfg: DictConfig) -> float | None:
         net = OmegaConf.to_container(cfg.model.net, resolve=True)
         write_run_record(out_dir, module, net, prepared, metrics, command, config)  # type: ignore[arg-type]
         print(summary_table(metrics, "test", cfg.model.get("summary")))
+        print(
+            f"fit {metrics['train/seconds']:.1f}s ({metrics['train/steps']} steps), report "
+            f"{metrics['report/seconds']:.1f}s, peak RSS {metrics['train/peak_rss_mb']:,.0f} MB"
+        )
         print(f"run.json: {Path(out_dir, 'run.json')}")
     value = metrics.get(cfg.model.monitor.replace("val/", "test/"))
     return float(value) if value is not None else None

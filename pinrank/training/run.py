@@ -20,6 +20,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pinrank.data.prepare import Prepared
+from pinrank.logs import peak_rss_mb
 from pinrank.runs import RunRecord, now, relative_to_run
 
 
@@ -86,12 +87,15 @@ def fit_and_evaluate(
         raise TypeError(
             f"{type(module).__name__} has no full_report(datamodule, ks, oracle, out_dir)"
         )
+    t0 = time.perf_counter()
     metrics: dict[str, Any] = dict(report(datamodule, ks=ks, oracle=oracle, out_dir=out_dir))
     metrics.update(
         {
             "train/epochs": trainer.current_epoch,
             "train/steps": trainer.global_step,
             "train/seconds": round(fit_seconds, 2),
+            "report/seconds": round(time.perf_counter() - t0, 2),
+            "train/peak_rss_mb": round(peak_rss_mb(), 1),  # the process's, fit and report
             "train/threads": threads or default_threads,
             "train/best_checkpoint": best or "",
             **(extra or {}),

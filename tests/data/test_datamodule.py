@@ -155,7 +155,7 @@ def test_training_rows_leave_their_target_out(synthetic_prepared: Prepared) -> N
 
     dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=512)
     assert item_sequences(dm.spec) == ["history", "seen"]
-    idx = dm.state.features["item_id"]["vocab"]
+    idx = dm.state.features["item_id"]["vocab"].to_pylist()
     index_of = {item: 2 + k for k, item in enumerate(idx)}
     hits = 0
     for batch in dm.stream("train", shuffle=True):
@@ -331,6 +331,13 @@ def test_eval_users_streams_the_sampled_users_events_only(synthetic_prepared: Pr
     keep = sampled_users(np.array(sorted(all_test)), 0.3)
     assert test_users == set(np.array(sorted(all_test))[keep].tolist())
     train_rows = sum(len(b) for b in dm.stream("train", shuffle=True))
-    assert train_rows == read_table(synthetic_prepared.split("train"), "events").num_rows
+    train = read_table(synthetic_prepared.split("train"), "events")
+    assert train_rows == train.num_rows
+    # asked for (the ranker's logistic-regression baseline): train events of the sampled users
+    sampled = torch.cat([b.user_ids for b in dm.stream("train", user_fraction=0.3)]).numpy()
+    train_users = train["user_id"].to_numpy()
+    kept = sampled_users(train_users, 0.3)
+    np.testing.assert_array_equal(np.sort(sampled), np.sort(train_users[kept]))
+    assert 0 < len(sampled) < train.num_rows
     with pytest.raises(ValueError, match="eval user fraction"):
         PinrankDataModule(str(synthetic_prepared.root), eval_users=0.0)

@@ -121,3 +121,24 @@ def test_oracle_top_k_selects_as_a_stable_full_sort_in_bounded_chunks() -> None:
         s = -scores[u].copy()
         s[np.isin(catalogue, exclude[u])] = np.inf
         np.testing.assert_array_equal(got[u], catalogue[np.argsort(s, kind="stable")[:12]])
+
+
+def test_the_popularity_prior_is_tuned_on_a_sample_of_val_users(
+    trained: tuple[RetrievalModule, PinrankDataModule],
+) -> None:
+    module, dm = trained
+    module.popularity_bias, module.tuning_queries = (0.0, 1.0), 25
+    try:
+        out: dict[str, float] = {}
+        task = module.task(dm, "val")
+        counts = np.ones(len(task.catalogue))
+        module._choose_bias(dm, task, counts, out)
+    finally:
+        module.popularity_bias, module.tuning_queries = (0.0,), 20_000
+    assert task.num_queries > 25 and out["tuning/queries"] == 25
+    assert {
+        "tuning/popularity_bias/0/val/recall@20",
+        "tuning/popularity_bias/1/val/recall@20",
+    } < set(out)
+    with pytest.raises(ValueError, match="tuning_queries"):
+        RetrievalModule(module.net, functools.partial(torch.optim.Adam), tuning_queries=0)
