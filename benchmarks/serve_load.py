@@ -105,6 +105,14 @@ def scrape(base: str) -> dict[str, float]:
     return out
 
 
+def _status_mb(pid: int, field: str) -> float:
+    """A process's ``/proc/PID/status`` memory field (VmHWM: peak RSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--package", default="outputs/packages/demo")
@@ -179,6 +187,7 @@ def main() -> None:
         thread.join()
         after = scrape(base)
         last = wait_ready(base)
+        server_mb = {k: _status_mb(server.pid, k) for k in ("VmHWM", "VmRSS")}
     finally:
         for p in procs:
             p.terminate()
@@ -208,6 +217,8 @@ def main() -> None:
             for r in reloads
         ],
         "versions": [first["model_version"], last["model_version"]],
+        "server_peak_rss_mb": server_mb["VmHWM"],
+        "server_rss_at_end_mb": server_mb["VmRSS"],
         "counters": counters,
         "mean_feed_batch": round(
             counters.get("pinrank_feed_batch_size_sum", 0.0)
@@ -222,7 +233,8 @@ def main() -> None:
     print(f"  {result['requests']:,} requests in {seconds:.1f} s: {result['requests_per_s']} "
           f"req/s, p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max "
           f"{lat['max']} ms; errors {errors} {totals['errors']}")  # fmt: skip
-    print(f"  mean feed batch {result['mean_feed_batch']}; reloads: "
+    print(f"  server peak RSS {result['server_peak_rss_mb']:,.0f} MB; mean feed batch "
+          f"{result['mean_feed_batch']}; reloads: "
           f"{[(r['status'], r['wall_s']) for r in reloads]}; wrote {path}")  # fmt: skip
     ok = errors == 0 and len(reloads) == args.reloads and all(r["status"] == 200 for r in reloads)
     if not ok:

@@ -73,6 +73,7 @@ def one(model: str, data: str, mode: str, batches: int | None, overrides: list[s
 
     sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
     set_embedding_updates(cfg.get("embedding_updates", "dense"))
+    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     prepared = instantiate(cfg.data.source).ensure()
     dm_args = dict(cfg.model.get("datamodule", {}))
@@ -123,7 +124,8 @@ def one(model: str, data: str, mode: str, batches: int | None, overrides: list[s
 
     phases = Phases()
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=cfg.trainer.accelerator,  # trainer=gpu: CUDA with its precision (bf16-mixed)
+        precision=cfg.trainer.get("precision", "32-true"),
         devices=1,
         max_epochs=1,
         limit_train_batches=batches or 1.0,
@@ -148,6 +150,9 @@ def one(model: str, data: str, mode: str, batches: int | None, overrides: list[s
     return {
         "model": model,
         "mode": mode,
+        "accelerator": cfg.trainer.accelerator,
+        "device": torch.cuda.get_device_name() if cfg.trainer.accelerator == "gpu" else "cpu",
+        "precision": str(cfg.trainer.get("precision", "32-true")),
         "num_workers": dm.num_workers,
         "threads": torch.get_num_threads(),
         "sparse_arch": sparse_arch,
@@ -200,6 +205,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="extra Hydra overrides, e.g. data.datamodule.num_workers=1",
     )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and PNG")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -222,8 +228,8 @@ def main() -> None:
                 print(f"{model:>10} {data} {mode:>8} (workers {r['num_workers']}): "
                       f"{rate:>8,.0f} impressions/s, {r['impressions']:,} in "
                       f"{r['seconds']:.1f} s, peak RSS {rss:,} MB  [{per}]")  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "train_throughput.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "train_throughput.json"
     # one file, a set of results per label: earlier sets (other data, other settings) stay
     saved = json.loads(path.read_text()) if path.exists() else {}
     sets = saved.get("sets", {}) if isinstance(saved.get("sets"), dict) else {}
@@ -232,7 +238,7 @@ def main() -> None:
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
-            "device": "cpu",
+            "device": results[0]["device"] if results else "cpu",
         },
         "date": time.strftime("%Y-%m-%d"),
         "overrides": args.overrides,
@@ -241,8 +247,8 @@ def main() -> None:
     }
     path.write_text(json.dumps({"sets": sets}, indent=2))
     plot([r | {"data": label} for label, v in sets.items() for r in v["results"]],
-         RESULTS / "train_throughput.png")  # fmt: skip
-    print(f"wrote {RESULTS / 'train_throughput.json'} and .png")
+         args.out / "train_throughput.png")  # fmt: skip
+    print(f"wrote {path} and .png")
 
 
 if __name__ == "__main__":
