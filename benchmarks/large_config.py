@@ -119,7 +119,7 @@ def main() -> None:
     runs = {}
     for name, given, model in (
         ("ranker", args.ranker_run, ["model=wide_deep"]),
-        ("retrieval", args.retrieval_run, ["model.module.index=exact"]),
+        ("retrieval", args.retrieval_run, ["model.module.index=exact", "eval_oracle=false"]),
     ):
         if given:
             runs[name] = Path(given).resolve()
