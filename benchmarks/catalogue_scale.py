@@ -207,22 +207,28 @@ def run_size(pins: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                         str(args.feeds)], logs / "scorer.log")  # fmt: skip
     users = root / "feed_users" / "users.parquet"
     _synthetic_users(manifest["provenance"]["data"]["prepared"], args.feed_users, users)
-    out = root / "feeds"
+    result["feeds"] = feeds_stage(package, users, root / "feeds", args.trusted_key, logs)
+    shutil.rmtree(users.parent, ignore_errors=True)
+    return result
+
+
+def feeds_stage(package: Path, users: Path, out: Path, trusted_key: str, logs: Path) -> dict:
+    """``pinrank feeds`` (50-pin feeds from 400 retrieved and 100 interest candidates) for
+    ``users`` as a timed stage, with its rate and workers; its output is removed after."""
     shutil.rmtree(out, ignore_errors=True)
-    result["feeds"] = stage("feeds", [
-        *pinrank, "feeds", str(package), "--users", str(users), "--out", str(out), "--k", "50",
-        "--candidates", "400", "--interest-candidates", "100", "--no-progress",
-        "--trusted-key", args.trusted_key,
+    result = stage("feeds", [
+        sys.executable, "-m", "pinrank.cli", "feeds", str(package), "--users", str(users),
+        "--out", str(out), "--k", "50", "--candidates", "400", "--interest-candidates", "100",
+        "--no-progress", "--trusted-key", trusted_key,
     ], logs / "feeds.log")  # fmt: skip
     summary = json.loads((out / "_SUCCESS.json").read_text())
-    result["feeds"] |= {
+    result |= {
         "users": summary["users"],
         "feeds_per_s": summary["users_scored_per_s"],
         "worker_peak_rss_mb": summary.get("worker_peak_rss_mb"),
         "workers": summary["config"]["workers"],
     }
     shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(users.parent, ignore_errors=True)
     return result
 
 

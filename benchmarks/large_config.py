@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from catalogue_scale import ROOT, SCORER, _cpu, _synthetic_users, package_bytes, stage
+from catalogue_scale import (
+    ROOT,
+    SCORER,
+    _cpu,
+    _synthetic_users,
+    feeds_stage,
+    package_bytes,
+    stage,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -144,20 +151,7 @@ def main() -> None:
                                         str(args.feeds)], logs / "scorer.log")  # fmt: skip
     users = args.work / "feed_users" / "users.parquet"
     _synthetic_users(prepared, args.feed_users, users)
-    out = args.work / "feeds"
-    shutil.rmtree(out, ignore_errors=True)
-    result["feeds"] = stage("feeds", [
-        *pinrank, "feeds", str(package), "--users", str(users), "--out", str(out), "--k", "50",
-        "--candidates", "400", "--interest-candidates", "100", "--no-progress",
-        "--trusted-key", args.trusted_key,
-    ], logs / "feeds.log")  # fmt: skip
-    summary = json.loads((out / "_SUCCESS.json").read_text())
-    result["feeds"] |= {
-        "users": summary["users"],
-        "feeds_per_s": summary["users_scored_per_s"],
-        "worker_peak_rss_mb": summary.get("worker_peak_rss_mb"),
-    }
-    shutil.rmtree(out, ignore_errors=True)
+    result["feeds"] = feeds_stage(package, users, args.work / "feeds", args.trusted_key, logs)
     result["serve"] = stage("serve", [
         py, str(ROOT / "benchmarks" / "serve_load.py"), "--package", str(package),
         "--users", str(users), "--seconds", str(args.serve_seconds),

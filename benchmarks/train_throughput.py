@@ -63,17 +63,13 @@ def one(model: str, data: str, mode: str, batches: int | None, overrides: list[s
     from pinrank.data.datamodule import EventStream
     from pinrank.resources import conf_dir, register_resolvers
     from pinrank.training import training_threads
-    from pinrank.training.main import _quiet_warnings
+    from pinrank.training.main import _quiet_warnings, apply_runtime
 
     _quiet_warnings()
     register_resolvers()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", f"data={data}", *overrides])
-    from pinrank.models.components import set_embedding_updates, set_sparse_backend
-
-    sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
-    set_embedding_updates(cfg.get("embedding_updates", "dense"))
-    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
+    sparse_arch = apply_runtime(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     prepared = instantiate(cfg.data.source).ensure()
     dm_args = dict(cfg.model.get("datamodule", {}))

@@ -12,16 +12,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _serving(
+    package_dir: Path, key_files: dict[str, Path], out: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """benchmarks/gpu/serving.py on CPU on the test package, writing to ``out``."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu" / "serving.py"), "--device", "cpu",
+         "--package", str(package_dir), "--trusted-key", str(key_files["public"]),
+         "--out", str(out), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
 def test_gpu_serving_script_runs_on_cpu_with_parity(
     package_dir: Path, key_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu" / "serving.py"), "--device", "cpu",
-         "--package", str(package_dir), "--trusted-key", str(key_files["public"]),
-         "--batch", "2048", "--pins", "3000", "--queries", "64", "--k", "10",
-         "--peak-n", "128", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = _serving(package_dir, key_files, tmp_path, "--batch", "2048", "--pins", "3000",
+                    "--queries", "64", "--k", "10", "--peak-n", "128")  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_serving.json").read_text())
     assert result["device"]["type"] == "cpu"
@@ -38,13 +45,8 @@ def test_gpu_serving_script_runs_on_cpu_with_parity(
 def test_gpu_serving_script_fails_on_a_parity_miss(
     package_dir: Path, key_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu" / "serving.py"), "--device", "cpu",
-         "--package", str(package_dir), "--trusted-key", str(key_files["public"]),
-         "--batch", "512", "--pins", "500", "--queries", "16", "--k", "5", "--peak-n", "64",
-         "--bf16-tol", "0", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = _serving(package_dir, key_files, tmp_path, "--batch", "512", "--pins", "500",
+                    "--queries", "16", "--k", "5", "--peak-n", "64", "--bf16-tol", "0")  # fmt: skip
     assert proc.returncode == 1 and "FAILED: a parity check" in proc.stderr
     assert "bfloat16" in proc.stdout and "FAIL" in proc.stdout
 

@@ -30,14 +30,25 @@ def _quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
+def apply_runtime(cfg: DictConfig) -> str:
+    """The process-wide settings of a training config: the sparse arch (returns the one taken),
+    sparse or dense embedding updates, and denormals flushed to zero."""
+    import torch
+
+    from pinrank.models.components import set_embedding_updates, set_sparse_backend
+
+    sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
+    set_embedding_updates(cfg.get("embedding_updates", "dense"))
+    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
+    return sparse_arch
+
+
 def _train(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
-    import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
     from pytorch_lightning.accelerators import CPUAccelerator
 
-    from pinrank.models.components import set_embedding_updates, set_sparse_backend
     from pinrank.training import (
         fit_and_evaluate,
         summary_table,
@@ -47,9 +58,7 @@ def _train(cfg: DictConfig) -> float | None:
 
     logs.setup()
     _quiet_warnings()
-    sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
-    set_embedding_updates(cfg.get("embedding_updates", "dense"))
-    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
+    sparse_arch = apply_runtime(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     source = instantiate(cfg.data.source)
     prepared = source.ensure()
