@@ -4,12 +4,15 @@
 else from the run (no ``metrics.json``, no Hydra files, no walk through a resolved config):
 
 ==================  ============================================================================
-``kind``            ``retrieval`` (a two-tower network) or ``ranking`` (wide-and-deep)
+``kind``            ``retrieval`` (a two-tower network), ``ranking`` (wide-and-deep) or
+                    ``interests`` (wide-and-deep on interest examples)
 ``net``             the network's arguments for :func:`pinrank.models.registry.build_network`
 ``checkpoint``      the best checkpoint (relative to the run directory when inside it)
 ``prepared``        the prepared data set the run trained on
 ``data``            its fingerprint: sha256 over the training split's files and the fitted state
-``calibration``     ranking: the score calibration fitted on val
+``calibration``     ranking, interests: the score calibration fitted on val
+``interests``       interests: the segment's sign-up columns, the candidates file (in the run
+                    directory) and the candidates per segment
 ``retrieval``       retrieval: the index (FAISS factory string, search parameters) and the
                     popularity prior chosen on val
 ``metrics``         the final report (test metrics, baselines), carried into the package
@@ -28,7 +31,7 @@ from typing import Any
 
 RUN_FILE = "run.json"
 FORMAT, FORMAT_VERSION = "pinrank-run", 2  # 2: the ranker's weights as tables.* and arch.*
-KINDS = ("retrieval", "ranking")
+KINDS = ("retrieval", "ranking", "interests")
 
 
 class RunError(ValueError):
@@ -56,6 +59,7 @@ class RunRecord:
     metrics: dict[str, Any]
     calibration: dict[str, Any] | None = None
     retrieval: RetrievalSettings | None = None
+    interests: dict[str, Any] | None = None
     train_command: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
@@ -66,6 +70,9 @@ class RunRecord:
         if (self.kind == "retrieval") != (self.retrieval is not None):
             raise RunError(f"a {self.kind} run {'needs' if self.kind == 'retrieval' else 'has no'}"
                            " retrieval settings")  # fmt: skip
+        if (self.kind == "interests") != (self.interests is not None):
+            raise RunError(f"a {self.kind} run {'needs' if self.kind == 'interests' else 'has no'}"
+                           " interests settings")  # fmt: skip
         if not isinstance(self.net, dict) or not self.checkpoint or not self.prepared:
             raise RunError("run.json needs net (a mapping), checkpoint and prepared")
 

@@ -59,6 +59,10 @@ class SyntheticConfig:
     n_boards: int = 400
     n_creators: int = 150
     n_interests: int = 40
+    # more interests than interest_head: the first interest_head keep the head's shape (about
+    # 10% of pins down to 0.1%) with 1 - tail_share of the pins, the rest a Zipf tail below
+    interest_head: int = 40
+    tail_share: float = 0.1
     n_countries: int = 8
     embedding_dim: int = 8
     max_hidden_interests: int = 6
@@ -72,18 +76,56 @@ class SyntheticConfig:
     rows_per_shard: int = 5_000_000
     truth: TruthParams = field(default_factory=TruthParams)
 
+    def __post_init__(self) -> None:
+        if self.n_boards < self.n_interests:
+            raise ValueError(
+                f"n_boards ({self.n_boards}) must be >= n_interests ({self.n_interests}): every "
+                "interest has a board"
+            )
 
-def interest_shares(n: int) -> np.ndarray:
-    """Log-linear interest shares, largest / smallest = 100, summing to 1.
+
+def interest_shares(n: int, head: int | None = None, tail_share: float = 0.1) -> np.ndarray:
+    """Interest shares summing to 1: log-linear, largest / smallest = 100, for up to ``head``
+    interests (every interest when ``head`` is None); beyond ``head``, those ``head`` keep that
+    shape with ``1 - tail_share`` of the mass and the others share ``tail_share`` as a Zipf tail
+    (``1 / (rank + offset)``, the offset chosen so that it starts at the head's smallest share).
+    Raises ValueError when ``tail_share`` cannot be spread that thin (too few tail interests).
 
     Example::
 
         >>> s = interest_shares(40)
         >>> round(float(s[0]), 3), round(float(s[-1]), 4), round(float(s[0] / s[-1]))
         (0.112, 0.0011, 100)
+        >>> s = interest_shares(20_000, head=40)
+        >>> round(float(s[0]), 3), round(float(s[39]), 4), round(float(s[40]), 4)
+        (0.101, 0.001, 0.001)
+        >>> round(float(s[40:].sum()), 3), float(s[-1]) < 1e-5
+        (0.1, True)
     """
-    s = 0.01 ** (np.arange(n) / max(n - 1, 1))
-    return s / s.sum()
+    head = n if head is None else min(head, n)
+    s = 0.01 ** (np.arange(head) / max(head - 1, 1))
+    s /= s.sum()
+    if head == n:
+        return s
+    if not 0.0 < tail_share < 1.0:
+        raise ValueError(f"tail_share must lie in (0, 1), got {tail_share}")
+    head_min = s[-1] * (1.0 - tail_share)
+    rank = np.arange(1, n - head + 1, dtype=np.float64)
+
+    def tail(offset: float) -> np.ndarray:  # Zipf from rank 1 + offset, tail_share in all
+        t = 1.0 / (rank + offset)
+        return t / t.sum() * tail_share
+
+    lo, hi = 0.0, float(n) * 1e3  # the smallest offset whose first share is below head_min
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tail(mid)[0] > head_min else (lo, mid)
+    if tail(hi)[0] > head_min * (1.0 + 1e-6):
+        raise ValueError(
+            f"{n - head} tail interests cannot hold tail_share={tail_share} below the head's "
+            f"smallest share ({head_min:.2g}): raise n_interests or lower tail_share"
+        )
+    return np.concatenate([s * (1.0 - tail_share), tail(hi)])
 
 
 class _Catalogue:
@@ -91,7 +133,7 @@ class _Catalogue:
 
     def __init__(self, cfg: SyntheticConfig, rng: np.random.Generator) -> None:
         k = cfg.n_interests
-        self.shares = interest_shares(k)
+        self.shares = interest_shares(k, cfg.interest_head, cfg.tail_share)
         # every interest gets a board, the rest follow the shares
         self.board_interest = np.concatenate(
             [
@@ -163,7 +205,7 @@ class _Demographics:
         self.gender = rng.normal(0, 1.0, (3, k))  # F, M, unspecified
         self.age = rng.normal(0, 0.8, (len(AGE_BUCKETS) + 1, k))
         self.country = rng.normal(0, 0.6, (cfg.n_countries, k))
-        self.log_shares = np.log(interest_shares(k))
+        self.log_shares = np.log(interest_shares(k, cfg.interest_head, cfg.tail_share))
 
     def preference(
         self, gender: np.ndarray, age_bucket: np.ndarray, country: np.ndarray
@@ -173,12 +215,36 @@ class _Demographics:
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
+    def sample(
+        self,
+        gender: np.ndarray,
+        age_bucket: np.ndarray,
+        country: np.ndarray,
+        rng: np.random.Generator,
+        draws: int,
+    ) -> np.ndarray:
+        """[N, draws] interests drawn from each user's :meth:`preference`, in blocks of users so
+        that memory stays bounded with tens of thousands of interests."""
+        u = rng.random((len(gender), draws))
+        out = np.empty((len(gender), draws), np.int64)
+        block = max(1, _SAMPLE_BLOCK // len(self.log_shares))
+        for a in range(0, len(gender), block):
+            rows = slice(a, a + block)
+            out[rows] = _sample_rows(
+                self.preference(gender[rows], age_bucket[rows], country[rows]), u[rows]
+            )
+        return out
 
-def _sample_rows(prob: np.ndarray, rng: np.random.Generator, draws: int) -> np.ndarray:
-    """[N, draws] categorical draws, one row of probabilities per user."""
+
+_SAMPLE_BLOCK = 1 << 22  # (user, interest) probabilities held at once
+
+
+def _sample_rows(prob: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """[N, draws] categorical draws, one row of probabilities per user and ``u`` [N, draws]
+    uniforms in [0, 1): the number of cumulative probabilities below ``u`` times the row's total.
+    """
     cum = np.cumsum(prob, axis=1)
-    u = rng.random((len(prob), draws, 1)) * cum[:, -1:, None]
-    return (cum[:, None, :] < u).sum(axis=2)
+    return (cum[:, None, :] < (u * cum[:, -1:])[:, :, None]).sum(axis=2)
 
 
 def _users_chunk(
@@ -192,8 +258,7 @@ def _users_chunk(
     cw = 1.0 / np.arange(1, cfg.n_countries + 1)
     country = rng.choice(cfg.n_countries, n, p=cw / cw.sum())
     region = rng.integers(0, 5, n)
-    pref = demo.preference(gender, age_bucket, country)
-    hidden = _sample_rows(pref, rng, m)  # [N, M] with repeats
+    hidden = demo.sample(gender, age_bucket, country, rng, m)  # [N, M] with repeats
     n_hidden = np.minimum(1 + rng.poisson(1.5, n), m)
     keep = np.arange(m)[None, :] < n_hidden[:, None]
     dup = (hidden[:, :, None] == hidden[:, None, :]) & (np.tril(np.ones((m, m), bool), -1)[None])

@@ -94,7 +94,9 @@ def _train(cfg: DictConfig) -> float | None:
         command = " ".join(["python train.py", *HydraConfig.get().overrides.task])
         net = OmegaConf.to_container(cfg.model.net, resolve=True)
         write_run_record(out_dir, module, net, prepared, metrics, command, config)  # type: ignore[arg-type]
-        print(summary_table(metrics, "test", cfg.model.get("summary")))
+        print(
+            summary_table(metrics, cfg.model.get("summary_split", "test"), cfg.model.get("summary"))
+        )
         print(
             f"fit {metrics['train/seconds']:.1f}s ({metrics['train/steps']} steps), report "
             f"{metrics['report/seconds']:.1f}s, peak RSS {metrics['train/peak_rss_mb']:,.0f} MB"

@@ -55,6 +55,23 @@ def test_interest_shares_are_heavily_imbalanced() -> None:
     assert (np.diff(s) < 0).all()
 
 
+def test_tens_of_thousands_of_interests_keep_the_head_and_add_a_long_tail(tmp_path: Path) -> None:
+    s = interest_shares(20_000, head=40, tail_share=0.1)
+    assert s.sum() == pytest.approx(1.0) and s[40:].sum() == pytest.approx(0.1)
+    assert s[0] == pytest.approx(0.9 * interest_shares(40)[0])  # the head's shape, scaled
+    assert (np.diff(s) <= 1e-12).all() and s[-1] < 1e-5  # never rising: a tail below the head
+    assert np.array_equal(interest_shares(40, head=40), interest_shares(40))
+    with pytest.raises(ValueError, match="tail interests cannot hold"):
+        interest_shares(60, head=40, tail_share=0.3)
+    with pytest.raises(ValueError, match="every interest has a board"):
+        SyntheticConfig(n_interests=1000, n_boards=400)
+    cfg = SyntheticConfig(n_users=300, n_items=4000, n_events=6000, n_interests=2000,
+                          n_boards=2000, users_per_chunk=100)  # fmt: skip
+    items = read_table(generate(cfg, tmp_path) / "items", "items")
+    primary = np.array([v[0] for v in items["interests"].to_pylist()])
+    assert primary.max() < 2000 and (primary >= 40).mean() == pytest.approx(0.1, abs=0.03)
+
+
 def test_pins_follow_the_shares_and_live_on_boards(tmp_path: Path) -> None:
     cfg = SyntheticConfig(n_users=50, n_items=40_000, n_events=100, n_boards=800, n_creators=40)
     out = generate(cfg, tmp_path)
