@@ -7,6 +7,8 @@ Endpoints (OpenAPI schema at ``/openapi.json``, browsable at ``/docs``):
                             request: an unknown user, a slow or failed store or a failed graph
                             give a labelled fallback feed (``path``, ``fallback``)
 ``POST /v1/score``          calibrated probabilities of explicit (user, items) pairs
+``GET|POST /v1/interests``  a new user's top interests from sign-up fields (the package's
+                            interest model; 404 without one): :mod:`serve.interests`
 ``GET /healthz``            the process answers
 ``GET /readyz``             a model is loaded (503 before); reports the store's state, which
                             does not gate readiness: a store outage degrades feeds, not the
@@ -56,6 +58,7 @@ from .http import (
     SafeJSONResponse,
     error,
 )
+from .interests import interest_routes
 from .metrics import Metrics
 from .model import Model, load_model
 from .routes import Busy, admin_routes, feed_routes, ops_routes
@@ -285,7 +288,9 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
     )
     app.state.service = service
 
-    for router in (feed_routes(service), ops_routes(service), admin_routes(service)):
+    routers = (feed_routes(service), interest_routes(service), ops_routes(service),
+               admin_routes(service))  # fmt: skip
+    for router in routers:
         app.include_router(router)
 
     @app.exception_handler(RequestValidationError)

@@ -9,6 +9,8 @@ import pytest
 
 # tiny trained runs and a model package, for the export and serving tests
 from package_fixtures import (  # noqa: F401
+    interest_package_dir,
+    interest_run,
     key_files,
     package_dir,
     trained_runs,

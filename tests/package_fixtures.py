@@ -101,6 +101,42 @@ def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"retrieval": retrieval, "ranking": ranking}
 
 
+def tiny_interest_overrides(tmp: Path) -> list[str]:
+    """train.py overrides for a tiny new-user interest run on the same synthetic data as
+    :func:`tiny_overrides` (its interest examples, data=synthetic_interests)."""
+    generator = [o.replace("data.source.", "data.base.source.") for o in tiny_overrides(tmp, "")
+                 if o.startswith("data.source.generator.")]  # fmt: skip
+    return [
+        "model=interests", "data=synthetic_interests", f"paths.data_dir={tmp}/data",
+        f"paths.log_dir={tmp}/logs", f"paths.conf_dir={ROOT}/conf", "task_name=interests",
+        *generator, "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "model.module.candidates_per_segment=15",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def interest_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of a tiny new-user interest model (model=interests)."""
+    tmp = tmp_path_factory.mktemp("interest_run")
+    return train(tiny_interest_overrides(tmp), tmp / "logs")
+
+
+@pytest.fixture(scope="session")
+def interest_package_dir(
+    trained_runs: dict[str, Path], interest_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A model package with both pin models and the interest model's section (do not modify
+    it: copy it first)."""
+    from pinrank.export.package import build_package
+    from pinrank.export.run import TrainedRun
+
+    out = tmp_path_factory.mktemp("interest_package") / "pkg"
+    runs = [TrainedRun.load(trained_runs[k]) for k in ("retrieval", "ranking")]
+    runs.append(TrainedRun.load(interest_run))
+    build_package(runs, out, command="pytest", signing_key=SIGNING_KEY)
+    return out
+
+
 @pytest.fixture(scope="session")
 def package_dir(trained_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model package with both models (do not modify it: copy it first)."""

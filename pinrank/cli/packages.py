@@ -22,14 +22,19 @@ def cmd_verify(args: argparse.Namespace) -> None:
     package = load_package(args.package, trust_from_args(args))
     print(f"[verify] {package.root}: version {package.version}, {_signed(package)}")
     probe_graphs(package, OnnxBackend(package))  # every graph loads and runs on a probe
-    data = args.data or package.manifest["provenance"]["data"]["prepared"]
-    tables = held_out_rows(Prepared.load(data), args.split, args.rows)
+    parts = [(package, args.data or package.manifest["provenance"]["data"]["prepared"], "")]
+    if package.has_section():  # the new-user interest model, verified on its own data
+        section = package.section()
+        probe_graphs(section, OnnxBackend(section))
+        parts.append((section, section.manifest["provenance"]["data"]["prepared"], "[interests] "))
     backends = ["onnx", "torch"] if args.backend == "both" else [args.backend]
     failed = False
-    for name in backends:
-        report = verify(package, tables, _backend(name, package, args.device), args.tol)
-        print(report)
-        failed |= not report.ok
+    for part, data, label in parts:
+        tables = held_out_rows(Prepared.load(data), args.split, args.rows)
+        for name in backends:
+            report = verify(part, tables, _backend(name, part, args.device), args.tol)
+            print(f"{label}{report}")
+            failed |= not report.ok
     if failed:
         raise SystemExit(1)
 

@@ -14,12 +14,14 @@ import logging
 import shlex
 import sys
 import time
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pinrank import logs
 from pinrank.resources import CONF_SEARCH_PATH
+from pinrank.serving.package import SECTION
 
 log = logging.getLogger("pinrank.export")
 
@@ -59,12 +61,25 @@ def _export(cfg: DictConfig) -> None:
               f"recall@{ix['recall']['k']} {ix['recall']['recall_vs_exact']:.4f} vs exact "
               f"over {ix['recall']['queries']} held-out users")  # fmt: skip
     if cfg.verify.rows:
-        tables = held_out_rows(Prepared.load(runs[0].prepared.root), cfg.verify.split,
-                               cfg.verify.rows)  # fmt: skip
-        report = verify(package, tables, tol=cfg.verify.tol)
-        print(report)
-        if not report.ok:
+        failed = False
+        for part, run in _parts(package, runs):
+            tables = held_out_rows(Prepared.load(run.prepared.root), cfg.verify.split,
+                                   cfg.verify.rows)  # fmt: skip
+            report = verify(part, tables, tol=cfg.verify.tol)
+            print(report if part is package else f"[{SECTION}] {report}")
+            failed |= not report.ok
+        if failed:
             raise SystemExit(1)
+
+
+def _parts(package: Any, runs: list[Any]) -> list[tuple[Any, Any]]:
+    """(package or section, the run whose data verifies it): the pin models' package and, where
+    it has one, the interest section."""
+    pins = [r for r in runs if r.kind != "interests"]
+    interest = [r for r in runs if r.kind == "interests"]
+    if not pins:  # an interest model alone is the package
+        return [(package, interest[0])]
+    return [(package, pins[0])] + [(package.section(), r) for r in interest]
 
 
 main = hydra.main(version_base="1.3", config_path=CONF_SEARCH_PATH, config_name="export")(_export)

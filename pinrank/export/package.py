@@ -42,6 +42,7 @@ from pinrank.export.index import (
     distinct_first,
     measure_recall,
 )
+from pinrank.export.interests import export_interests
 from pinrank.export.onnx import export_graph
 from pinrank.export.run import TrainedRun
 from pinrank.export.tensors import share
@@ -53,6 +54,7 @@ from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.package import (
     FORMAT,
     FORMAT_VERSION,
+    SECTION,
     Package,
     load_package,
     write_manifest,
@@ -78,15 +80,22 @@ def build_package(
     index: IndexConfig | None = None,
 ) -> Package:
     """Export ``runs`` (at most one retrieval and one ranking run, trained on the same prepared
-    data) into the package folder ``out``, signed with ``signing_key`` (``None``: unsigned, for
-    development; loaders refuse it unless they allow unsigned packages); returns it loaded and
-    checked as any loader would (every file, the signature, every graph on a probe).
+    data, and at most one new-user interest run, which goes into the ``interests/`` section:
+    :mod:`pinrank.export.interests`; alone, it is the package) into the package folder
+    ``out``, signed with ``signing_key`` (``None``: unsigned, for development; loaders refuse
+    it unless they allow unsigned packages); returns it loaded and checked as any loader would
+    (every file, the signature, every graph on a probe).
 
     ``context``: values of the context columns used when a feed is scored before it is shown
     (position, surface); a column left out takes its most frequent value in train events.
     ``exporter``: the ONNX exporter of :func:`pinrank.export.onnx.export_graph`.
     ``index``: how the FAISS index is chosen and checked (:mod:`pinrank.export.index`).
     """
+    interest = [r for r in runs if r.kind == "interests"]
+    if interest and len(interest) < len(runs):  # with the pin models: their section
+        runs = [r for r in runs if r.kind != "interests"]
+    else:
+        interest = []  # alone: the interest model is the package (the section's own build)
     prepared = _common_data(runs)
     out = Path(out)
     if out.exists() and not overwrite:
@@ -144,11 +153,15 @@ def build_package(
     manifest["tensors"] = share(
         tmp, [g["path"] for g in graphs.values()], [m["weights"] for m in models.values()]
     )
+    if interest:  # the interest model's own package, as the section interests/
+        manifest[SECTION] = export_interests(interest[0], tmp, exporter)
     write_manifest(tmp, manifest, signing_key)
     own = Trust(
         keys=(signing_key.public_key(),) if signing_key else (), allow_unsigned=not signing_key
     )
     _probe(load_package(tmp, own))  # what we wrote must pass the same checks as any package
+    if interest:
+        _probe(load_package(tmp, own).section())
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -175,7 +188,7 @@ def _common_data(runs: list[TrainedRun]) -> Prepared:
     if len(states) > 1:
         roots = [str(r.prepared.root) for r in runs]
         raise ValueError(f"runs were trained on different feature states: {roots}")
-    if any(r.kind == "ranking" and r.calibration is None for r in runs):
+    if any(r.kind in ("ranking", "interests") and r.calibration is None for r in runs):
         raise ValueError("the ranking run has no calibration.json")
     return runs[0].prepared
 

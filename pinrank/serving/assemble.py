@@ -26,6 +26,7 @@ from pinrank.serving.feed import (
     RETRIEVAL,
     UNKNOWN_INTERESTS,
     UNKNOWN_POPULAR,
+    UNKNOWN_PREDICTED,
     Feed,
     FeedConfig,
     FeedItem,
@@ -64,6 +65,20 @@ class Popular:
         """An id the store lacks: popular pins of the ``wanted`` interests, else popular pins."""
         path = UNKNOWN_INTERESTS if wanted.size else UNKNOWN_POPULAR
         return self.feed(uid, k, path, EMPTY, wanted if wanted.size else None)
+
+    def predicted(
+        self, uid: int, k: int, rows: np.ndarray, replaced: dict[str, str] | None = None
+    ) -> Feed:
+        """An unknown user's feed from predicted interests: the catalogue ``rows`` chosen by
+        :meth:`Catalogue.interest_mix`, best first, topped up with popular pins."""
+        if not rows.size:
+            return self.feed(uid, k, UNKNOWN_POPULAR, EMPTY)
+        c = self.catalogue
+        rest = c.popular(k - len(rows), c.ids[rows])
+        items = [FeedItem(int(c.ids[r]), None, INTERESTS, int(c.engaged[r])) for r in rows[:k]]
+        items += [FeedItem(int(c.ids[r]), None, POPULAR, int(c.engaged[r])) for r in rest]
+        return Feed(uid, items, UNKNOWN_PREDICTED, dict(replaced or {}),
+                    counts={"short": k - len(items)})  # fmt: skip
 
     def degraded(self, uid: int, k: int, seen: np.ndarray, err: Exception) -> Feed:
         """Popular pins for a feed that failed, logged; ``reason`` says what failed."""

@@ -65,6 +65,9 @@ class Catalogue:
         self._tags, starts = np.unique(tags, return_index=True)
         self._tag_offsets = np.append(starts, len(tags)).astype(np.int64)
         self._tuples: list[tuple[int, ...]] | None = None
+        # per interest, its pins' engaged events (+1 each): a pin's share of its interest
+        smoothed = (self.engaged[self._tag_rows] + 1).astype(np.float64)
+        self._tag_totals = np.add.reduceat(smoothed, starts) if len(starts) else np.zeros(0)
 
     @classmethod
     def from_package(cls, package: Package) -> Catalogue:
@@ -121,6 +124,41 @@ class Catalogue:
         limit = max(limit, 0)
         head = self._head(limit + n_marked, interests)
         return head[~marked[head]][:limit]
+
+    def interest_mix(
+        self, interests: np.ndarray, weights: np.ndarray, limit: int, exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``[<= limit]`` rows of the pins of ``interests`` and their scores, best first, not in
+        ``exclude`` (ids): a pin scores ``weights[i]`` times its share of interest ``i``'s
+        engaged train events (``(engaged + 1) / sum over the interest's pins``, the best of its
+        interests): P(interest) x P(pin | interest) for weights that are an interest model's
+        probabilities. Each interest's first ``limit + len(exclude)`` pins are read, so the cost
+        does not grow with the catalogue. Ties: the more popular pin."""
+        interests = np.asarray(interests, np.int64)
+        weights = np.asarray(weights, np.float64)
+        if len(interests) != len(weights):
+            raise ValueError(f"{len(interests)} interests, {len(weights)} weights")
+        limit, depth = max(limit, 0), max(limit, 0) + len(exclude)
+        if not len(self._tags) or not len(interests) or not limit:
+            return _EMPTY, np.empty(0)
+        at = np.searchsorted(self._tags, interests)
+        found = (at < len(self._tags)) & (
+            self._tags[np.minimum(at, len(self._tags) - 1)] == interests
+        )
+        at, weights = at[found], weights[found]
+        starts = self._tag_offsets[at]
+        ends = np.minimum(self._tag_offsets[at + 1], starts + depth)
+        rows = np.concatenate([self._tag_rows[a:b] for a, b in zip(starts, ends, strict=True)]
+                              or [_EMPTY])  # fmt: skip
+        per = np.repeat(weights / self._tag_totals[at], ends - starts)
+        scores = per * (self.engaged[rows] + 1)
+        order = np.lexsort((self.rank[rows], -scores))  # best score first, then more popular
+        rows, scores = rows[order], scores[order]
+        first = np.unique(rows, return_index=True)[1]  # a pin's best interest
+        keep = np.sort(first)
+        rows, scores = rows[keep], scores[keep]
+        allowed = ~np.isin(self.ids[rows], exclude)
+        return rows[allowed][:limit], scores[allowed][:limit]
 
     def _head(self, depth: int, interests: np.ndarray | None) -> np.ndarray:
         """The first ``depth`` rows of the popularity order, or of each of ``interests``' lists

@@ -10,6 +10,9 @@
                             events, not a missing feature
 ``unknown_user_interests``  unknown id: popular pins of the ``interests`` passed in (topped up
                             with globally popular pins where those run out)
+``unknown_user_predicted``  unknown id, no interests given, the package has an interest model:
+                            pins of the interests it predicts from the sign-up fields given
+                            (:meth:`Catalogue.interest_mix`), topped up with popular pins
 ``unknown_user_popular``    unknown id, no interests given (or none with a pin): popular pins
 ``no_candidates_popular``   known user, but retrieval and interests gave no candidate
 ``error_popular``           the store, a graph or the index failed: logged, popular pins served
@@ -36,11 +39,13 @@ import numpy as np
 
 PERSONALIZED, PERSONALIZED_DEFAULTS = "personalized", "personalized_defaults"
 UNKNOWN_INTERESTS, UNKNOWN_POPULAR = "unknown_user_interests", "unknown_user_popular"
+UNKNOWN_PREDICTED = "unknown_user_predicted"
 NO_CANDIDATES, ERROR = "no_candidates_popular", "error_popular"
 PATHS = (
     PERSONALIZED,
     PERSONALIZED_DEFAULTS,
     UNKNOWN_INTERESTS,
+    UNKNOWN_PREDICTED,
     UNKNOWN_POPULAR,
     NO_CANDIDATES,
     ERROR,
@@ -64,6 +69,8 @@ class FeedConfig:
             :func:`select`) or ``"none"``.
         mmr_lambda: MMR weight of relevance against similarity, in ``[0, 1]``.
         exclude_seen: never serve the user's ``seen`` pins.
+        predicted_interests: an unknown user's feed mixes the pins of this many interests
+            predicted from the sign-up fields (where the package has an interest model).
     """
 
     candidates: int = 500
@@ -74,9 +81,11 @@ class FeedConfig:
     max_per_board: int = 2
     mmr_lambda: float = 0.7
     exclude_seen: bool = True
+    predicted_interests: int = 20
 
     def __post_init__(self) -> None:
-        lows = dict(candidates=0, interest_candidates=0, max_per_interest=1, max_per_board=1)
+        lows = dict(candidates=0, interest_candidates=0, max_per_interest=1, max_per_board=1,
+                    predicted_interests=1)  # fmt: skip
         for name, low in lows.items():
             if not is_int(getattr(self, name)) or getattr(self, name) < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")

@@ -66,6 +66,7 @@ GRAPHS = (
     "ranker_items",
     "ranker_pairs",
 )
+SECTION = "interests"  # the new-user interest model's sub-package (pinrank.export.interests)
 MAX_MANIFEST_BYTES = 64 << 20
 # the names a model's ``net`` entry may give: the networks and config classes of the fixed
 # registry (pinrank.models.registry, which a test holds to these); nothing else is accepted
@@ -166,6 +167,20 @@ class Package:
             lambda rel: self.read(f"{folder}/{rel}"),
         )
 
+    def section(self, name: str = SECTION) -> Package:
+        """The package's ``name`` section (the interest model: ``interests/``) as a package of
+        its own: its manifest, its files (relative to its folder), read and digest-checked like
+        every file of this package, whose signature covers them."""
+        sub = self.manifest.get(name)
+        if not isinstance(sub, dict):
+            raise PackageError(f"{self.root}: the package has no {name!r} section")
+        prefix = f"{name}/"
+        files = {k[len(prefix) :]: v for k, v in self.files.items() if k.startswith(prefix)}
+        return Package(self.root / name, sub, files, self.version, self.signer, self.sealed)
+
+    def has_section(self, name: str = SECTION) -> bool:
+        return isinstance(self.manifest.get(name), dict)
+
     def columns(self, side: str) -> list[ColumnSpec]:
         """The raw input columns of one side, as the graphs expect them (list columns with the
         trimming their features allow, from the spec)."""
@@ -221,6 +236,16 @@ def referenced_files(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     ids = manifest.get("ids", {})
     for ns, entry in ids.items() if isinstance(ids, dict) else ():
         yield f"ids.{ns}.path", entry.get("path") if isinstance(entry, dict) else None
+    section = manifest.get(SECTION)
+    if isinstance(section, dict):  # its paths are relative to its folder
+        candidates = section.get("candidates")
+        within = [("candidates", candidates.get("path") if isinstance(candidates, dict) else None)]
+        within += referenced_files({k: v for k, v in section.items() if k != SECTION})
+        for what, relative in within:
+            inside = f"{SECTION}/{relative}" if isinstance(relative, str) else None
+            yield f"{SECTION}.{what}", inside
+    elif section is not None:
+        yield SECTION, None
 
 
 def check_net_names(net: Any, where: str) -> None:
@@ -308,6 +333,11 @@ def load_package(root: str | Path, trust: Trust) -> Package:
             raise PackageError(f"{top}: {what} names {relative!r}, which is not a listed file")
     for kind, model in manifest["models"].items():
         check_net_names(model.get("net") if isinstance(model, dict) else None, f"{top}: {kind}")
+    if SECTION in manifest:  # a section is a package's manifest: the same checks
+        _check_manifest_body(top / SECTION, manifest[SECTION])
+        for kind, model in manifest[SECTION]["models"].items():
+            where = f"{top}: {SECTION}.{kind}"
+            check_net_names(model.get("net") if isinstance(model, dict) else None, where)
     return Package(top, manifest, dict(listed), digest[:16], signer)
 
 
@@ -353,10 +383,19 @@ def _parse_manifest(top: Path, data: bytes) -> dict[str, Any]:
             f"{top}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
             f"expected {FORMAT!r} v{' or v'.join(map(str, READABLE_VERSIONS))}"
         )
-    for key in ("files", "graphs", "models", "features"):
+    if not isinstance(manifest.get("files"), dict):
+        raise PackageError(f"{top / MANIFEST}: 'files' is missing or not an object")
+    _check_manifest_body(top, manifest)
+    return manifest
+
+
+def _check_manifest_body(top: Path, manifest: Any) -> None:
+    """The parts every package manifest (or section) has, and only known graphs."""
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{top}: the manifest section is not an object")
+    for key in ("graphs", "models", "features"):
         if not isinstance(manifest.get(key), dict):
             raise PackageError(f"{top / MANIFEST}: {key!r} is missing or not an object")
     unknown = sorted(set(manifest["graphs"]) - set(GRAPHS))
     if unknown:
         raise PackageError(f"{top}: unknown graphs {unknown} (known: {list(GRAPHS)})")
-    return manifest

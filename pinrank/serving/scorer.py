@@ -25,7 +25,7 @@ and the :class:`~pinrank.serving.catalogue.Catalogue`. Paths, sources and the fa
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,8 @@ from pinrank.serving.feed import (
     is_int,
 )
 from pinrank.serving.ids import IdCodec
+from pinrank.serving.interests import MAX_K as MAX_INTERESTS
+from pinrank.serving.interests import InterestRanker, InterestResult
 from pinrank.serving.package import Package, PackageError
 from pinrank.serving.probe import probe_graphs
 from pinrank.serving.ranking import Ranker
@@ -99,30 +101,49 @@ class FeedScorer:
         self.ranker = Ranker(package, self.backend, self.catalogue, self.max_rows)
         self.popular = Popular(self.catalogue, self.config)
         self.ids = IdCodec.from_package(package)  # originals of string ids, for the edges
+        self.interest_ranker = (
+            InterestRanker(package.section(), _section_backend(self.backend, package.section()))
+            if package.has_section()
+            else None
+        )
         trim_memory()
 
-    def feed(self, user_id: int, k: int = 50, interests: Sequence[int] | None = None) -> Feed:
+    def feed(
+        self,
+        user_id: int,
+        k: int = 50,
+        interests: Sequence[int] | None = None,
+        signup: Mapping[str, Any] | None = None,
+    ) -> Feed:
         """The user's top-``k`` pins, best first; ``interests``: known to the caller (e.g. picked
-        at sign-up), they serve an unknown user and add to a known user's followed ones."""
-        return self.feed_many([user_id], k, [interests])[0]
+        at sign-up), they serve an unknown user and add to a known user's followed ones;
+        ``signup``: an unknown user's sign-up fields, from which the package's interest model
+        (where it has one) predicts the interests of their feed (``unknown_user_predicted``)."""
+        return self.feed_many([user_id], k, [interests], [signup])[0]
 
     def feed_many(
-        self, user_ids: Sequence[int], k: int = 50, interests: Sequence[Sequence[int] | None] = ()
+        self,
+        user_ids: Sequence[int],
+        k: int = 50,
+        interests: Sequence[Sequence[int] | None] = (),
+        signups: Sequence[Mapping[str, Any] | None] = (),
     ) -> list[Feed]:
         """:meth:`feed` of many users, the known users' graphs run once for all. Failures
         degrade: a store failure gives every user ``error_popular`` (``store_{reason}``), and a
         failure of the batch scores its users one by one (``model_error`` where one fails)."""
         uids, k = [check_user_id(u) for u in user_ids], check_k(k)
         wanted = [check_interests(i) for i in interests] if interests else [EMPTY] * len(uids)
-        if len(wanted) != len(uids):
-            raise ValueError(f"{len(wanted)} interest lists for {len(uids)} users")
+        fields = list(signups) if signups else [None] * len(uids)
+        if len(wanted) != len(uids) or len(fields) != len(uids):
+            raise ValueError(f"{len(wanted)} interest lists, {len(fields)} sign-ups for "
+                             f"{len(uids)} users")  # fmt: skip
         try:
             rows = self._records(uids)
         except Exception as err:
             return [self.popular.degraded(u, k, EMPTY, err) for u in uids]
         known = {b: row for b, row in enumerate(rows) if row is not None}
         feeds = {
-            b: self.popular.unknown(uids[b], k, wanted[b])
+            b: self._unknown(uids[b], k, wanted[b], fields[b])
             for b in range(len(uids))
             if b not in known
         }
@@ -138,6 +159,31 @@ class FeedScorer:
                 log.exception("batched feeds failed; scoring %d users one by one", len(known))
                 feeds |= {b: self._one(uids[b], row, k, wanted[b]) for b, row in known.items()}
         return [feeds[b] for b in range(len(uids))]
+
+    def interests(self, signup: Mapping[str, Any], k: int = 10) -> InterestResult:
+        """The ``k`` interests the package's interest model ranks best for a new user's sign-up
+        fields (:class:`~pinrank.serving.interests.InterestRanker`); ValueError when the package
+        has none."""
+        if self.interest_ranker is None:
+            raise ValueError(f"{self.package.root} has no interest model (no interests section)")
+        return self.interest_ranker.rank(signup, k)
+
+    def _unknown(
+        self, uid: int, k: int, wanted: np.ndarray, signup: Mapping[str, Any] | None
+    ) -> Feed:
+        """An unknown user: the stated interests' popular pins; else, with an interest model,
+        the pins of the interests it predicts; else popular pins. A failing interest model
+        degrades to popular pins (logged), never to an error."""
+        if wanted.size or self.interest_ranker is None:
+            return self.popular.unknown(uid, k, wanted)
+        try:
+            got = self.interest_ranker.rank(signup or {}, min(self.config.predicted_interests,
+                                                              MAX_INTERESTS))  # fmt: skip
+            rows, _ = self.catalogue.interest_mix(got.ids, got.scores, k, EMPTY)
+        except Exception:
+            log.exception("interest model failed for unknown user %d; popular pins", uid)
+            return self.popular.unknown(uid, k, EMPTY)
+        return self.popular.predicted(uid, k, rows, got.problems)
 
     def feeds(self, users: UserBatch, k: int = 50) -> list[Feed]:
         """Feeds of many known users (the batch path); unlike :meth:`feed`, failures raise."""
@@ -218,6 +264,13 @@ class FeedScorer:
             Candidates(r, c.ids[r], s, score, c.boards[r], c.row_interests(r))
             for r, s, score in zip(rows, sources, self.ranker.rank(users.arrays, rows), strict=True)
         ]
+
+
+def _section_backend(backend: Backend, section: Package) -> Backend:
+    """A backend of the same kind and settings for the package's interest section."""
+    if isinstance(backend, OnnxBackend):
+        return OnnxBackend(section, backend.providers, backend.threads)
+    return type(backend)(section)  # type: ignore[call-arg]
 
 
 def _keep_only(backend: Backend, graphs: Sequence[str]) -> None:

@@ -1,0 +1,152 @@
+"""Interests for a user who has just signed up, from the package's ``interests/`` section.
+
+:class:`InterestRanker` answers "which interests should the sign-up flow show this user?" from
+the sign-up fields alone (country, gender, age, surface, followed interests...: the interest
+model's user columns). The user's segment key (:func:`~pinrank.interests.segments.segment_keys`,
+the same function that keyed the training users) picks the segment's candidate interests (about
+1,000, whatever the number of interests; the global list for an unseen segment), and the
+section's factorised ranker scores only those: ``ranker_user`` once on the sign-up row, then
+``ranker_pairs`` with the interests' parts stored at export (memory-mapped). Bad sign-up values
+degrade like every request's: a malformed or missing field is null, which the graphs read as
+missing (the spec's policy), and is reported.
+
+Example::
+
+    >>> ranker = InterestRanker(package.section(), backend)  # doctest: +SKIP
+    >>> ranker.rank({"country": "US", "gender": "F", "age": 31}, k=5)  # doctest: +SKIP
+    InterestResult(ids=array([...]), scores=array([...]), segment='US|F', known_segment=True, ...)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pinrank.features.columns import pack
+from pinrank.interests.segments import SEGMENT, Candidates, segment_keys
+from pinrank.serving.catalogue import Catalogue
+from pinrank.serving.conform import conform
+from pinrank.serving.package import Package, PackageError
+from pinrank.serving.ranking import Ranker
+from pinrank.serving.runtime import Backend
+
+MAX_K = 1000
+MAX_STRING, MAX_LIST = 256, 1000  # a sign-up string's length, a list's values
+
+
+@dataclass
+class InterestResult:
+    """The top interests of one sign-up: ids and calibrated P(engaged), best first."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    segment: str
+    known_segment: bool  # False: the segment was unseen in training (the global candidates)
+    candidates: int
+    problems: dict[str, str] = field(default_factory=dict)  # sign-up field -> missing/malformed
+
+
+class InterestRanker:
+    """The interest section's candidates and ranker (module docstring).
+
+    Args:
+        section: the package's ``interests`` section (:meth:`Package.section`).
+        backend: a backend over that section.
+    """
+
+    def __init__(self, section: Package, backend: Backend) -> None:
+        entry = section.manifest.get("candidates")
+        if not isinstance(entry, dict) or not isinstance(entry.get("segment"), list):
+            raise PackageError(f"{section.root}: the interest section has no candidates entry")
+        self.segment = [str(c) for c in entry["segment"]]
+        path = str(entry.get("path"))
+        self.candidates = Candidates.from_table(
+            pq.read_table(io.BytesIO(section.read(path))), f"{section.root}: {path}"
+        )
+        self.catalogue = Catalogue.from_package(section)
+        self.ranker = Ranker(section, backend, self.catalogue)
+        self.columns = section.columns("user")
+        self.fields = sorted({c.column for c in self.columns} - {SEGMENT} | set(self.segment))
+        named = [self.candidates.popular, *self.candidates.segments.values()]
+        if (self.catalogue.rows(np.concatenate(named)) < 0).any():
+            raise PackageError(f"{section.root}: candidates name interests not in its catalogue")
+
+    def kinds(self) -> dict[str, str]:
+        """Each sign-up field and its kind (``int``, ``float``, ``string``, ``int_list``,
+        ``vector``): the interest model's user columns, and the segment's (``string`` where
+        the graphs do not read them)."""
+        own = {c.column: c.kind for c in self.columns if c.column != SEGMENT}
+        return {f: own.get(f, "string") for f in self.fields}
+
+    def check(self, signup: Mapping[str, Any]) -> dict[str, Any]:
+        """A request's sign-up fields, strictly: ValueError naming an unknown field or a value of
+        the wrong type (JSON types: an integer for ``int``, a number for ``float``, a string,
+        a list of integers). Null is a missing value. Returns the fields as given."""
+        kinds = self.kinds()
+        unknown = sorted(set(signup) - set(kinds))
+        if unknown:
+            raise ValueError(f"unknown sign-up fields {unknown} (this model reads {sorted(kinds)})")
+        for name, value in signup.items():
+            if value is not None and not _of_kind(value, kinds[name]):
+                raise ValueError(f"signup.{name}: expected {_KIND_WORDS[kinds[name]]} "
+                                 f"(got {value!r:.60})")  # fmt: skip
+        return dict(signup)
+
+    def key(self, signup: Mapping[str, Any]) -> str:
+        """The segment key of a sign-up's fields (as the training users were keyed)."""
+        values = {c: pa.array([_plain(signup.get(c))]) for c in self.segment}
+        return str(segment_keys(pa.table(values), self.segment)[0].as_py())
+
+    def rank(self, signup: Mapping[str, Any], k: int = 10) -> InterestResult:
+        """The ``k`` best of the sign-up's segment candidates by the calibrated probability
+        (ties: candidate order). Unknown fields are ignored; ``k`` is 1..:data:`MAX_K`."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
+        key = self.key(signup)
+        known = key in self.candidates.segments
+        ids = self.candidates.for_segment(key)
+        row = {**signup, SEGMENT: key}
+        table, problems = conform(row, self.columns)
+        problems.pop(SEGMENT, None)
+        rows = self.catalogue.rows(ids)
+        (prob,) = self.ranker.rank(pack(table, self.columns), [rows])
+        order = np.argsort(-prob, kind="stable")[:k]
+        return InterestResult(ids[order], prob[order], key, known, len(ids), problems)
+
+
+_KIND_WORDS = {
+    "int": "an integer",
+    "float": "a finite number",
+    "string": f"a string of at most {MAX_STRING} characters",
+    "int_list": f"a list of at most {MAX_LIST} integers",
+    "vector": f"a list of at most {MAX_LIST} finite numbers",
+}
+
+
+def _of_kind(value: Any, kind: str) -> bool:
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
+
+    def number(v: Any) -> bool:
+        return integer(v) or (isinstance(v, float) and math.isfinite(v))
+
+    if kind == "int":
+        return integer(value)
+    if kind == "float":
+        return number(value)
+    if kind == "string":
+        return isinstance(value, str) and len(value) <= MAX_STRING
+    check = integer if kind == "int_list" else number
+    return isinstance(value, list) and len(value) <= MAX_LIST and all(check(v) for v in value)
+
+
+def _plain(value: Any) -> Any:
+    """A sign-up value as the segment key reads it (lists and mappings are not keys)."""
+    return None if isinstance(value, list | dict | tuple | set) else value
