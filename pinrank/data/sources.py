@@ -35,7 +35,11 @@ def _stamp(folder: Path) -> str | None:
 
 
 @dataclass
-class _Source(abc.ABC):
+class Source(abc.ABC):
+    """A data source: how its raw tables are made (``make_raw``) and what they depend on
+    (``raw_fingerprint``); ``ensure`` prepares them (subclasses: the synthetic generator, one's
+    own tables, the interest examples of another source)."""
+
     root: str
     spec: str
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -75,7 +79,7 @@ class _Source(abc.ABC):
 
 
 @dataclass
-class SyntheticSource(_Source):
+class SyntheticSource(Source):
     """Synthetic data generated from ``generator`` into ``root/raw``."""
 
     generator: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -91,7 +95,7 @@ class SyntheticSource(_Source):
 
 
 @dataclass
-class TableSource(_Source):
+class TableSource(Source):
     """One's own interaction logs, read through config alone (:mod:`pinrank.data.tables`).
 
     Attributes:
@@ -158,7 +162,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-SOURCES: dict[str, type[_Source]] = {
+SOURCES: dict[str, type[Source]] = {
     "pinrank.data.sources.SyntheticSource": SyntheticSource,
     "pinrank.data.sources.TableSource": TableSource,
 }
@@ -167,7 +171,7 @@ NESTED = {"split": SplitConfig, "generator": SyntheticConfig}
 
 def load_source(
     config: str | Path, root_dir: str | Path = ".", overrides: dict[str, Any] | None = None
-) -> _Source:
+) -> Source:
     """The source of a data config (a file, or the name of a shipped one such as ``ml100k``)
     outside Hydra, e.g. for ``pinrank ingest``: ``${paths.*}`` resolve as in training with
     ``paths.root_dir=root_dir``, ``overrides`` replace fields of ``source`` (``{"root": ...}``).

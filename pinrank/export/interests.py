@@ -2,7 +2,7 @@
 
 An interest run (``model=interests``) is trained on its own prepared data set (sign-up features,
 interests as items), so it has its own feature spec, state, graphs and "catalogue" (the
-interests). It is exported by the same code as every package, :func:`build_package` on that run
+interests). It is exported by the same code as every package, ``build_package`` on that run
 alone, into the package's ``interests/`` folder: ``interests/graphs/ranker*.onnx`` (raw sign-up
 and interest columns in, the calibrated probability out: self-contained like the pin graphs),
 ``interests/catalogue/items.parquet`` (the interests), the item parts of every interest, its own
@@ -19,6 +19,7 @@ same digest-checked reads.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +27,21 @@ import pyarrow.parquet as pq
 
 from pinrank.export.run import TrainedRun
 from pinrank.interests.segments import Candidates
-from pinrank.serving.package import MANIFEST, MANIFEST_DIGEST, SECTION, UNLISTED
+from pinrank.serving.package import MANIFEST, MANIFEST_DIGEST, SECTION, UNLISTED, Package
 
 CANDIDATES = "candidates.parquet"
 
 
-def export_interests(run: TrainedRun, root: Path, exporter: str) -> dict[str, Any]:
-    """Export the interest ``run`` into ``root / "interests"`` and return its manifest section.
+def export_interests(
+    run: TrainedRun, root: Path, exporter: str, build: Callable[..., Package]
+) -> dict[str, Any]:
+    """Export the interest ``run`` into ``root / "interests"`` with ``build`` (the package
+    builder, :func:`~pinrank.export.package.build_package`, which calls this) and return its
+    manifest section.
 
     Raises:
         ValueError: not an interest run, or its candidates are missing or malformed.
     """
-    from pinrank.export.package import build_package
-
     if run.kind != "interests" or run.record.interests is None:
         raise ValueError(f"{run.root}: not an interest run (kind {run.kind!r})")
     settings = run.record.interests
@@ -49,7 +52,7 @@ def export_interests(run: TrainedRun, root: Path, exporter: str) -> dict[str, An
     tmp = root.parent / f".{root.name}.{SECTION}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        sub = build_package([run], tmp, run.record.train_command, exporter=exporter)
+        sub = build([run], tmp, run.record.train_command, exporter=exporter)
         section = {k: v for k, v in sub.manifest.items() if k not in ("format", "format_version",
                                                                       "files")}  # fmt: skip
         target = root / SECTION

@@ -154,7 +154,7 @@ def build_package(
         tmp, [g["path"] for g in graphs.values()], [m["weights"] for m in models.values()]
     )
     if interest:  # the interest model's own package, as the section interests/
-        manifest[SECTION] = export_interests(interest[0], tmp, exporter)
+        manifest[SECTION] = export_interests(interest[0], tmp, exporter, build_package)
     write_manifest(tmp, manifest, signing_key)
     own = Trust(
         keys=(signing_key.public_key(),) if signing_key else (), allow_unsigned=not signing_key

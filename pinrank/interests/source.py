@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from pinrank.data.examples import ITEM_INTERESTS
 from pinrank.data.io import read_table, write_parquet
-from pinrank.data.sources import _Source, fingerprint
+from pinrank.data.sources import Source, fingerprint
 from pinrank.interests.labels import Window, interest_examples
 from pinrank.interests.segments import SEGMENT, segment_keys
 
@@ -37,7 +37,7 @@ EVENT_KEYS = ["user_id", "item_id", "ts", "engaged"]
 
 
 @dataclass
-class InterestSource(_Source):
+class InterestSource(Source):
     """Interest examples of another source (see module docstring).
 
     Attributes:
@@ -46,7 +46,7 @@ class InterestSource(_Source):
         segment: the sign-up columns of a segment (``[country, gender]``).
     """
 
-    base: _Source | None = None
+    base: Source | None = None
     window: Window = field(default_factory=Window)
     segment: list[str] = field(default_factory=lambda: ["country", "gender"])
 

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import io
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,13 +32,16 @@ import pyarrow.parquet as pq
 
 from pinrank.features.columns import pack
 from pinrank.interests.segments import SEGMENT, Candidates, segment_keys
+from pinrank.serving.assemble import Popular
 from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.conform import conform
+from pinrank.serving.feed import EMPTY, Feed, FeedConfig
 from pinrank.serving.package import Package, PackageError
 from pinrank.serving.ranking import Ranker
-from pinrank.serving.runtime import Backend
+from pinrank.serving.runtime import Backend, OnnxBackend
 
 MAX_K = 1000
+log = logging.getLogger("pinrank.serving.scorer")
 MAX_STRING, MAX_LIST = 256, 1000  # a sign-up string's length, a list's values
 
 
@@ -77,6 +81,17 @@ class InterestRanker:
         named = [self.candidates.popular, *self.candidates.segments.values()]
         if (self.catalogue.rows(np.concatenate(named)) < 0).any():
             raise PackageError(f"{section.root}: candidates name interests not in its catalogue")
+
+    @classmethod
+    def of(cls, package: Package, backend: Backend) -> InterestRanker | None:
+        """The ranker of a package's interest section (``None`` without one), on a backend of
+        the same kind and settings as ``backend``."""
+        if not package.has_section():
+            return None
+        section = package.section()
+        if isinstance(backend, OnnxBackend):
+            return cls(section, OnnxBackend(section, backend.providers, backend.threads))
+        return cls(section, type(backend)(section))  # type: ignore[call-arg]
 
     def kinds(self) -> dict[str, str]:
         """Each sign-up field and its kind (``int``, ``float``, ``string``, ``int_list``,
@@ -119,6 +134,30 @@ class InterestRanker:
         (prob,) = self.ranker.rank(pack(table, self.columns), [rows])
         order = np.argsort(-prob, kind="stable")[:k]
         return InterestResult(ids[order], prob[order], key, known, len(ids), problems)
+
+
+class UnknownUsers:
+    """An unknown user's feed: the popular pins of the interests the caller states; else, where
+    the package has an interest model, the pins of the interests it predicts from the sign-up
+    fields (:meth:`Catalogue.interest_mix`, path ``unknown_user_predicted``); else popular pins.
+    A failing interest model degrades to popular pins (logged), never to an error."""
+
+    def __init__(
+        self, ranker: InterestRanker | None, catalogue: Catalogue, popular: Popular,
+        config: FeedConfig,
+    ) -> None:  # fmt: skip
+        self.ranker, self.catalogue, self.popular, self.config = ranker, catalogue, popular, config
+
+    def feed(self, uid: int, k: int, wanted: np.ndarray, signup: Mapping[str, Any] | None) -> Feed:
+        if wanted.size or self.ranker is None:
+            return self.popular.unknown(uid, k, wanted)
+        try:
+            got = self.ranker.rank(signup or {}, min(self.config.predicted_interests, MAX_K))
+            rows, _ = self.catalogue.interest_mix(got.ids, got.scores, k, EMPTY)
+        except Exception:
+            log.exception("interest model failed for unknown user %d; popular pins", uid)
+            return self.popular.unknown(uid, k, EMPTY)
+        return self.popular.predicted(uid, k, rows, got.problems)
 
 
 _KIND_WORDS = {

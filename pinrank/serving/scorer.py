@@ -50,8 +50,7 @@ from pinrank.serving.feed import (
     is_int,
 )
 from pinrank.serving.ids import IdCodec
-from pinrank.serving.interests import MAX_K as MAX_INTERESTS
-from pinrank.serving.interests import InterestRanker, InterestResult
+from pinrank.serving.interests import InterestRanker, UnknownUsers
 from pinrank.serving.package import Package, PackageError
 from pinrank.serving.probe import probe_graphs
 from pinrank.serving.ranking import Ranker
@@ -101,89 +100,44 @@ class FeedScorer:
         self.ranker = Ranker(package, self.backend, self.catalogue, self.max_rows)
         self.popular = Popular(self.catalogue, self.config)
         self.ids = IdCodec.from_package(package)  # originals of string ids, for the edges
-        self.interest_ranker = (
-            InterestRanker(package.section(), _section_backend(self.backend, package.section()))
-            if package.has_section()
-            else None
-        )
+        self.interest_ranker = InterestRanker.of(package, self.backend)  # None: no section
+        self.unknown = UnknownUsers(self.interest_ranker, self.catalogue, self.popular, self.config)
         trim_memory()
 
-    def feed(
-        self,
-        user_id: int,
-        k: int = 50,
-        interests: Sequence[int] | None = None,
-        signup: Mapping[str, Any] | None = None,
-    ) -> Feed:
+    def feed(self, user_id: int, k: int = 50, interests: Sequence[int] | None = None,
+             signup: Mapping[str, Any] | None = None) -> Feed:  # fmt: skip
         """The user's top-``k`` pins, best first; ``interests``: known to the caller (e.g. picked
         at sign-up), they serve an unknown user and add to a known user's followed ones;
-        ``signup``: an unknown user's sign-up fields, from which the package's interest model
-        (where it has one) predicts the interests of their feed (``unknown_user_predicted``)."""
+        ``signup``: an unknown user's sign-up fields, for the interest model (UnknownUsers)."""
         return self.feed_many([user_id], k, [interests], [signup])[0]
 
-    def feed_many(
-        self,
-        user_ids: Sequence[int],
-        k: int = 50,
-        interests: Sequence[Sequence[int] | None] = (),
-        signups: Sequence[Mapping[str, Any] | None] = (),
-    ) -> list[Feed]:
+    def feed_many(self, user_ids: Sequence[int], k: int = 50,
+                  interests: Sequence[Sequence[int] | None] = (),
+                  signups: Sequence[Mapping[str, Any] | None] = ()) -> list[Feed]:  # fmt: skip
         """:meth:`feed` of many users, the known users' graphs run once for all. Failures
         degrade: a store failure gives every user ``error_popular`` (``store_{reason}``), and a
         failure of the batch scores its users one by one (``model_error`` where one fails)."""
         uids, k = [check_user_id(u) for u in user_ids], check_k(k)
         wanted = [check_interests(i) for i in interests] if interests else [EMPTY] * len(uids)
-        fields = list(signups) if signups else [None] * len(uids)
+        fields = list(signups) or [None] * len(uids)
         if len(wanted) != len(uids) or len(fields) != len(uids):
-            raise ValueError(f"{len(wanted)} interest lists, {len(fields)} sign-ups for "
-                             f"{len(uids)} users")  # fmt: skip
+            raise ValueError(f"{len(wanted)} interests, {len(fields)} sign-ups, {len(uids)} users")
         try:
             rows = self._records(uids)
         except Exception as err:
             return [self.popular.degraded(u, k, EMPTY, err) for u in uids]
         known = {b: row for b, row in enumerate(rows) if row is not None}
-        feeds = {
-            b: self._unknown(uids[b], k, wanted[b], fields[b])
-            for b in range(len(uids))
-            if b not in known
-        }
+        unknown = [b for b in range(len(uids)) if b not in known]
+        feeds = {b: self.unknown.feed(uids[b], k, wanted[b], fields[b]) for b in unknown}
         if known:
             try:
                 batch = self.rows.records([uids[b] for b in known], list(known.values()))
-                feeds |= dict(
-                    zip(
-                        known, self._personalized(batch, k, [wanted[b] for b in known]), strict=True
-                    )
-                )
+                done = self._personalized(batch, k, [wanted[b] for b in known])
+                feeds |= dict(zip(known, done, strict=True))
             except Exception:  # one user's failure must not fail the others: one by one
                 log.exception("batched feeds failed; scoring %d users one by one", len(known))
                 feeds |= {b: self._one(uids[b], row, k, wanted[b]) for b, row in known.items()}
         return [feeds[b] for b in range(len(uids))]
-
-    def interests(self, signup: Mapping[str, Any], k: int = 10) -> InterestResult:
-        """The ``k`` interests the package's interest model ranks best for a new user's sign-up
-        fields (:class:`~pinrank.serving.interests.InterestRanker`); ValueError when the package
-        has none."""
-        if self.interest_ranker is None:
-            raise ValueError(f"{self.package.root} has no interest model (no interests section)")
-        return self.interest_ranker.rank(signup, k)
-
-    def _unknown(
-        self, uid: int, k: int, wanted: np.ndarray, signup: Mapping[str, Any] | None
-    ) -> Feed:
-        """An unknown user: the stated interests' popular pins; else, with an interest model,
-        the pins of the interests it predicts; else popular pins. A failing interest model
-        degrades to popular pins (logged), never to an error."""
-        if wanted.size or self.interest_ranker is None:
-            return self.popular.unknown(uid, k, wanted)
-        try:
-            got = self.interest_ranker.rank(signup or {}, min(self.config.predicted_interests,
-                                                              MAX_INTERESTS))  # fmt: skip
-            rows, _ = self.catalogue.interest_mix(got.ids, got.scores, k, EMPTY)
-        except Exception:
-            log.exception("interest model failed for unknown user %d; popular pins", uid)
-            return self.popular.unknown(uid, k, EMPTY)
-        return self.popular.predicted(uid, k, rows, got.problems)
 
     def feeds(self, users: UserBatch, k: int = 50) -> list[Feed]:
         """Feeds of many known users (the batch path); unlike :meth:`feed`, failures raise."""
@@ -264,13 +218,6 @@ class FeedScorer:
             Candidates(r, c.ids[r], s, score, c.boards[r], c.row_interests(r))
             for r, s, score in zip(rows, sources, self.ranker.rank(users.arrays, rows), strict=True)
         ]
-
-
-def _section_backend(backend: Backend, section: Package) -> Backend:
-    """A backend of the same kind and settings for the package's interest section."""
-    if isinstance(backend, OnnxBackend):
-        return OnnxBackend(section, backend.providers, backend.threads)
-    return type(backend)(section)  # type: ignore[call-arg]
 
 
 def _keep_only(backend: Backend, graphs: Sequence[str]) -> None:

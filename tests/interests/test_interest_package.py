@@ -97,7 +97,7 @@ def test_unknown_users_feed_comes_from_predicted_interests(package: Path, users)
     loaded = load_package(package, TRUST)
     scorer = FeedScorer(loaded, TableStore(users))
     signup = {"country": "US", "gender": "F", "age": 30}
-    top = scorer.interests(signup, k=5)
+    top = scorer.interest_ranker.rank(signup, k=5)
     feed = scorer.feed(2**40, k=10, signup=signup)
     assert feed.path == "unknown_user_predicted" and len(feed.items) == 10
     # its first pins carry the predicted interests; what follows tops up with popular pins
