@@ -176,3 +176,21 @@ def test_every_list_column_of_a_spec_is_trimmed_or_limited() -> None:
     assert column_kind(FeatureSpec.from_dict(bag(5000)), "user", "b", lists).limit == 5000
     with pytest.raises(SpecError, match="limit must be an integer >= 1"):
         FeatureSpec.from_dict(bag(0))
+
+
+def test_a_table_store_of_many_chunks_answers_as_one_of_one_chunk() -> None:
+    from pinrank.serving.store import TableStore
+
+    chunks = [
+        pa.table({"user_id": np.arange(i * 10, i * 10 + 10)[::-1], "seen": [[i, i + 1]] * 10,
+                  "country": pa.array([None if i == 2 else f"c{i}"] * 10, pa.string())})
+        for i in range(6)
+    ]  # fmt: skip
+    many = TableStore(pa.concat_tables(chunks))
+    one = TableStore(pa.concat_tables(chunks).combine_chunks())
+    assert len(many._batches) == 6 and len(one._batches) == 1
+    rng = np.random.default_rng(0)
+    for ids in (np.array([44, 3, 999, 17, 3, -5]), rng.integers(-5, 70, 40), np.array([7]),
+                np.array([1000]), np.zeros(0, np.int64)):  # fmt: skip
+        assert many.get(ids).to_pylist() == one.get(ids).to_pylist()
+        assert many.records(ids.tolist()) == one.records(ids.tolist())
