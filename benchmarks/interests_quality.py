@@ -2,7 +2,8 @@
 drives, on the cold-start users (PROTOCOL.md's hold-out: no event of theirs was trained on).
 
     python benchmarks/interests_quality.py --data synthetic_interests --base synthetic
-    python benchmarks/interests_quality.py --data ml100k_interests --base ml100k
+    python benchmarks/interests_quality.py --data ml100k_interests --base ml100k \
+        --pin-experiments ml100k_two_tower ml100k_wide_deep
 
 For each seed, ``pinrank train model=interests data=DATA seed=S`` and its report's cold-start
 figures: AUC, log loss and precision@10 over each user's labelled interests (seen in the first
@@ -126,6 +127,12 @@ def main() -> None:
     ap.add_argument("--signing-key", default="outputs/keys/signing.key")
     ap.add_argument("--trusted-key", default="outputs/keys/signing.pub")
     ap.add_argument("--extra", nargs="*", default=[], help="more train.py overrides")
+    ap.add_argument(
+        "--pin-experiments",
+        nargs=2,
+        metavar=("RETRIEVAL", "RANKING"),
+        help="experiment configs of the pin models (default: data=BASE's defaults)",
+    )
     args = ap.parse_args()
     from pinrank.export.package import build_package
     from pinrank.export.run import TrainedRun
@@ -133,12 +140,13 @@ def main() -> None:
 
     args.work = (args.work / args.data).resolve()
     t0 = time.perf_counter()
+    models = (["model.module.index=exact"], ["model=wide_deep"])
+    if args.pin_experiments:  # e.g. MovieLens: its experiments set the models for its spec
+        models = ([f"experiment={args.pin_experiments[0]}", "model.module.index=exact"],
+                  [f"experiment={args.pin_experiments[1]}"])  # fmt: skip
     pins = [
         train(args, [f"data={args.base}", *model, "trainer.max_epochs=1"], f"pins_{name}")
-        for name, model in (
-            ("retrieval", ["model.module.index=Flat"]),
-            ("ranking", ["model=wide_deep"]),
-        )
+        for name, model in zip(("retrieval", "ranking"), models, strict=True)
     ]
     per_seed = []
     for seed in args.seeds:

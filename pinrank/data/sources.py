@@ -66,7 +66,7 @@ class Source(abc.ABC):
         raw, prepared = self.ensure_raw(), Path(self.root) / "prepared"
         raw_fp = self.raw_fingerprint()
         prep_fp = fingerprint(
-            raw_fp, Path(self.spec).read_text(), asdict(self.split), self.history_len
+            raw_fp, Path(self.spec).read_text(), _split_key(self.split), self.history_len
         )
         if _stamp(prepared) != prep_fp:
             prepare(raw, prepared, self.spec, self.split, self.history_len)
@@ -76,6 +76,12 @@ class Source(abc.ABC):
     def oracle(self) -> Oracle | None:
         """The ground-truth oracle where the data has one (synthetic data)."""
         return None
+
+
+def _split_key(split: SplitConfig) -> dict[str, Any]:
+    """The split config as fingerprinted: the default ``order`` left out, so data prepared
+    before the field existed is not prepared again."""
+    return {k: v for k, v in asdict(split).items() if not (k == "order" and v == "time")}
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pinrank.data.io import ShardWriter, parquet_files, read_table, write_parque
 from pinrank.data.schemas import EVENTS, check_schema
 
 SPLITS = ("train", "val", "test", "cold")
+ORDERS = ("time", "random")
 TRAIN, VAL, TEST, COLD = range(4)
 SORT_KEYS = [("user_id", "ascending"), ("ts", "ascending"), ("item_id", "ascending")]
 _KEY_COLUMNS = ["user_id", "item_id", "ts"]
@@ -35,11 +36,17 @@ class SplitConfig:
         val_fraction: share of each warm user's events, just before test, that is val.
         cold_user_mod: users with ``user_id % cold_user_mod == 0`` are the cold-start hold-out;
             ``0`` disables the hold-out.
+        order: how a warm user's events are ordered before the last ones go to test: ``time``
+            (by ``(ts, item_id)``: the protocol's) or ``random`` (a fixed pseudo-random order,
+            a hash of ``(user_id, item_id, ts)``: for examples without a meaningful order,
+            such as the interests of a user's first window, whose later-seen ones are rarer
+            and would give val and test another share of positives than train).
     """
 
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     cold_user_mod: int = 10
+    order: str = "time"
 
     def __post_init__(self) -> None:
         for name in ("test_fraction", "val_fraction"):
@@ -48,6 +55,8 @@ class SplitConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
         if self.cold_user_mod < 0:
             raise ValueError(f"cold_user_mod must be >= 0, got {self.cold_user_mod}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
 
 
 def _floor_share(n: np.ndarray, fraction: float) -> np.ndarray:
@@ -118,12 +127,27 @@ def assign_splits(events: pa.Table, cfg: SplitConfig = SplitConfig()) -> np.ndar
         ['train', 'test', 'val', 'train', 'test']
     """
     users, items, ts = _key_arrays(events)
-    order = np.lexsort((items, ts, users))
+    key = ts if cfg.order == "time" else _mix(users, items, ts)
+    order = np.lexsort((items, key, users))
     codes = np.empty(len(users), dtype=np.int8)
     codes[order] = _warm_codes(users[order], cfg)
     if cfg.cold_user_mod:
         codes[users % cfg.cold_user_mod == 0] = COLD
     return codes
+
+
+def _mix(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random uint64 per ``(user, item, ts)`` (splitmix64 finalizer rounds)."""
+    with np.errstate(over="ignore"):
+        h = users.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        for part in (items, ts):
+            h ^= part.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) + (h << np.uint64(6))
+            h ^= h >> np.uint64(30)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(27)
+            h *= np.uint64(0x94D049BB133111EB)
+            h ^= h >> np.uint64(31)
+    return h
 
 
 def split_events(events: pa.Table, cfg: SplitConfig = SplitConfig()) -> dict[str, pa.Table]:

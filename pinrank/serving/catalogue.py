@@ -65,9 +65,6 @@ class Catalogue:
         self._tags, starts = np.unique(tags, return_index=True)
         self._tag_offsets = np.append(starts, len(tags)).astype(np.int64)
         self._tuples: list[tuple[int, ...]] | None = None
-        # per interest, its pins' engaged events (+1 each): a pin's share of its interest
-        smoothed = (self.engaged[self._tag_rows] + 1).astype(np.float64)
-        self._tag_totals = np.add.reduceat(smoothed, starts) if len(starts) else np.zeros(0)
 
     @classmethod
     def from_package(cls, package: Package) -> Catalogue:
@@ -125,38 +122,44 @@ class Catalogue:
         head = self._head(limit + n_marked, interests)
         return head[~marked[head]][:limit]
 
-    def interest_mix(
-        self, interests: np.ndarray, weights: np.ndarray, limit: int, exclude: np.ndarray
+    def lift_mix(
+        self,
+        interests: np.ndarray,
+        lifts: np.ndarray,
+        limit: int,
+        exclude: np.ndarray,
+        top: int = 20,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``[<= limit]`` rows of the pins of ``interests`` and their scores, best first, not in
-        ``exclude`` (ids): a pin scores ``weights[i]`` times its share of interest ``i``'s
-        engaged train events (``(engaged + 1) / sum over the interest's pins``, the best of its
-        interests): P(interest) x P(pin | interest) for weights that are an interest model's
-        probabilities. Each interest's first ``limit + len(exclude)`` pins are read, so the cost
-        does not grow with the catalogue. Ties: the more popular pin."""
+        """``[<= limit]`` rows and scores, best first, not in ``exclude`` (ids): popular pins
+        re-weighted by a user's interests. A pin scores ``(engaged + 1) x lift``, its lift the
+        best of its interests' (``lifts[i]``: how much more than the average user this user
+        engages with interest ``i``; 1 for an interest not given). The candidates are the most
+        popular pins and those of the ``top`` interests of highest lift, each list read only
+        ``limit + len(exclude)`` deep, so the cost does not grow with the catalogue. Ties: the
+        more popular pin."""
         interests = np.asarray(interests, np.int64)
-        weights = np.asarray(weights, np.float64)
-        if len(interests) != len(weights):
-            raise ValueError(f"{len(interests)} interests, {len(weights)} weights")
-        limit, depth = max(limit, 0), max(limit, 0) + len(exclude)
-        if not len(self._tags) or not len(interests) or not limit:
+        lifts = np.asarray(lifts, np.float64)
+        if len(interests) != len(lifts):
+            raise ValueError(f"{len(interests)} interests, {len(lifts)} lifts")
+        limit = max(limit, 0)
+        depth = limit + len(exclude)
+        if not limit or not len(self.ids):
             return _EMPTY, np.empty(0)
-        at = np.searchsorted(self._tags, interests)
-        found = (at < len(self._tags)) & (
-            self._tags[np.minimum(at, len(self._tags) - 1)] == interests
-        )
-        at, weights = at[found], weights[found]
-        starts = self._tag_offsets[at]
-        ends = np.minimum(self._tag_offsets[at + 1], starts + depth)
-        rows = np.concatenate([self._tag_rows[a:b] for a, b in zip(starts, ends, strict=True)]
-                              or [_EMPTY])  # fmt: skip
-        per = np.repeat(weights / self._tag_totals[at], ends - starts)
-        scores = per * (self.engaged[rows] + 1)
-        order = np.lexsort((self.rank[rows], -scores))  # best score first, then more popular
-        rows, scores = rows[order], scores[order]
-        first = np.unique(rows, return_index=True)[1]  # a pin's best interest
-        keep = np.sort(first)
-        rows, scores = rows[keep], scores[keep]
+        best = interests[np.argsort(-lifts, kind="stable")[:top]]
+        rows = np.union1d(self._head(depth, None), self._head(depth, best))
+        order = np.argsort(interests, kind="stable")
+        keys, values = interests[order], lifts[order]
+        lift = np.full(len(rows), -np.inf)
+        lengths = self.offsets[rows + 1] - self.offsets[rows]
+        if lengths.sum() and len(keys):
+            tags = np.concatenate([self.interests(int(r)) for r in rows])
+            at = np.minimum(np.searchsorted(keys, tags), len(keys) - 1)
+            per = np.where(keys[at] == tags, values[at], 1.0)  # 1: an interest not given
+            np.maximum.at(lift, np.repeat(np.arange(len(rows)), lengths), per)  # its best
+        lift[lengths == 0] = 1.0  # a pin of no interest
+        scores = (self.engaged[rows] + 1.0) * lift
+        rank = np.lexsort((self.rank[rows], -scores))
+        rows, scores = rows[rank], scores[rank]
         allowed = ~np.isin(self.ids[rows], exclude)
         return rows[allowed][:limit], scores[allowed][:limit]
 

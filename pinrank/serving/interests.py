@@ -78,6 +78,7 @@ class InterestRanker:
         self.ranker = Ranker(section, backend, self.catalogue)
         self.columns = section.columns("user")
         self.fields = sorted({c.column for c in self.columns} - {SEGMENT} | set(self.segment))
+        self.base_rate = _base_rates(section, self.catalogue)
         named = [self.candidates.popular, *self.candidates.segments.values()]
         if (self.catalogue.rows(np.concatenate(named)) < 0).any():
             raise PackageError(f"{section.root}: candidates name interests not in its catalogue")
@@ -114,6 +115,19 @@ class InterestRanker:
                                  f"(got {value!r:.60})")  # fmt: skip
         return dict(signup)
 
+    def lifts(self, signup: Mapping[str, Any]) -> InterestResult:
+        """Every candidate of the sign-up's segment with its **lift** in ``scores``: the model's
+        P(engaged) over the interest's base rate (:func:`_base_rates`; the mean prediction where
+        the package lacks the train counts), best first."""
+        got = self.rank(signup, MAX_K)
+        base = self.base_rate[self.catalogue.rows(got.ids)]
+        if np.isnan(base).any():
+            base = np.full(len(got.ids), float(np.mean(got.scores)) if len(got.ids) else 1.0)
+        lift = got.scores / np.maximum(base, 1e-6)
+        order = np.argsort(-lift, kind="stable")
+        got.ids, got.scores = got.ids[order], lift[order]
+        return got
+
     def key(self, signup: Mapping[str, Any]) -> str:
         """The segment key of a sign-up's fields (as the training users were keyed)."""
         values = {c: pa.array([_plain(signup.get(c))]) for c in self.segment}
@@ -139,7 +153,8 @@ class InterestRanker:
 class UnknownUsers:
     """An unknown user's feed: the popular pins of the interests the caller states; else, where
     the package has an interest model, the pins of the interests it predicts from the sign-up
-    fields (:meth:`Catalogue.interest_mix`, path ``unknown_user_predicted``); else popular pins.
+    fields (popular pins re-weighted by the user's lift of each interest:
+    :meth:`Catalogue.lift_mix`, path ``unknown_user_predicted``); else popular pins.
     A failing interest model degrades to popular pins (logged), never to an error."""
 
     def __init__(
@@ -152,8 +167,10 @@ class UnknownUsers:
         if wanted.size or self.ranker is None:
             return self.popular.unknown(uid, k, wanted)
         try:
-            got = self.ranker.rank(signup or {}, min(self.config.predicted_interests, MAX_K))
-            rows, _ = self.catalogue.interest_mix(got.ids, got.scores, k, EMPTY)
+            got = self.ranker.lifts(signup or {})
+            rows, _ = self.catalogue.lift_mix(
+                got.ids, got.scores, k, EMPTY, self.config.predicted_interests
+            )
         except Exception:
             log.exception("interest model failed for unknown user %d; popular pins", uid)
             return self.popular.unknown(uid, k, EMPTY)
@@ -184,6 +201,22 @@ def _of_kind(value: Any, kind: str) -> bool:
         return isinstance(value, str) and len(value) <= MAX_STRING
     check = integer if kind == "int_list" else number
     return isinstance(value, list) and len(value) <= MAX_LIST and all(check(v) for v in value)
+
+
+def _base_rates(section: Package, catalogue: Catalogue, prior: float = 10.0) -> np.ndarray:
+    """``[M]`` each interest's engagement rate among the training users who saw it (the
+    interest catalogue's ``train_engaged / train_events``), shrunk towards the overall rate with
+    ``prior`` pseudo-users: the average user's P(engaged | interest), what a lift divides by."""
+    items = pq.read_table(io.BytesIO(section.read(section.manifest["catalogue"]["path"])))
+    if not {"train_events", "train_engaged"} <= set(items.column_names):
+        return np.full(len(catalogue.ids), np.nan)
+    rows = catalogue.rows(items.column("item_id").to_numpy())
+    seen = np.nan_to_num(items.column("train_events").to_numpy(zero_copy_only=False).astype(float))
+    hits = np.nan_to_num(items.column("train_engaged").to_numpy(zero_copy_only=False).astype(float))
+    overall = hits.sum() / max(seen.sum(), 1.0)
+    out = np.full(len(catalogue.ids), overall)
+    out[rows[rows >= 0]] = ((hits + prior * overall) / (seen + prior))[rows >= 0]
+    return out
 
 
 def _plain(value: Any) -> Any:

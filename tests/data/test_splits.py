@@ -299,3 +299,26 @@ def test_movielens_protocol_counts(tmp_path: Path) -> None:
     for name in ("train", "val", "test"):
         assert cold_users.isdisjoint(parts[name].column("user_id").to_pylist())
     assert write_splits(raw / "events", tmp_path / "splits") == counts
+
+
+def test_random_order_splits_each_user_in_a_fixed_pseudo_random_order() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    events = pa.table({
+        "user_id": rng.integers(1, 60, n), "item_id": rng.integers(0, 500, n),
+        "ts": rng.integers(0, 10**6, n),
+    })  # fmt: skip
+    by_time = assign_splits(events, SplitConfig())
+    shuffled = assign_splits(events, SplitConfig(order="random"))
+    assert np.array_equal(shuffled, assign_splits(events, SplitConfig(order="random")))
+    assert not np.array_equal(by_time, shuffled)
+    users = events["user_id"].to_numpy()
+    for u in np.unique(users):  # the same number of events per split for every user
+        mine = users == u
+        assert np.array_equal(np.bincount(by_time[mine], minlength=4),
+                              np.bincount(shuffled[mine], minlength=4))  # fmt: skip
+    # by time, test holds each user's latest events; at random, not
+    ts = events["ts"].to_numpy()
+    assert ts[by_time == 2].mean() > ts[shuffled == 2].mean()
+    with pytest.raises(ValueError, match="order must be one of"):
+        SplitConfig(order="size")

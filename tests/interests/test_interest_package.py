@@ -100,13 +100,22 @@ def test_unknown_users_feed_comes_from_predicted_interests(package: Path, users)
     top = scorer.interest_ranker.rank(signup, k=5)
     feed = scorer.feed(2**40, k=10, signup=signup)
     assert feed.path == "unknown_user_predicted" and len(feed.items) == 10
-    # its first pins carry the predicted interests; what follows tops up with popular pins
-    first = [i for i in feed.items if i.source == "interests"]
-    assert first and all(
-        set(scorer.catalogue.interests(int(scorer.catalogue.rows(np.array([i.item_id]))[0])))
-        & set(top.ids.tolist() + scorer.interest_ranker.rank(signup, 20).ids.tolist())
-        for i in first
+    # popular pins re-weighted by the user's lift of each interest (P(engaged) / base rate)
+    lifts = scorer.interest_ranker.lifts(signup)
+    assert (np.diff(lifts.scores) <= 0).all() and (lifts.scores > 0).all()
+    rows, scores = scorer.catalogue.lift_mix(lifts.ids, lifts.scores, 10, np.zeros(0, np.int64))
+    assert feed.item_ids.tolist() == scorer.catalogue.ids[rows].tolist()
+    assert (np.diff(scores) <= 0).all()
+    # a lift of 1 everywhere is the popular feed
+    flat, _ = scorer.catalogue.lift_mix(
+        lifts.ids, np.ones(len(lifts.ids)), 10, np.zeros(0, np.int64)
     )
+    popular = scorer.feed(2**41, k=10, signup=None)
+    assert (
+        scorer.catalogue.ids[flat].tolist()
+        == scorer.popular.unknown(2**41, 10, np.zeros(0, np.int64)).item_ids.tolist()
+    )
+    assert popular.path == "unknown_user_predicted"
     # stated interests win over predicted ones; a known user is unaffected
     stated = scorer.feed(2**40, k=10, interests=[int(top.ids[0])], signup=signup)
     assert stated.path == "unknown_user_interests"

@@ -194,3 +194,23 @@ def test_a_table_store_of_many_chunks_answers_as_one_of_one_chunk() -> None:
                 np.array([1000]), np.zeros(0, np.int64)):  # fmt: skip
         assert many.get(ids).to_pylist() == one.get(ids).to_pylist()
         assert many.records(ids.tolist()) == one.records(ids.tolist())
+
+
+def test_lift_mix_reweights_popular_pins_by_their_best_interest() -> None:
+    items = pa.table({"item_id": [1, 2, 3, 4, 5, 6],
+                      "interests": [[10], [10], [20], [20, 10], [30], []]})  # fmt: skip
+    popular = pa.table({"item_id": [1, 2, 3, 4, 5, 6], "engaged": [9, 0, 5, 5, 100, 50]})
+    c = Catalogue(items, popular, [])
+    none = np.zeros(0, np.int64)
+    # lift 1 everywhere: the popular order (ties: lower id)
+    rows, _ = c.lift_mix(np.array([10, 20, 30]), np.ones(3), 6, none)
+    assert c.ids[rows].tolist() == c.ids[c.popular(6, none)].tolist()
+    # interest 10 three times as likely, 30 a tenth: (engaged + 1) x the pin's best lift
+    rows, scores = c.lift_mix(np.array([10, 30]), np.array([3.0, 0.1]), 6, none)
+    # pin 6: no interest, 51; pin 4: interests 20 (not given: 1) and 10 (3), 6 x 3; pin 5: 101 x 0.1
+    assert c.ids[rows].tolist() == [6, 1, 4, 5, 3, 2]
+    assert np.allclose(scores, [51.0, 30.0, 18.0, 10.1, 6.0, 3.0])
+    # excluded ids never come back; limit 0 is empty
+    rows, _ = c.lift_mix(np.array([10]), np.array([3.0]), 3, np.array([6, 1]))
+    assert 6 not in c.ids[rows] and 1 not in c.ids[rows] and len(rows) == 3
+    assert c.lift_mix(np.array([10]), np.array([3.0]), 0, none)[0].size == 0
