@@ -207,7 +207,7 @@ def test_hydra_commands_answer_with_their_config(
     out = capsys.readouterr().out
     assert "== Config ==" in out
     if command == "train":
-        assert "model: two_tower, wide_deep" in out  # the shipped config groups
+        assert "model: interests, two_tower, wide_deep" in out  # the shipped config groups
 
 
 def test_serve_answers_with_its_options(capsys: pytest.CaptureFixture[str]) -> None:
