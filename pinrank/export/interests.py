@@ -7,7 +7,8 @@ alone, into the package's ``interests/`` folder: ``interests/graphs/ranker*.onnx
 and interest columns in, the calibrated probability out: self-contained like the pin graphs),
 ``interests/catalogue/items.parquet`` (the interests), the item parts of every interest, its own
 state, weights and shared tensors, and ``interests/candidates.parquet`` (each segment's candidate
-interests, :class:`~pinrank.interests.segments.Candidates`, fitted in the run's report).
+interests, :class:`~pinrank.interests.segments.Candidates`, fitted in the run's report: an
+interest package of its own holds them too, :func:`write_candidates`).
 
 The section's manifest is the sub-package's, under ``manifest["interests"]``, with its paths
 relative to ``interests/``, plus ``candidates`` (path, segment columns, count per segment). The
@@ -44,11 +45,6 @@ def export_interests(
     """
     if run.kind != "interests" or run.record.interests is None:
         raise ValueError(f"{run.root}: not an interest run (kind {run.kind!r})")
-    settings = run.record.interests
-    source = run.root / str(settings.get("candidates", CANDIDATES))
-    if not source.is_file():
-        raise ValueError(f"{run.root}: the run saved no {source.name} (its report writes it)")
-    candidates = Candidates.from_table(pq.read_table(source), str(source))  # checked on the way
     tmp = root.parent / f".{root.name}.{SECTION}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -63,12 +59,28 @@ def export_interests(
             shutil.copyfile(tmp / relative, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    pq.write_table(candidates.to_table(), target / CANDIDATES)
-    section["candidates"] = {
+    assert not {MANIFEST, MANIFEST_DIGEST, *UNLISTED} & {p.name for p in target.iterdir()}
+    return section
+
+
+def write_candidates(run: TrainedRun, root: Path) -> dict[str, Any]:
+    """The interest run's candidates (checked) as ``root / candidates.parquet``; returns the
+    manifest's ``candidates`` entry: path, segment columns, count per segment, segments.
+
+    Raises:
+        ValueError: not an interest run, or its candidates are missing or malformed.
+    """
+    settings = run.record.interests
+    if run.kind != "interests" or settings is None:
+        raise ValueError(f"{run.root}: not an interest run (kind {run.kind!r})")
+    source = run.root / str(settings.get("candidates", CANDIDATES))
+    if not source.is_file():
+        raise ValueError(f"{run.root}: the run saved no {source.name} (its report writes it)")
+    candidates = Candidates.from_table(pq.read_table(source), str(source))  # checked on the way
+    pq.write_table(candidates.to_table(), root / CANDIDATES)
+    return {
         "path": CANDIDATES,
         "segment": [str(c) for c in settings["segment"]],
         "per_segment": int(settings["candidates_per_segment"]),
         "segments": len(candidates.segments),
     }
-    assert not {MANIFEST, MANIFEST_DIGEST, *UNLISTED} & {p.name for p in target.iterdir()}
-    return section

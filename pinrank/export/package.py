@@ -42,7 +42,7 @@ from pinrank.export.index import (
     distinct_first,
     measure_recall,
 )
-from pinrank.export.interests import export_interests
+from pinrank.export.interests import export_interests, write_candidates
 from pinrank.export.onnx import export_graph
 from pinrank.export.run import TrainedRun
 from pinrank.export.tensors import share
@@ -141,6 +141,8 @@ def build_package(
         "fallback": {"path": "fallback/popular.parquet"},
         "provenance": provenance(runs, prepared, command, exporter),
     }
+    if "interests" in models:  # the interest model alone (e.g. the section's own build)
+        manifest["candidates"] = write_candidates(runs[0], tmp)
     if "retrieval" in models:
         manifest["index"] = _write_index(tmp, runs, items, columns, index or IndexConfig())
     if "ranker_items" in graphs:

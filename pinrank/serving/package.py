@@ -223,9 +223,10 @@ def referenced_files(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         yield f"graphs.{name}", graph.get("path") if isinstance(graph, dict) else None
     for kind, model in manifest.get("models", {}).items():
         yield f"models.{kind}.weights", model.get("weights") if isinstance(model, dict) else None
-    for part in ("catalogue", "fallback", "index"):
+    for part in ("catalogue", "fallback", "index", "candidates"):
         if part in manifest:
-            yield f"{part}.path", manifest[part].get("path")
+            entry = manifest[part]
+            yield f"{part}.path", entry.get("path") if isinstance(entry, dict) else None
     parts = manifest.get("item_parts")
     arrays = parts.get("arrays") if isinstance(parts, dict) else None
     for name, spec in arrays.items() if isinstance(arrays, dict) else ():
@@ -238,9 +239,7 @@ def referenced_files(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         yield f"ids.{ns}.path", entry.get("path") if isinstance(entry, dict) else None
     section = manifest.get(SECTION)
     if isinstance(section, dict):  # its paths are relative to its folder
-        candidates = section.get("candidates")
-        within = [("candidates", candidates.get("path") if isinstance(candidates, dict) else None)]
-        within += referenced_files({k: v for k, v in section.items() if k != SECTION})
+        within = referenced_files({k: v for k, v in section.items() if k != SECTION})
         for what, relative in within:
             inside = f"{SECTION}/{relative}" if isinstance(relative, str) else None
             yield f"{SECTION}.{what}", inside

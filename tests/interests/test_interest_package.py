@@ -124,3 +124,22 @@ def test_unknown_users_feed_comes_from_predicted_interests(package: Path, users)
     # a failing interest model degrades to popular pins, never to an error
     scorer.interest_ranker.rank = lambda *a, **kw: 1 / 0  # type: ignore[method-assign]
     assert scorer.feed(2**40, k=5, signup=signup).path == "unknown_user_popular"
+
+
+def test_the_interest_model_alone_is_a_package_with_its_candidates(
+    interest_run: Path, tmp_path: Path
+) -> None:
+    from package_fixtures import SIGNING_KEY
+
+    from pinrank.export.package import build_package
+    from pinrank.export.run import TrainedRun
+
+    alone = build_package([TrainedRun.load(interest_run)], tmp_path / "pkg",
+                          signing_key=SIGNING_KEY)  # fmt: skip
+    assert set(alone.manifest["models"]) == {"interests"} and not alone.has_section()
+    assert alone.manifest["candidates"]["path"] == "candidates.parquet"
+    got = InterestRanker(alone, OnnxBackend(alone)).rank({"country": "US", "gender": "F"}, k=3)
+    assert len(got.ids) == 3 and got.segment == "US|F"
+    (tmp_path / "pkg" / "candidates.parquet").write_bytes(b"x")
+    with pytest.raises(PackageError, match=r"candidates\.parquet was altered"):
+        load_package(tmp_path / "pkg", TRUST)
