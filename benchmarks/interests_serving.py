@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from pinrank.serving.package import MANIFEST
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import RESULTS, ROOT, _status_mb, free_port, wait_ready
+from serve_load import RESULTS, ROOT, _status_mb, free_port, wait_ready, wrk_totals
 
 
 def request_paths(package: Path, users: str, k: int, limit: int) -> list[str]:
@@ -93,7 +93,7 @@ def main() -> None:
         with urllib.request.urlopen(base + paths[0], timeout=30) as r:
             sample = json.loads(r.read())
         env = {**os.environ, "PINRANK_PATHS_FILE": str(work / "paths.txt")}
-        script = str(Path(__file__).with_name("interests_load.lua"))
+        script = str(Path(__file__).with_name("serve_load.lua"))
         subprocess.run(
             ["wrk", "-t1", "-c8", "-d5s", "-s", script, base],
             check=True,
@@ -110,9 +110,7 @@ def main() -> None:
         server.terminate()
         server.wait(30)
         shutil.rmtree(work, ignore_errors=True)
-    totals = json.loads([line for line in out.splitlines() if line.startswith('{"requests"')][-1])
-    errors = sum(totals["errors"].values())
-    seconds = totals["duration_us"] / 1e6
+    totals, errors, seconds = wrk_totals(out)
     section = json.loads((package / MANIFEST).read_text())["interests"]
     result = {
         "machine": {

@@ -89,6 +89,13 @@ def reload(base: str, token: str, package: Path) -> dict[str, Any]:
     return {"status": status, "wall_s": round(time.perf_counter() - t0, 3), "answer": body}
 
 
+def wrk_totals(out: str) -> tuple[dict[str, Any], int, float]:
+    """The JSON totals line serve_load.lua prints at the end of a wrk run, the number of errors
+    (socket errors, timeouts, non-2xx) and the run's seconds."""
+    totals = json.loads([line for line in out.splitlines() if line.startswith('{"requests"')][-1])
+    return totals, sum(totals["errors"].values()), totals["duration_us"] / 1e6
+
+
 def scrape(base: str) -> dict[str, float]:
     """Counters of /metrics by their full name with labels."""
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
@@ -193,9 +200,7 @@ def main() -> None:
             p.terminate()
             p.wait(30)
         shutil.rmtree(work, ignore_errors=True)
-    totals = json.loads([line for line in out.splitlines() if line.startswith('{"requests"')][-1])
-    errors = sum(totals["errors"].values())
-    seconds = totals["duration_us"] / 1e6
+    totals, errors, seconds = wrk_totals(out)
     counters = {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu"},

@@ -150,7 +150,7 @@ def _flatten(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(np.arange(len(groups)), lens), values
 
 
-def _hits(topk_ids: np.ndarray, truth: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def hit_matrix(topk_ids: np.ndarray, truth: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """``[Q, K]`` bool, whether each ranked id is in its query's truth, and ``[Q]`` truth sizes.
 
     Truth ids are mapped to dense codes so that ``(query, item)`` fits one int64 key; one sorted
@@ -206,7 +206,7 @@ def retrieval_metrics(
     """
     topk_ids = np.asarray(topk_ids, dtype=np.int64)
     _check_topk(topk_ids, truth, ks)
-    hits, sizes = _hits(topk_ids, truth)
+    hits, sizes = hit_matrix(topk_ids, truth)
     if np.any(sizes == 0):
         raise ValueError(f"{int(np.sum(sizes == 0))} queries have an empty truth")
     discounts = 1.0 / np.log2(np.arange(2, topk_ids.shape[1] + 2))  # [Kmax], rank r -> log2(r+1)

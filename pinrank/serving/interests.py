@@ -77,7 +77,9 @@ class InterestRanker:
         self.catalogue = Catalogue.from_package(section)
         self.ranker = Ranker(section, backend, self.catalogue)
         self.columns = section.columns("user")
-        self.fields = sorted({c.column for c in self.columns} - {SEGMENT} | set(self.segment))
+        own = {c.column: c.kind for c in self.columns if c.column != SEGMENT}
+        fields = sorted(set(own) | set(self.segment))
+        self._kinds = {f: own.get(f, "string") for f in fields}  # the sign-up fields' kinds
         self.base_rate = _base_rates(section, self.catalogue)
         named = [self.candidates.popular, *self.candidates.segments.values()]
         if (self.catalogue.rows(np.concatenate(named)) < 0).any():
@@ -98,14 +100,13 @@ class InterestRanker:
         """Each sign-up field and its kind (``int``, ``float``, ``string``, ``int_list``,
         ``vector``): the interest model's user columns, and the segment's (``string`` where
         the graphs do not read them)."""
-        own = {c.column: c.kind for c in self.columns if c.column != SEGMENT}
-        return {f: own.get(f, "string") for f in self.fields}
+        return dict(self._kinds)
 
     def check(self, signup: Mapping[str, Any]) -> dict[str, Any]:
         """A request's sign-up fields, strictly: ValueError naming an unknown field or a value of
         the wrong type (JSON types: an integer for ``int``, a number for ``float``, a string,
         a list of integers). Null is a missing value. Returns the fields as given."""
-        kinds = self.kinds()
+        kinds = self._kinds
         unknown = sorted(set(signup) - set(kinds))
         if unknown:
             raise ValueError(f"unknown sign-up fields {unknown} (this model reads {sorted(kinds)})")

@@ -33,7 +33,7 @@ import torch
 from pinrank.data.datamodule import PinrankDataModule
 from pinrank.data.io import read_table, write_parquet
 from pinrank.evaluation.ranking import metric_keys, ranking_metrics
-from pinrank.evaluation.retrieval import retrieval_metrics
+from pinrank.evaluation.retrieval import hit_matrix, popularity_scores, retrieval_metrics
 from pinrank.interests.segments import SEGMENT, Candidates
 from pinrank.tasks.ranking import RankingModule
 
@@ -118,7 +118,7 @@ class InterestModule(RankingModule):
         t_users, t_items = train["user_id"].to_numpy(), train["item_id"].to_numpy()
         t_engaged = np.asarray(train["engaged"].to_numpy(zero_copy_only=False), bool)
         seg_of = _lookup_segment(dm, np.concatenate([t_users, users]))
-        glob = _count(t_items[t_engaged], items)
+        glob = popularity_scores(train, items)
         # (segment, interest) as one int64 key: both as codes of their distinct values
         _, seg_code = np.unique(seg_of.astype(str), return_inverse=True)
         item_values, item_code = np.unique(np.concatenate([t_items, items]), return_inverse=True)
@@ -165,7 +165,8 @@ class InterestModule(RankingModule):
     def _score_lists(
         self, dm: PinrankDataModule, uids: np.ndarray, lists: list[np.ndarray], depth: int
     ) -> np.ndarray:
-        """``[U, depth]`` each user's candidates by the model's score (ties: candidate order)."""
+        """``[U, depth]`` each user's candidates by the model's score (ties: candidate order),
+        each user featurized once per run of pairs (:meth:`WideDeep.score_feed`)."""
         assert dm.featurizer is not None
         was_training = self.net.training
         self.net.eval()
@@ -175,10 +176,11 @@ class InterestModule(RankingModule):
         logits = np.empty(len(items), np.float64)
         for a in range(0, len(items), self.pair_batch):
             b = min(a + self.pair_batch, len(items))
-            batch = dm.featurizer(
-                {"user": dm.users.take(uids[owner[a:b]]), "item": dm.items.take(items[a:b])}
+            users, index = np.unique(owner[a:b], return_inverse=True)  # each user once
+            feed = dm.featurizer.feed(
+                dm.users.take(uids[users]), dm.items.take(items[a:b]), index.astype(np.int64)
             )
-            logits[a:b] = self.net(batch.to(self.device)).float().cpu().numpy()
+            logits[a:b] = self.net.score_feed(feed.to(self.device)).float().cpu().numpy()
         self.net.train(was_training)
         out = np.full((len(uids), depth), -1, np.int64)
         starts = np.r_[0, np.cumsum(sizes)]
@@ -201,17 +203,10 @@ def candidate_metrics(
         (0.5, 0.5)
     """
     found = retrieval_metrics(ids, truth, ks)
-    sizes = np.array([len(np.unique(t)) for t in truth], np.float64)
-    for k in ks:  # hits = recall * |truth|, per user
-        hits = _per_user_recall(ids, truth, k) * sizes
-        found[f"precision@{k}"] = float(np.mean(hits / k))
+    hits, _ = hit_matrix(ids, truth)  # [U, depth]: which ranked ids are in the truth
+    for k in ks:
+        found[f"precision@{k}"] = float(hits[:, :k].sum(axis=1).mean() / k)
     return found
-
-
-def _per_user_recall(ids: np.ndarray, truth: list[np.ndarray], k: int) -> np.ndarray:
-    return np.array(
-        [np.isin(np.unique(t), row[:k]).mean() for row, t in zip(ids, truth, strict=True)]
-    )
 
 
 def _lookup_segment(dm: PinrankDataModule, user_ids: np.ndarray) -> np.ndarray:

@@ -291,12 +291,12 @@ class RetrievalModule(pl.LightningModule):
         if beta:
             assert counts is not None
             items = item_vectors(items, counts)
+        names = [self._topk(i).description for i in indexes]
         found: dict[str, np.ndarray] = {}  # an index named twice (the configured one is exact)
-        for i in indexes:
-            name = self._topk(i).description
+        for i, name in zip(indexes, names, strict=True):
             if name not in found:
                 found[name] = self._top(items, users, task, k, i, beta)
-        return [found[self._topk(i).description] for i in indexes]
+        return [found[name] for name in names]
 
     def _topk(self, index: str | None = None) -> Any:
         """The configured top-K implementation (or ``index`` with default parameters)."""
