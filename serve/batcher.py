@@ -2,8 +2,10 @@
 
 :class:`Batcher` queues each feed request as a job; one dispatcher thread per executor takes up
 to ``max_batch`` jobs at a time, groups them by model and ``k`` and hands each group to its
-executor, which scores it with one :meth:`~pinrank.serving.scorer.FeedScorer.feed_many`. Two
-kinds of executor (:class:`Executor`):
+executor, which scores it with one :meth:`~pinrank.serving.scorer.FeedScorer.feed_many`.
+``/v1/interests`` requests share the queue, its limits and the executors: grouped apart, each
+group is one :meth:`~pinrank.serving.interests.InterestRanker.rank_many`. Two kinds of executor
+(:class:`Executor`):
 
 - :class:`InThread` scores in the dispatcher thread itself: the graphs release the GIL, but
   conforming rows, blending and diversity are Python, and under load they hold the GIL the
@@ -29,10 +31,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from pinrank.serving.feed import Feed
+    from pinrank.serving.interests import InterestRanker, InterestResult
 
     from .metrics import Metrics
     from .model import Model
@@ -68,6 +71,13 @@ class Executor(Protocol):
         """One feed per user, as :meth:`FeedScorer.feed_many` gives them for ``model``."""
         ...
 
+    def interests_many(
+        self, model: Model, signups: list[dict[str, Any]], k: int
+    ) -> list[InterestResult]:
+        """One answer per sign-up, as :meth:`InterestRanker.rank_many` of ``model`` gives them
+        (the model has an interest section)."""
+        ...
+
     def prepare(self, model: Model) -> None:
         """Get ready to score ``model`` (before a reload serves it); raises when it cannot."""
         ...
@@ -83,6 +93,11 @@ class InThread:
     ) -> list[Feed]:
         return model.scorer.feed_many(user_ids, k, interests)
 
+    def interests_many(
+        self, model: Model, signups: list[dict[str, Any]], k: int
+    ) -> list[InterestResult]:
+        return interest_ranker(model).rank_many(signups, k)
+
     def prepare(self, model: Model) -> None:
         pass
 
@@ -92,12 +107,23 @@ class InThread:
 
 @dataclass
 class Job:
+    """A feed request (``signup`` None) or an interests request (``user_id`` 0)."""
+
     model: Model
     user_id: int
     k: int
     interests: list[int] | None
-    result: Future[Feed] = field(default_factory=Future)
+    signup: dict[str, Any] | None = None
+    result: Future[Any] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
+
+
+def interest_ranker(model: Model) -> InterestRanker:
+    """The model's interest ranker; ValueError when its package has none."""
+    ranker = model.scorer.interest_ranker
+    if ranker is None:
+        raise ValueError(f"{model.path} has no interest model")
+    return ranker
 
 
 class Batcher:
@@ -140,9 +166,17 @@ class Batcher:
         self, model: Model, user_id: int, k: int, interests: list[int] | None
     ) -> Future[Feed]:
         """Queue a feed request; Overloaded at once when ``max_queue`` requests wait already."""
+        return self._put(Job(model, user_id, k, interests))
+
+    def submit_interests(
+        self, model: Model, signup: dict[str, Any], k: int
+    ) -> Future[InterestResult]:
+        """Queue an interests request (the same queue, limits and executors as feeds)."""
+        return self._put(Job(model, 0, k, None, signup))
+
+    def _put(self, job: Job) -> Future[Any]:
         if self.jobs.qsize() >= self.max_queue:
             raise Overloaded("queue_full")
-        job = Job(model, user_id, k, interests)
         self.jobs.put(job)
         return job.result
 
@@ -186,12 +220,16 @@ class Batcher:
 
     def _score(self, executor: Executor, jobs: list[Job]) -> None:
         self.metrics.batch.observe(len(jobs))
-        groups: dict[tuple[int, int], list[Job]] = {}
+        groups: dict[tuple[bool, int, int], list[Job]] = {}
         for job in jobs:
-            groups.setdefault((id(job.model), job.k), []).append(job)
-        for group in groups.values():
-            feeds = executor.feed_many(
-                group[0].model, [j.user_id for j in group], group[0].k, [j.interests for j in group]
-            )
-            for j, f in zip(group, feeds, strict=True):
-                j.result.set_result(f)
+            groups.setdefault((job.signup is None, id(job.model), job.k), []).append(job)
+        for (feeds, _, k), group in groups.items():
+            model = group[0].model
+            if feeds:
+                users, wanted = [j.user_id for j in group], [j.interests for j in group]
+                answers: Sequence[Any] = executor.feed_many(model, users, k, wanted)
+            else:
+                signups = [j.signup or {} for j in group]
+                answers = executor.interests_many(model, signups, k)
+            for j, answer in zip(group, answers, strict=True):
+                j.result.set_result(answer)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pinrank.serving.interests import MAX_K, InterestRanker
 
+from .batcher import Overloaded
 from .http import SafeJSONResponse, error, json_body
 from .schemas import json_body_schema, validate
 
@@ -70,7 +71,10 @@ def interest_routes(service: "Service") -> APIRouter:
         {"name": name, "in": "query", "required": False, "schema": _SCHEMA[kind]}
         for name, kind in kinds.items()
     ]
-    missing: dict[int | str, dict[str, Any]] = {404: {"description": "no interest model"}}
+    missing: dict[int | str, dict[str, Any]] = {
+        404: {"description": "no interest model"},
+        503: {"description": "overloaded: retry after Retry-After seconds"},
+    }
 
     @router.get(
         "/v1/interests",
@@ -78,13 +82,13 @@ def interest_routes(service: "Service") -> APIRouter:
         openapi_extra={"parameters": parameters},
         responses=missing,
     )
-    def interests_get(request: Request) -> InterestsOut | JSONResponse:
+    async def interests_get(request: Request) -> InterestsOut | JSONResponse:
         model = service.model
         ranker = model.scorer.interest_ranker
         if ranker is None:
             return error(404, "this package has no interest model (no interests section)")
         k, signup = _from_query(request, ranker)
-        return _answer(model, ranker, signup, k)
+        return await _answer(service, model, ranker, signup, k)
 
     @router.post(
         "/v1/interests",
@@ -92,7 +96,9 @@ def interest_routes(service: "Service") -> APIRouter:
         openapi_extra=json_body_schema(InterestsIn, required=True),
         responses={**missing, 413: {}, 415: {}},
     )
-    def interests_post(raw: Annotated[Any, Depends(json_body)]) -> InterestsOut | JSONResponse:
+    async def interests_post(
+        raw: Annotated[Any, Depends(json_body)],
+    ) -> InterestsOut | JSONResponse:
         body = validate(InterestsIn, raw)
         model = service.model
         ranker = model.scorer.interest_ranker
@@ -102,7 +108,7 @@ def interest_routes(service: "Service") -> APIRouter:
             signup = ranker.check(body.signup)
         except ValueError as err:
             raise HTTPException(422, f"body.{err}") from None
-        return _answer(model, ranker, signup, body.k)
+        return await _answer(service, model, ranker, signup, body.k)
 
     return router
 
@@ -156,8 +162,16 @@ def _typed(values: list[str], kind: str) -> Any:
     return [one(v, kind == "int_list") for v in values]
 
 
-def _answer(model: "Model", ranker: InterestRanker, signup: dict[str, Any], k: int) -> JSONResponse:
-    got = ranker.rank(signup, k)
+async def _answer(
+    service: "Service", model: "Model", ranker: InterestRanker, signup: dict[str, Any], k: int
+) -> JSONResponse:
+    """The answer, scored under the service's admission control with the feeds
+    (:meth:`Service.interests_async`; 503 with ``Retry-After`` when shed)."""
+    try:
+        got = await service.interests_async(model, signup, k)
+    except Overloaded as err:
+        service.metrics.shed.labels(err.reason).inc()
+        return error(503, f"overloaded ({err.reason}): retry later", headers={"Retry-After": "1"})
     codec = model.scorer.ids
     originals = codec.decode(codec.interests, got.ids)
     return SafeJSONResponse({

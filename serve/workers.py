@@ -15,9 +15,11 @@ before a reload finish on the model they started with. Messages go over one pipe
 
 - ``("load", path, version)``: load and probe (the service calls it for every process before a
   reload swaps the new model in, so no request waits for a load);
-- ``("feed", path, version, user_ids, k, interests)``: the batch's feeds. A process started
-  again after a failure is sent ``load`` first (under the load's own time limit, not the
-  batch's).
+- ``("feed", path, version, user_ids, k, interests)``: the batch's feeds;
+- ``("interests", path, version, signups, k)``: the batch's ``/v1/interests`` answers.
+
+A process started again after a failure is sent ``load`` first (under the load's own time
+limit, not the batch's).
 
 A process that dies (killed, out of memory, a crash in native code) or does not answer within
 ``timeout_s`` fails the batch it held with :class:`WorkerLost` (503 with ``Retry-After``) and is
@@ -42,6 +44,7 @@ from .batcher import WORKER_NICENESS, WorkerLost
 
 if TYPE_CHECKING:
     from pinrank.serving.feed import Feed, FeedConfig
+    from pinrank.serving.interests import InterestResult
     from pinrank.serving.scorer import FeedScorer
     from pinrank.serving.store import UserStore
 
@@ -99,6 +102,12 @@ def _serve(conn: Connection, store: UserStore, config: WorkerConfig) -> None:
             elif message[0] == "feed":
                 _, path, version, user_ids, k, interests = message
                 answer = ("ok", scorer(path, version).feed_many(user_ids, k, interests))
+            elif message[0] == "interests":
+                _, path, version, signups, k = message
+                ranker = scorer(path, version).interest_ranker
+                if ranker is None:
+                    raise ValueError(f"{path} has no interest model")
+                answer = ("ok", ranker.rank_many(signups, k))
             else:
                 answer = ("error", f"unknown message {message[0]!r}")
         except Exception as err:
@@ -177,6 +186,14 @@ class ScoringProcess:
         if model.version not in self._loaded:  # a restarted process: load under the load limit
             self.prepare(model)
         message = ("feed", model.path, model.version, user_ids, k, interests)
+        return self.call(message, self.config.timeout_s)
+
+    def interests_many(
+        self, model: Model, signups: list[dict[str, Any]], k: int
+    ) -> list[InterestResult]:
+        if model.version not in self._loaded:
+            self.prepare(model)
+        message = ("interests", model.path, model.version, signups, k)
         return self.call(message, self.config.timeout_s)
 
     def prepare(self, model: Model) -> None:

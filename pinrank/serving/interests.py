@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,24 +131,52 @@ class InterestRanker:
 
     def key(self, signup: Mapping[str, Any]) -> str:
         """The segment key of a sign-up's fields (as the training users were keyed)."""
-        values = {c: pa.array([_plain(signup.get(c))]) for c in self.segment}
-        return str(segment_keys(pa.table(values), self.segment)[0].as_py())
+        return self.keys([signup])[0]
+
+    def keys(self, signups: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The segment key of each sign-up (:meth:`key`)."""
+        values = {c: pa.array([_plain(s.get(c)) for s in signups]) for c in self.segment}
+        return [str(k) for k in segment_keys(pa.table(values), self.segment).to_pylist()]
 
     def rank(self, signup: Mapping[str, Any], k: int = 10) -> InterestResult:
         """The ``k`` best of the sign-up's segment candidates by the calibrated probability
         (ties: candidate order). Unknown fields are ignored; ``k`` is 1..:data:`MAX_K`."""
+        return self.rank_many([signup], k)[0]
+
+    def rank_many(self, signups: Sequence[Mapping[str, Any]], k: int = 10) -> list[InterestResult]:
+        """:meth:`rank` of many sign-ups, the graphs run once for all (the service's batches:
+        ``ranker_user`` on every sign-up row, ``ranker_pairs`` on all their candidates)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValueError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
-        key = self.key(signup)
-        known = key in self.candidates.segments
-        ids = self.candidates.for_segment(key)
-        row = {**signup, SEGMENT: key}
-        table, problems = conform(row, self.columns)
-        problems.pop(SEGMENT, None)
-        rows = self.catalogue.rows(ids)
-        (prob,) = self.ranker.rank(pack(table, self.columns), [rows])
-        order = np.argsort(-prob, kind="stable")[:k]
-        return InterestResult(ids[order], prob[order], key, known, len(ids), problems)
+        if not signups:
+            return []
+        keys = self.keys(signups)
+        tables, problems = [], []
+        for signup, key in zip(signups, keys, strict=True):
+            table, found = conform({**signup, SEGMENT: key}, self.columns)
+            found.pop(SEGMENT, None)
+            tables.append(table)
+            problems.append(found)
+        ids = [self.candidates.for_segment(key) for key in keys]
+        probs = self.ranker.rank(
+            pack(pa.concat_tables(tables), self.columns), [self.catalogue.rows(i) for i in ids]
+        )
+        out = []
+        for key, cand, prob, found in zip(keys, ids, probs, problems, strict=True):
+            order = _top(prob, k)
+            known = key in self.candidates.segments
+            out.append(InterestResult(cand[order], prob[order], key, known, len(cand), found))
+        return out
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """The positions of the ``k`` highest scores, best first, ties in position order (what a
+    stable descending sort's first ``k`` are, without sorting all of them)."""
+    if k >= len(scores):
+        return np.argsort(-scores, kind="stable")
+    kth = np.partition(-scores, k - 1)[k - 1]
+    keep = np.flatnonzero(-scores <= kth)  # every tie with the k-th too, in position order
+    return keep[np.argsort(-scores[keep], kind="stable")][:k]
 
 
 class UnknownUsers:

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from package_fixtures import TRUST, resign
 
 from pinrank.data.prepare import Prepared
 from pinrank.export.verify import held_out_rows, verify
 from pinrank.interests.segments import Candidates
-from pinrank.serving.interests import InterestRanker
+from pinrank.serving.interests import InterestRanker, _top
 from pinrank.serving.package import PackageError, load_package
 from pinrank.serving.runtime import OnnxBackend
 
@@ -88,6 +90,36 @@ def test_ranker_answers_a_sign_up_from_its_segment_candidates(package: Path) -> 
     assert other.problems.get("age") == "malformed"
     with pytest.raises(ValueError, match="k must be"):
         ranker.rank({}, k=0)
+
+
+def test_rank_many_answers_each_sign_up_as_rank_does_alone(package: Path) -> None:
+    section = load_package(package, TRUST).section()
+    ranker = InterestRanker(section, OnnxBackend(section))
+    key = next(iter(ranker.candidates.segments))
+    country, gender = key.split("|")
+    signups = [
+        {"country": country or None, "gender": gender or None, "age": 30},
+        {"country": "ZZ", "gender": "Q", "age": "old"},  # unseen segment, malformed age
+        {},
+        {"country": country or None, "interests": [1, 2, 2]},
+    ]
+    many = ranker.rank_many(signups, k=7)
+    assert [m.segment for m in many] == ranker.keys(signups)
+    for signup, got in zip(signups, many, strict=True):
+        alone = ranker.rank(signup, k=7)
+        assert np.array_equal(got.ids, alone.ids) and got.problems == alone.problems
+        np.testing.assert_allclose(got.scores, alone.scores, rtol=1e-6)
+    assert ranker.rank_many([], k=3) == []
+    # k past the candidates: every candidate, best first
+    everything = ranker.rank_many([signups[0]], k=1000)[0]
+    assert len(everything.ids) == everything.candidates
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=30), st.integers(1, 40))
+def test_top_is_a_stable_descending_sort_cut_at_k(values: list[int], k: int) -> None:
+    scores = np.array(values, np.float32) / 4  # few distinct values: many ties
+    expected = np.argsort(-scores, kind="stable")[:k]
+    assert np.array_equal(_top(scores, k), expected)
 
 
 def test_unknown_users_feed_comes_from_predicted_interests(package: Path, users) -> None:

@@ -4,9 +4,11 @@ generated from the OpenAPI schema."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
@@ -82,6 +84,35 @@ def test_a_package_without_an_interest_model_answers_404(
     client = TestClient(app)
     assert client.get("/v1/interests?k=3").status_code == 404
     assert client.post("/v1/interests", json={"k": 3}).status_code == 404
+
+
+def test_concurrent_requests_batched_in_processes_answer_as_one_thread_does(
+    app: Any, interest_package_dir: Path, users_path: Path
+) -> None:
+    """The default service batches interest requests into its scoring processes (one
+    rank_many per batch); a service scoring each request alone in a thread answers the same."""
+    alone = create_app(
+        Settings(interest_package_dir, trust=TRUST, scoring="threads", batch_max=1),
+        TableStore.from_parquet(users_path),
+    )
+    paths = [
+        f"/v1/interests?k=4&country={c}&gender={g}&age={age}"
+        for c in ("US", "BR", "ZZ") for g in ("F", "M") for age in (19, 44)
+    ]  # fmt: skip
+    batched_client, alone_client = TestClient(app), TestClient(alone)
+    with ThreadPoolExecutor(8) as pool:  # concurrent: the batcher groups them
+        batched = list(pool.map(lambda p: batched_client.get(p), paths * 3))
+        one_by_one = list(pool.map(lambda p: alone_client.get(p), paths))
+    assert all(r.status_code == 200 for r in batched + one_by_one)
+    for i, single in enumerate(one_by_one):
+        for got in (batched[i], batched[i + len(paths)], batched[i + 2 * len(paths)]):
+            a, b = got.json(), single.json()
+            assert [x["interest_id"] for x in a["interests"]] == [
+                x["interest_id"] for x in b["interests"]
+            ]
+            assert a["segment"] == b["segment"] and a["replaced"] == b["replaced"]
+            np.testing.assert_allclose([x["score"] for x in a["interests"]],
+                                       [x["score"] for x in b["interests"]], rtol=1e-5)  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
