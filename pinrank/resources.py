@@ -27,8 +27,17 @@ def conf_file(*parts: str) -> Path:
 
 
 def register_resolvers() -> None:
-    """Let configs name the shipped conf folder as ``${pinrank_conf:}`` (idempotent)."""
+    """Let configs name the shipped conf folder as ``${pinrank_conf:}``, the MLflow tracking
+    URI as ``${pinrank_tracking:}`` and its artifact root as ``${pinrank_artifacts:}``
+    (:mod:`pinrank.lifecycle.tracking`; idempotent)."""
     from omegaconf import OmegaConf
+
+    from pinrank.lifecycle import tracking
 
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, lambda: str(conf_dir()))
+    if not OmegaConf.has_resolver("pinrank_tracking"):
+        OmegaConf.register_new_resolver("pinrank_tracking", lambda: tracking.tracking_uri())
+        OmegaConf.register_new_resolver(
+            "pinrank_artifacts", lambda: tracking.artifact_root(tracking.tracking_uri())
+        )

@@ -3,6 +3,7 @@
   data       generate, inspect, ingest, prepare, report
   models     train, export                 (Hydra apps over the shipped configs)
   packages   keygen, verify, feed, users, feeds
+  registry   models list|show|register|promote|rollback|fetch, compare   (MLflow's registry)
   service    serve                         (the HTTP feed service)
   demo       demo                          (the data stage of `make demo`)
 
@@ -53,7 +54,7 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pinrank.cli import data, packages
+    from pinrank.cli import data, models, packages
 
     parser = argparse.ArgumentParser(
         prog="pinrank", description=__doc__, formatter_class=HelpFormatter
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
     packages.register(sub)
+    models.register(sub)
+    models.register_compare(sub)
     return parser
 
 

@@ -49,6 +49,7 @@ def _train(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
     from pytorch_lightning.accelerators import CPUAccelerator
 
+    from pinrank.lifecycle.tracking import finish_run
     from pinrank.training import (
         fit_and_evaluate,
         summary_table,
@@ -94,6 +95,7 @@ def _train(cfg: DictConfig) -> float | None:
         command = " ".join(["python train.py", *HydraConfig.get().overrides.task])
         net = OmegaConf.to_container(cfg.model.net, resolve=True)
         write_run_record(out_dir, module, net, prepared, metrics, command, config)  # type: ignore[arg-type]
+        finish_run(trainer.loggers, out_dir, metrics, config, trainer.global_step)  # type: ignore[arg-type]
         print(
             summary_table(metrics, cfg.model.get("summary_split", "test"), cfg.model.get("summary"))
         )
