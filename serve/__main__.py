@@ -82,10 +82,18 @@ def cmd_run(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import Settings, create_app
+    from .follow import Follow, parse_follow
 
+    trust = trust_from_args(args)
+    alias, follow = parse_follow(args.package), None
+    if alias is not None:
+        follow = Follow(alias, args.tracking_uri, args.registry_name, Path(args.registry_cache),
+                        args.registry_poll_s)  # fmt: skip
+    package = follow.fetch(trust) if follow is not None else Path(args.package)
     settings = Settings(
-        package=Path(args.package),
-        trust=trust_from_args(args),
+        package=package,
+        follow=follow,
+        trust=trust,
         admin_token=admin_token(args.admin_token_file),
         feed=FeedConfig(candidates=args.candidates),
         threads=args.threads,
@@ -134,7 +142,21 @@ def build_parser(prog: str = "python -m serve") -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve feeds over HTTP")
-    run.add_argument("package")
+    run.add_argument(
+        "package",
+        help="a model package folder, or registry:ALIAS (e.g. registry:production): the "
+        "registry's package for that alias, followed when the alias moves",
+    )
+    run.add_argument(
+        "--tracking-uri",
+        help="the registry (registry:ALIAS; default: $MLFLOW_TRACKING_URI, else the embedded "
+        "store under outputs/mlflow)",
+    )
+    run.add_argument("--registry-name", default="pinrank", help="the registered model")
+    run.add_argument("--registry-cache", default="outputs/registry",
+                     help="where registered packages are fetched to (the model root)")  # fmt: skip
+    run.add_argument("--registry-poll-s", type=float, default=15.0,
+                     help="how often the registry is asked where the alias points")  # fmt: skip
     run.add_argument(
         "--users", help="users snapshot (pinrank users): Parquet, or .arrow (memory-mapped)"
     )

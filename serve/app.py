@@ -53,6 +53,7 @@ from pinrank.serving.signing import Trust
 from pinrank.serving.store import UserStore
 
 from .batcher import SCORING, Batcher, Executor, InThread, Overloaded, interest_ranker
+from .follow import Follow, Follower
 from .http import (
     BodyLimit,
     Measure,
@@ -109,6 +110,8 @@ class Settings:
             latency under overload instead of every request slowing down.
         body_timeout_s: a request body not received within this long gets 408 (the header
             timeout is the HTTP server's: :func:`serve.http.timed_h11`).
+        follow: a registry alias the service follows (:mod:`serve.follow`): polled, and the
+            package it points at swapped in when it moves. ``package`` is then its fetched copy.
     """
 
     package: Path
@@ -128,6 +131,7 @@ class Settings:
     body_timeout_s: float = 10.0
     scoring: str = "threads"
     score_timeout_s: float = 30.0
+    follow: Follow | None = None
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORING:
@@ -161,6 +165,8 @@ class Service:
             self._prepare(self.model)
         self._unbatched = threading.BoundedSemaphore(settings.batch_workers)
         self._waiting = 0
+        follow = settings.follow
+        self.follower = Follower(self, follow, settings.trust) if follow is not None else None
 
     def _load(self, path: str | Path) -> Model:
         s = self.settings
@@ -189,7 +195,9 @@ class Service:
                 done.result()
 
     def close(self) -> None:
-        """Stop the scoring processes (if any)."""
+        """Stop following the registry and the scoring processes (if any)."""
+        if self.follower is not None:
+            self.follower.stop()
         if self.batcher is not None:
             self.batcher.close()
 
@@ -292,6 +300,8 @@ def create_app(settings: Settings, store: UserStore) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settle_heap()  # the server's own modules are imported by now
+        if service.follower is not None:
+            service.follower.start()
         yield
         service.close()
 
