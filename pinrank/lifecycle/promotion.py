@@ -10,6 +10,7 @@ promoted as the first production model (said so in the reasons).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def evaluate_candidate(
     metrics = cmp.compare_scores(holdout, scores[0], scores[1], config)
     verdict = cmp.verdict(metrics, config)
     labels = (f"production v{prod.number}", f"candidate v{cand.number}")
-    report = cmp.write_report(out, holdout, *scores, labels, metrics, verdict, config)
+    a, b = scores
+    report = cmp.write_report(out, holdout, a, b, labels, metrics, verdict, config)
     tag("pinrank.verdict", "promoted" if verdict.better else "not promoted")
     tag("pinrank.verdict_reasons", " | ".join(verdict.reasons))
     tag("pinrank.compared_with", str(prod.number))
@@ -63,7 +65,7 @@ def evaluate_candidate(
     return Decision(cand, prod, verdict.better, verdict.reasons, report, metrics)
 
 
-def _tagger(registry: Registry, version: Version):  # type: ignore[no-untyped-def]
+def _tagger(registry: Registry, version: Version) -> Callable[[str, str], None]:
     def tag(key: str, value: str) -> None:
         registry.client.set_model_version_tag(registry.name, str(version.number), key,
                                               value[:5000])  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pyarrow as pa
-from package_fixtures import ROOT, TRUST, free_port
+from package_fixtures import TRUST, free_port
 
 from pinrank.lifecycle.registry import Registry
 
@@ -41,6 +41,7 @@ def test_a_promotion_reaches_the_running_service_with_no_failed_request(
     registry.promote(first.number)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pinrank.cli", "serve", "run", "registry:production",
          "--tracking-uri", uri,
@@ -48,12 +49,12 @@ def test_a_promotion_reaches_the_running_service_with_no_failed_request(
          "--users", str(users_path), "--port", str(port),
          "--trusted-key", str(key_files["public"])],
         cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+        stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     try:
         _wait(base, proc, tmp_path / "server.log")
         assert httpx.get(f"{base}/readyz").json()["model_version"] == first.package_version
-        ids = users.column("user_id").to_numpy()[:50].tolist() + [10**12]
+        ids = [*users.column("user_id").to_numpy()[:50].tolist(), 10**12]
         stop, results, lock = threading.Event(), [], threading.Lock()
 
         def hammer(seed: int) -> None:
@@ -90,3 +91,4 @@ def test_a_promotion_reaches_the_running_service_with_no_failed_request(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
