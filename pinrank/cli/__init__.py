@@ -3,7 +3,7 @@
   data       generate, inspect, ingest, prepare, report
   models     train, export                 (Hydra apps over the shipped configs)
   packages   keygen, verify, feed, users, feeds
-  registry   models list|show|register|promote|rollback|fetch, compare   (MLflow's registry)
+  lifecycle  models list|show|register|promote|rollback|fetch, compare, retrain
   service    serve                         (the HTTP feed service)
   demo       demo                          (the data stage of `make demo`)
 
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     packages.register(sub)
     models.register(sub)
     models.register_compare(sub)
+    models.register_retrain(sub)
     return parser
 
 

@@ -189,3 +189,48 @@ def register_compare(sub: Any) -> None:
     c.add_argument("--name", default="pinrank", help="the registered model for @refs")
     c.add_argument("--cache", default="outputs/registry", help="where @refs are fetched to")
     add_trust_arguments(c)
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    """Run a lifecycle's days (``--day``, or 0 through ``--through``): each day's data, training,
+    export, registration and evaluation against production on the long-term hold-out, promoting
+    only what is better (pinrank/lifecycle/retrain.py). Resumable: a day killed midway and run
+    again finishes the steps not yet done."""
+    from pinrank.lifecycle.retrain import LifecycleConfig, Retrain
+
+    overrides: dict[str, Any] = {}
+    if args.tracking_uri:
+        overrides["tracking_uri"] = args.tracking_uri
+    if args.work:
+        overrides["work"] = args.work
+    retrain = Retrain(LifecycleConfig.load(args.config, overrides))
+    last = args.day if args.day is not None else args.through
+    first = args.day if args.day is not None else 0
+    for day in range(first, last + 1):
+        state = retrain.run_day(day)
+        decision = state["evaluate"]
+        verdict = "promoted" if decision["promoted"] else "not promoted"
+        print(f"[retrain] day {day}: v{decision['candidate']} {verdict}: "
+              f"{'; '.join(decision['reasons'])}")  # fmt: skip
+
+
+def register_retrain(sub: Any) -> None:
+    from pinrank.cli.common import command
+
+    r = command(
+        sub,
+        "retrain",
+        "continuous retraining: a lifecycle's days, promoting only what is better",
+        cmd_retrain,
+        [
+            "pinrank retrain --config conf/lifecycle/week.yaml --through 5",
+            "pinrank retrain --config conf/lifecycle/week.yaml --day 3",
+        ],
+    )
+    r.add_argument("--config", required=True, help="a lifecycle (conf/lifecycle/*.yaml)")
+    days = r.add_mutually_exclusive_group(required=True)
+    days.add_argument("--day", type=int, help="run this day (the days before it must be done)")
+    days.add_argument("--through", type=int, help="run days 0 through this one")
+    r.add_argument("--work", help="the work folder (default: the lifecycle's)")
+    r.add_argument("--tracking-uri", help="the registry (default: the lifecycle's, else "
+                   "$MLFLOW_TRACKING_URI, else the embedded store)")  # fmt: skip

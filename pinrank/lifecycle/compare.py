@@ -49,8 +49,8 @@ class CompareConfig:
     level: float = 0.95
     popular_share: float = 0.1  # the pins of the most training engagement, as a share of pins
     max_users: int | None = None  # the first users of the hold-out (by id) only
-    # metric -> tolerance: B fails when its interval's worse end is beyond it (in the metric's
-    # own units; for log loss, higher is worse)
+    # metric -> tolerance: B fails when the metric is worse by more than it (in the metric's
+    # own units; for log loss, higher is worse), or surely worse (its whole interval)
     guard: dict[str, float] = field(default_factory=lambda: {
         "ranking/auc": 0.005, "ranking/log_loss": 0.01, "retrieval/recall@20": 0.01,
     })  # fmt: skip
@@ -80,30 +80,51 @@ class Holdout:
     new_user: np.ndarray  # [U] bool: no training events
     popular: np.ndarray  # sorted ids of the popular pins
 
+    @classmethod
+    def load(cls, folder: str | Path, config: CompareConfig) -> Holdout:
+        """A hold-out folder (``pinrank retrain``): ``events``, ``users`` (their stored rows as
+        of the hold-out), ``train`` (the training events of that time) and ``holdout.json``."""
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        meta = json.loads((folder / "holdout.json").read_text())
+        tables = {n: pq.read_table(folder / f"{n}.parquet") for n in ("events", "users", "train")}
+        return make_holdout(meta["name"], tables["events"], tables["users"], tables["train"],
+                            int(meta["items"]), config)  # fmt: skip
+
 
 def load_holdout(data: str | Path, split: str, config: CompareConfig) -> Holdout:
-    """The ``split`` of a prepared data set as a hold-out (``config.max_users``: its first
-    users by id)."""
+    """A hold-out: a folder written by ``pinrank retrain`` (``holdout.json``), or the ``split``
+    of a prepared data set (``config.max_users``: its first users by id)."""
+    if (Path(data) / "holdout.json").is_file():
+        return Holdout.load(data, config)
     prepared = Prepared.load(data)
     events = read_table(prepared.split(split), "events",
                         columns=["user_id", "item_id", "engaged"])  # fmt: skip
-    if not events.num_rows:
-        raise ValueError(f"{prepared.split(split)} holds no events")
-    users = np.unique(events.column("user_id").to_numpy())
-    if config.max_users is not None:
-        users = users[: config.max_users]
-        events = events.filter(pc.is_in(events.column("user_id"), pa.array(users)))
     train = read_table(prepared.split("train"), "events", columns=["user_id", "item_id",
                                                                     "engaged"])  # fmt: skip
+    return make_holdout(f"{prepared.root}:{split}", events, prepared.users(), train,
+                        prepared.items().num_rows, config)  # fmt: skip
+
+
+def make_holdout(name: str, events: pa.Table, users: pa.Table, train: pa.Table, n_items: int,
+                 config: CompareConfig) -> Holdout:  # fmt: skip
+    """A hold-out of ``events`` (user_id, item_id, engaged), the users' stored rows and the
+    training events that tell new users and popular pins."""
+    if not events.num_rows:
+        raise ValueError(f"hold-out {name} holds no events")
+    events = events.select(["user_id", "item_id", "engaged"])
+    ids = np.unique(events.column("user_id").to_numpy())
+    if config.max_users is not None:
+        ids = ids[: config.max_users]
+        events = events.filter(pc.is_in(events.column("user_id"), pa.array(ids)))
     seen = np.unique(train.column("user_id").to_numpy())
     engaged = train.filter(train.column("engaged")).column("item_id").to_numpy()
-    ids, counts = np.unique(engaged, return_counts=True)
-    n_items = prepared.items().num_rows
+    items, counts = np.unique(engaged, return_counts=True)
     head = max(1, math.ceil(config.popular_share * n_items))
-    popular = np.sort(ids[np.lexsort((ids, -counts))][:head])
-    table = prepared.users()
-    table = table.filter(pc.is_in(table.column("user_id"), pa.array(users)))
-    return Holdout(f"{prepared.root}:{split}", events, table, users, ~np.isin(users, seen), popular)
+    popular = np.sort(items[np.lexsort((items, -counts))][:head])
+    users = users.filter(pc.is_in(users.column("user_id"), pa.array(ids)))
+    return Holdout(name, events, users, ids, ~np.isin(ids, seen), popular)
 
 
 @dataclass
@@ -275,39 +296,40 @@ class Verdict:
 
 
 def verdict(metrics: list[Metric], config: CompareConfig) -> Verdict:
-    """B is better when no guarded metric (overall) may be worse beyond its tolerance and one
-    metric of ``improve`` gains at least ``min_gain`` (with ``significant``: at the worse end
-    of its interval)."""
+    """B is better when no guarded metric (overall) is worse, and one metric of ``improve``
+    gains more than ``min_gain`` (with ``significant``: at the worse end of its interval).
+
+    A guarded metric is worse when its difference is worse than ``-tolerance``, or when its
+    whole interval lies on the worse side of zero (surely worse, if only a little)."""
     overall = {m.name: m for m in metrics if m.slice == "all"}
     reasons, ok = [], True
     for name, tolerance in config.guard.items():
         m = _named(overall, name)
         sign = -1.0 if name.split("/")[-1] in LOWER_IS_BETTER else 1.0
-        worst = min(sign * m.diff.low, sign * m.diff.high)  # the worse end, as a gain
-        if not math.isfinite(worst) or worst < -tolerance:
+        gain, best = sign * m.diff.value, max(sign * m.diff.low, sign * m.diff.high)
+        text = f"{name}: B - A = {m.diff.value:+.4f} [{m.diff.low:+.4f}, {m.diff.high:+.4f}]"
+        if not math.isfinite(gain) or gain < -tolerance:
             ok = False
-            reasons.append(f"{name}: B - A = {m.diff.value:+.4f} [{m.diff.low:+.4f}, "
-                           f"{m.diff.high:+.4f}]: may be worse by more than the tolerance "
-                           f"{tolerance}")  # fmt: skip
+            reasons.append(f"{text}: worse by more than the tolerance {tolerance}")
+        elif best < 0:
+            ok = False
+            reasons.append(f"{text}: surely worse (the whole interval)")
         else:
-            reasons.append(f"{name}: within the tolerance {tolerance} ({m.diff.value:+.4f} "
-                           f"[{m.diff.low:+.4f}, {m.diff.high:+.4f}])")  # fmt: skip
+            reasons.append(f"{text}: not worse (tolerance {tolerance})")
     gains = []
     for name in config.improve:
         m = _named(overall, name)
         sign = -1.0 if name.split("/")[-1] in LOWER_IS_BETTER else 1.0
-        gain = min(sign * m.diff.low, sign * m.diff.high) if config.significant else (
-            sign * m.diff.value
-        )  # fmt: skip
+        ends = (sign * m.diff.low, sign * m.diff.high)
+        gain = min(ends) if config.significant else sign * m.diff.value
         if math.isfinite(gain) and gain > config.min_gain:
             gains.append(f"{name} gains {gain:+.4f}")
     if gains:
         reasons.append("improves: " + "; ".join(gains))
     else:
         ok = False
-        what = "at the worse end of its interval" if config.significant else ""
-        reasons.append(f"no gain above {config.min_gain} {what} on any of "
-                       f"{config.improve}".replace("  ", " "))  # fmt: skip
+        what = " at the worse end of its interval" if config.significant else ""
+        reasons.append(f"no gain above {config.min_gain}{what} on any of {config.improve}")
     return Verdict(ok, reasons)
 
 

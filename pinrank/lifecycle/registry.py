@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Registry:
     def __init__(self, uri: str | None = None, name: str = NAME) -> None:
         from mlflow import MlflowClient
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # fetch's logs
         self.uri = tracking_uri(uri)
         sqlite_path(self.uri)  # the embedded store's folder
         self.name = name

@@ -137,6 +137,11 @@ def test_verdict_guards_then_asks_for_a_gain() -> None:
     assert any("ranking/auc" in r and "worse by more than the tolerance 0.005" in r
                for r in decision.reasons)  # fmt: skip
     assert any("ranking/log_loss" in r and "tolerance 0.01" in r for r in decision.reasons)
+    # within the tolerance, but surely worse: the whole interval below zero
+    slightly = [_metric("ranking/auc", -0.002, -0.003, -0.001),
+                _metric("ranking/log_loss", -0.01, -0.02, 0.0)]  # fmt: skip
+    decision = verdict(slightly, config)
+    assert not decision.better and "surely worse" in decision.reasons[0]
     # a tie passes the guards but gains nothing
     tie = [_metric("ranking/auc", 0.0, 0.0, 0.0), _metric("ranking/log_loss", 0.0, 0.0, 0.0)]
     decision = verdict(tie, config)
