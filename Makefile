@@ -10,7 +10,7 @@ KEYS ?= outputs/keys
 TRUST := --trusted-key $(KEYS)/signing.pub
 latest = $$(ls -td outputs/$(1)/runs/*/ | head -1)
 
-.PHONY: setup system demo serve test test-slow lint format bench dist clean
+.PHONY: setup system demo serve test test-slow lint format bench dist clean lifecycle
 
 setup:  ## create .venv and install the pinned stack (CPU, or CUDA where nvidia-smi finds a GPU)
 	bash scripts/setup.sh
@@ -28,6 +28,9 @@ demo:  ## end to end on the embedded default in about 3 minutes: data -> two-tow
 	$(PINRANK) feed $(PACKAGE) $(TRUST) --data $(DATA)/prepared --user 999999999 --interests 3 7 --k 3
 	$(PINRANK) users --data $(DATA)/prepared --out $(DATA)/users --arrow $(DATA)/users.arrow
 	$(PINRANK) feeds $(PACKAGE) $(TRUST) --users $(DATA)/users --out outputs/feeds/demo --overwrite --no-progress
+
+lifecycle:  ## the simulated week: day 0, then 5 daily retrains against a running service that follows production (docs/lifecycle.md; about 15 minutes)
+	$(PY) scripts/lifecycle_week.py
 
 serve:  ## the feed service on the demo package and users (http://127.0.0.1:8000/docs)
 	$(PINRANK) serve run $(PACKAGE) $(TRUST) --users $(DATA)/users.arrow

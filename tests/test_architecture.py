@@ -20,6 +20,9 @@ FORBIDDEN = {
     "serve": (*TRAINING_ONLY, "pinrank.export", "pinrank.batch"),
     "pinrank.features": ("pinrank.serving", "serve", "pinrank.batch", *TRAINING_ONLY),
     "pinrank.retrieval": ("pinrank.serving", "serve", "pinrank.batch", *TRAINING_ONLY),
+    # what the service imports to follow the registry: no torch either
+    "pinrank.lifecycle.registry": (*TRAINING_ONLY, "pinrank.export", "serve", "pinrank.batch"),
+    "pinrank.lifecycle.tracking": (*TRAINING_ONLY, "pinrank.export", "serve", "pinrank.batch"),
 }
 
 

@@ -86,7 +86,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 def register(sub: Any) -> None:
     models = sub.add_parser(
         "models",
-        help="the model registry: list, show, register, promote, rollback, fetch",
+        help="the model registry: list, show, register, promote, rollback, fetch, history",
         description=__doc__,
         formatter_class=HelpFormatter,
         epilog="examples:\n  pinrank models register outputs/packages/demo --trusted-key "
@@ -122,6 +122,8 @@ def register(sub: Any) -> None:
     p.add_argument("ref", nargs="?", default="candidate", help="the version (default: candidate)")
     p.add_argument("--reason", default="", help="why (kept with the version)")
     action("rollback", cmd_rollback, "point production at the version before")
+    p = action("history", cmd_history, "every version's hold-out metrics, and a plot")
+    p.add_argument("--out", default="outputs/registry_history.png", help="the plot")
     p = action("fetch", cmd_fetch, "download a registered package, checked")
     p.add_argument("ref", help="an alias, a number or a package version")
     p.add_argument("--out", default="outputs/registry", help="the local package cache")
@@ -234,3 +236,19 @@ def register_retrain(sub: Any) -> None:
     r.add_argument("--work", help="the work folder (default: the lifecycle's)")
     r.add_argument("--tracking-uri", help="the registry (default: the lifecycle's, else "
                    "$MLFLOW_TRACKING_URI, else the embedded store)")  # fmt: skip
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    """Every registered version's metrics on the long-term hold-out (recorded when it was
+    compared), which ones served as production, and a plot of them (``--out``)."""
+    from pinrank.lifecycle.history import METRICS, history_rows, plot_history
+
+    rows = history_rows(_registry(args))
+    print(f"{'version':>7}  {'day':>3}  {'served':6}  {'verdict':18}" +
+          "".join(f"  {m:>20}" for m in METRICS))  # fmt: skip
+    for r in rows:
+        cells = "".join(f"  {r[m]:20.4f}" if r[m] is not None else f"  {'-':>20}" for m in METRICS)
+        print(f"{r['version']:>7}  {r['day'] or '-':>3}  {'yes' if r['served'] else 'no':6}  "
+              f"{(r['verdict'] or '-')[:18]:18}{cells}")  # fmt: skip
+    if rows:
+        print(f"[models] wrote {plot_history(rows, args.out)}")

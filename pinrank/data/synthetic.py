@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pinrank.data.drift import drift_plan, drifted
 from pinrank.data.io import ShardWriter, write_parquet
 from pinrank.data.truth import TruthParams, affinity, examination, write_truth
 
@@ -71,12 +72,24 @@ class SyntheticConfig:
     dirty: float = 0.01
     start_ts: int = 1_700_000_000
     days: int = 60
+    # drift over the last drift_days days (0: none; the default data is unchanged): this share
+    # of the pins is created then (each on a day of that period, shown only after it), and
+    # rising_interests interests rise (the share rise of their earlier impressions moves into
+    # the period): what daily retraining has to follow (pinrank retrain)
+    drift_days: int = 0
+    new_pin_share: float = 0.0
+    rising_interests: int = 0
+    rise: float = 0.5
     seed: int = 0
     users_per_chunk: int = 200_000
     rows_per_shard: int = 5_000_000
     truth: TruthParams = field(default_factory=TruthParams)
 
     def __post_init__(self) -> None:
+        if self.drift_days < 0 or self.drift_days > self.days:
+            raise ValueError(f"drift_days must be in [0, days={self.days}], got {self.drift_days}")
+        if not 0.0 <= self.new_pin_share < 1.0 or not 0.0 <= self.rise <= 1.0:
+            raise ValueError("new_pin_share must be in [0, 1) and rise in [0, 1]")
         if self.n_boards < self.n_interests:
             raise ValueError(
                 f"n_boards ({self.n_boards}) must be >= n_interests ({self.n_interests}): every "
@@ -359,6 +372,8 @@ def _events_chunk(
     engaged = rng.random(e) < prob
     kind = np.array(ENGAGEMENTS, dtype=object)[rng.choice(3, e, p=[0.5, 0.3, 0.2])]
     ts = cfg.start_ts + rng.integers(0, cfg.days * 86400, e)
+    if cfg.drift_days:
+        ts = drifted(cfg, ts, item, cat.interests[item, 0], rng)
     order = np.lexsort((item, ts, row))
     return pa.table(
         {
@@ -397,6 +412,11 @@ def _items_tables(
             "created_ts": cfg.start_ts - rng.integers(0, 365 * 86400, n),
         }
     )
+    if cfg.drift_days:  # the new pins' creation times
+        created = drift_plan(cfg)[0]
+        old = items.column("created_ts").to_numpy()
+        items = items.set_column(items.schema.get_field_index("created_ts"), "created_ts",
+                                 pa.array(np.where(created >= 0, created, old)))  # fmt: skip
     edges_item = [np.arange(n)] + [np.flatnonzero(m) for m in cat.extra_mask]
     edges_board = [cat.board] + [
         b[m] for b, m in zip(cat.extra_boards, cat.extra_mask, strict=True)

@@ -7,8 +7,10 @@ over one user store, the hold-out's users as of its training data:
 - **retrieval**: each user's served feed (``feed_many``: retrieval, ranker, blending,
   diversity), ``recall@K`` and ``ndcg@K`` of the pins the user engaged with in the hold-out
   (per user, over users with at least one engaged pin);
-- **ranking**: the calibrated probability of every held-out impression (``score``): AUC and log
-  loss over impressions, on the rows whose pin both catalogues hold (the others are counted).
+- **ranking**: the calibrated probability of every held-out impression in the context it was
+  logged in (surface, position: the package's ``ranker`` graph from raw columns, the user's
+  stored row conformed as the service conforms it, the pin's catalogue row): AUC and log loss
+  over impressions, on the rows whose pin both catalogues hold (the others are counted).
 
 Every metric is reported for both packages with the difference B - A and its paired bootstrap
 interval over users (:mod:`pinrank.lifecycle.bootstrap`), overall and per slice: **new** users
@@ -74,7 +76,7 @@ class Holdout:
     """Held-out impressions and what the slices need; ids as the data's (integers)."""
 
     name: str
-    events: pa.Table  # user_id, item_id, engaged
+    events: pa.Table  # user_id, item_id, engaged, the context columns
     users: pa.Table  # the users' stored rows (for the scorer's user store)
     user_ids: np.ndarray  # [U] sorted: the bootstrap's units
     new_user: np.ndarray  # [U] bool: no training events
@@ -99,8 +101,7 @@ def load_holdout(data: str | Path, split: str, config: CompareConfig) -> Holdout
     if (Path(data) / "holdout.json").is_file():
         return Holdout.load(data, config)
     prepared = Prepared.load(data)
-    events = read_table(prepared.split(split), "events",
-                        columns=["user_id", "item_id", "engaged"])  # fmt: skip
+    events = read_table(prepared.split(split), "events")
     train = read_table(prepared.split("train"), "events", columns=["user_id", "item_id",
                                                                     "engaged"])  # fmt: skip
     return make_holdout(f"{prepared.root}:{split}", events, prepared.users(), train,
@@ -109,11 +110,14 @@ def load_holdout(data: str | Path, split: str, config: CompareConfig) -> Holdout
 
 def make_holdout(name: str, events: pa.Table, users: pa.Table, train: pa.Table, n_items: int,
                  config: CompareConfig) -> Holdout:  # fmt: skip
-    """A hold-out of ``events`` (user_id, item_id, engaged), the users' stored rows and the
-    training events that tell new users and popular pins."""
+    """A hold-out of ``events`` (user_id, item_id, engaged and the context columns the ranker
+    reads, e.g. surface and position), the users' stored rows and the training events that
+    tell new users and popular pins."""
     if not events.num_rows:
         raise ValueError(f"hold-out {name} holds no events")
-    events = events.select(["user_id", "item_id", "engaged"])
+    missing = sorted({"user_id", "item_id", "engaged"} - set(events.column_names))
+    if missing:
+        raise ValueError(f"hold-out {name}: its events have no {missing}")
     ids = np.unique(events.column("user_id").to_numpy())
     if config.max_users is not None:
         ids = ids[: config.max_users]
@@ -143,6 +147,8 @@ def score_package(path: str | Path, trust: Trust, holdout: Holdout, k: int,
                   batch: int = 256) -> Scores:  # fmt: skip
     """Score the hold-out with the package at ``path`` through the serving path (module
     docstring)."""
+    from pinrank.features.columns import pack
+    from pinrank.serving.conform import conform_batch
     from pinrank.serving.package import load_package
     from pinrank.serving.runtime import OnnxBackend
     from pinrank.serving.scorer import FeedScorer
@@ -158,14 +164,22 @@ def score_package(path: str | Path, trust: Trust, holdout: Holdout, k: int,
     item = events.column("item_id").to_numpy()
     label = events.column("engaged").to_numpy(zero_copy_only=False)
     prob = np.full(len(user), np.nan)
-    known = scorer.catalogue.rows(item) >= 0
+    catalogue_rows = scorer.catalogue.rows(item)
+    known = np.flatnonzero(catalogue_rows >= 0)
+    stored = holdout.users.column("user_id").to_numpy()
+    stored_order = np.argsort(stored, kind="stable")
+    columns = package.columns("context")
+    for lo in range(0, len(known), batch * 32):
+        rows = known[lo : lo + batch * 32]
+        at = stored_order[np.searchsorted(stored[stored_order], user[rows])]
+        users = scorer.rows.table(holdout.users.take(at))
+        context, _ = conform_batch(events.take(rows), columns)
+        arrays = users.arrays | scorer.catalogue.inputs(catalogue_rows[rows])
+        out = scorer.backend.run("ranker", arrays | pack(context, columns))
+        prob[rows] = np.asarray(out["probability"], np.float64)
     order = np.argsort(user, kind="stable")
     starts = np.searchsorted(user[order], holdout.user_ids)
     ends = np.searchsorted(user[order], holdout.user_ids, side="right")
-    for u, lo, hi in zip(holdout.user_ids, starts, ends, strict=True):
-        rows = order[lo:hi][known[order[lo:hi]]]
-        if rows.size:
-            prob[rows] = scorer.score(int(u), item[rows])
     n = len(holdout.user_ids)
     hits, hit_popular = np.zeros((n, k), bool), np.zeros((n, k), bool)
     engaged, engaged_popular = np.zeros(n), np.zeros(n)

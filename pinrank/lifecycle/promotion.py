@@ -11,7 +11,7 @@ promoted as the first production model (said so in the reasons).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pinrank.lifecycle import compare as cmp
@@ -45,14 +45,20 @@ def evaluate_candidate(
     tag = _tagger(registry, cand)
     if prod is None:
         reasons = ["no production model yet: the first candidate becomes production"]
+        alone = cmp.score_package(registry.fetch(cand.number, cache, trust), trust, holdout,
+                                  config.k)  # fmt: skip
+        metrics = cmp.compare_scores(holdout, alone, alone, replace(config, samples=1))
+        registry.log_holdout(cand.number, holdout.name, [(m, m.b) for m in metrics])
         registry.promote(cand.number, reason=reasons[0])
         tag("pinrank.verdict", "promoted (first)")
-        return Decision(cand, None, True, reasons, None, [])
+        return Decision(cand, None, True, reasons, None, metrics)
     if prod.number == cand.number:
         return Decision(cand, prod, False, ["the candidate is production already"], None, [])
     folders = [registry.fetch(v.number, cache, trust) for v in (prod, cand)]
     scores = [cmp.score_package(f, trust, holdout, config.k) for f in folders]
     metrics = cmp.compare_scores(holdout, scores[0], scores[1], config)
+    registry.log_holdout(cand.number, holdout.name, [(m, m.b) for m in metrics])
+    registry.log_holdout(prod.number, holdout.name, [(m, m.a) for m in metrics])
     verdict = cmp.verdict(metrics, config)
     labels = (f"production v{prod.number}", f"candidate v{cand.number}")
     a, b = scores

@@ -224,6 +224,21 @@ class Registry:
             shutil.rmtree(work, ignore_errors=True)
         return dest
 
+    def log_holdout(self, ref: str | int, holdout: str, values: list[tuple[Any, float]]) -> None:
+        """Record a version's metrics on a hold-out (``(metric, value)`` pairs of
+        :class:`~pinrank.lifecycle.compare.Metric`) on its registration run, as
+        ``holdout/<slice>/<metric>``, and the hold-out's name as a tag: what
+        ``pinrank models history`` draws."""
+        from mlflow.entities import Metric
+
+        version = self.get(ref)
+        now = int(datetime.now(UTC).timestamp() * 1e3)
+        rows = [Metric(metric_name(f"holdout/{m.slice}/{m.name}"), float(v), now, 0)
+                for m, v in values if v == v]  # fmt: skip
+        for start in range(0, len(rows), 500):
+            self.client.log_batch(version.run_id, metrics=rows[start : start + 500])
+        self.client.set_tag(version.run_id, "pinrank.holdout", holdout[:5000])
+
     # ----------------------------------------------------------------------------- inside
 
     def _exists(self) -> bool:

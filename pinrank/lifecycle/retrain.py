@@ -54,7 +54,7 @@ class LifecycleConfig:
 
     name: str
     work: str  # the work folder (state, data, runs, packages, reports)
-    logs: str  # a raw data folder: users/, items/, events/
+    logs: str  # a raw data folder: users/, items/, events/ (generated from ``generator``)
     spec: str  # the feature spec the models train with
     base_days: int  # days of history before the first retrain
     days: int  # daily batches after the base history
@@ -68,6 +68,7 @@ class LifecycleConfig:
     registry_name: str = "pinrank"
     signing_key: str = "outputs/keys/signing.key"
     trusted_key: str = "outputs/keys/signing.pub"
+    generator: dict[str, Any] | None = None  # SyntheticConfig fields: the logs, if missing
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> LifecycleConfig:
@@ -90,8 +91,22 @@ class Retrain:
 
     # --------------------------------------------------------------------------- the days
 
+    def ensure_logs(self) -> Path:
+        """The logs folder; generated from ``generator`` when it holds no events yet."""
+        logs = Path(self.config.logs)
+        if not (logs / "events").exists():
+            if self.config.generator is None:
+                raise FileNotFoundError(f"{logs} holds no events/ and the lifecycle has no "
+                                        "generator to make them")  # fmt: skip
+            from pinrank.data.synthetic import SyntheticConfig, generate
+
+            cfg = SyntheticConfig(**self.config.generator)
+            _replace(logs, lambda tmp: generate(cfg, tmp))
+        return logs
+
     def bounds(self) -> tuple[int, int]:
         """(the first day's start, the base history's end) in seconds."""
+        self.ensure_logs()
         ts = read_table(Path(self.config.logs) / "events", "events", columns=["ts"])
         first = int(pc.min(ts.column("ts")).as_py()) // DAY_S * DAY_S
         end = first + self.config.base_days * DAY_S
@@ -157,8 +172,7 @@ class Retrain:
         from pinrank.data.prepare import Prepared
 
         lo, hi = self.window()
-        events = read_table(Path(self.config.logs) / "events", "events",
-                            columns=["user_id", "item_id", "ts", "engaged"])  # fmt: skip
+        events = read_table(Path(self.config.logs) / "events", "events")
         ts = events.column("ts")
         held = events.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))
         prepared = self._ensure_prepared(0)
@@ -173,12 +187,16 @@ class Retrain:
             n_items = read_table(Path(self.config.logs) / "items", "items",
                                  columns=["item_id"]).num_rows  # fmt: skip
             (tmp / "holdout.json").write_text(json.dumps({
-                "name": f"{self.config.name}: days {lo // DAY_S}..{hi // DAY_S - 1} (epoch days)",
+                "name": f"{self.config.name}: {_date(lo)} to {_date(hi - 1)}",
                 "window": [lo, hi], "items": n_items,
             }))  # fmt: skip
 
         _replace(self.work / "holdout", write)
         return {"impressions": held.num_rows, "window": [lo, hi]}
+
+    def prepared(self, day: int) -> Path:
+        """The day's prepared data set (prepared on first use)."""
+        return self._ensure_prepared(day)
 
     def _ensure_prepared(self, day: int) -> Path:
         """The day's prepared data (prepared by the first training run, or here)."""
@@ -300,7 +318,7 @@ class Retrain:
         os.replace(tmp, self.state_path)  # atomic: a kill leaves the old state or the new
 
 
-def _replace(target: Path, write: Callable[[Path], None]) -> None:
+def _replace(target: Path, write: Callable[[Path], object]) -> None:
     """Write a folder through ``write`` into a temporary sibling, then swap it in."""
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -327,3 +345,9 @@ def _fault(day: int, step: str) -> None:
     """Tests: SIGKILL this process after the step named in $PINRANK_RETRAIN_FAULT."""
     if os.environ.get(FAULT_ENV) == f"{day}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _date(ts: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).date().isoformat()

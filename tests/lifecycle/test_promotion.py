@@ -59,6 +59,10 @@ def test_a_worse_model_is_registered_but_not_promoted(
     first = registry.register(package_dir, TRUST)
     decision = evaluate_candidate(registry, holdout, CONFIG, TRUST, tmp_path / "r1", tmp_path / "c")
     assert decision.promoted and "first candidate becomes production" in decision.reasons[0]
+    # offline = online: through the package, on the run's own test split, the training report
+    auc = next(m for m in decision.metrics if m.name == "ranking/auc" and m.slice == "all")
+    assert auc.b == pytest.approx(first.metrics["ranking/test/auc"], abs=1e-4)
+    assert registry.get(1).metrics["holdout/all/ranking/auc"] == pytest.approx(auc.b)
     worse = registry.register(shuffled_package, TRUST)
     assert registry.get("candidate").number == worse.number == 2
     decision = evaluate_candidate(registry, holdout, CONFIG, TRUST, tmp_path / "r2", tmp_path / "c")
