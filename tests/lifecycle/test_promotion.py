@@ -71,6 +71,12 @@ def test_a_worse_model_is_registered_but_not_promoted(
     assert auc.diff.high < -0.005  # the shuffled ranker is worse, and surely so
     assert any(r.startswith("ranking/auc") and "worse by more than the tolerance" in r
                for r in decision.reasons)  # fmt: skip
+    from pinrank.lifecycle.history import history_rows, plot_history
+
+    rows = history_rows(registry)
+    assert [(r["version"], r["served"]) for r in rows] == [(1, True), (2, False)]
+    assert rows[1]["ranking/auc"] < rows[0]["ranking/auc"] - 0.005  # both on the hold-out
+    assert plot_history(rows, tmp_path / "history.png").stat().st_size > 10_000
     tags = registry.get(2).tags
     assert (
         tags["pinrank.verdict"] == "not promoted"
