@@ -76,8 +76,12 @@ class Registry:
     """The registered model ``name`` in the MLflow registry at ``uri`` (module docstring)."""
 
     def __init__(self, uri: str | None = None, name: str = NAME) -> None:
-        from mlflow import MlflowClient
-
+        try:
+            from mlflow import MlflowClient
+        except ImportError:
+            raise RegistryError(
+                "the model registry needs MLflow: pip install 'pinrank[lifecycle]'"
+            ) from None
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # fetch's logs
         self.uri = tracking_uri(uri)
         sqlite_path(self.uri)  # the embedded store's folder
