@@ -12,7 +12,8 @@ again skips what is finished and redoes only the step it was killed in:
    of the last ``holdout_days`` of the base history (never trained on by any day), with the
    users' stored rows as of day 0; the cold-start users (``user_id % cold_user_mod == 0``) are
    never trained on either and are its new users;
-3. ``retrieval`` and ``ranking``: ``pinrank train`` on the day's data (from scratch);
+3. ``retrieval`` and ``ranking``: ``pinrank train`` on the day's data, from scratch or (with
+   ``warm_start``) from production's runs (``init_from``: tables row by row by value);
 4. ``export``: ``pinrank export`` of both runs into ``packages/day-<d>`` (signed, verified);
 5. ``register``: the package in the registry (idempotent: by its version), alias ``candidate``,
    tagged with the lifecycle and the day;
@@ -63,6 +64,7 @@ class LifecycleConfig:
     retrieval: list[str] = field(default_factory=list)  # train overrides
     ranking: list[str] = field(default_factory=lambda: ["model=wide_deep"])
     num_workers: int = 0
+    warm_start: bool = False  # days >= 1 begin from production's runs (train.py init_from)
     compare: dict[str, Any] = field(default_factory=dict)
     tracking_uri: str | None = None
     registry_name: str = "pinrank"
@@ -212,14 +214,26 @@ class Retrain:
         config = self._data_config(day)
         overrides = self.config.retrieval if model == "retrieval" else self.config.ranking
         logs = self.day_root(day) / "runs" / model
+        start = self._production_run(model) if self.config.warm_start and day > 0 else None
         args = ["train", "--config-dir", str(config.parent.parent.resolve()),
                 f"data={config.stem}", f"task_name={model}", f"paths.log_dir={logs}",
-                "eval_oracle=false", "trainer.enable_progress_bar=false", *overrides]  # fmt: skip
+                "eval_oracle=false", "trainer.enable_progress_bar=false", *overrides,
+                *([f"init_from={start}"] if start else [])]  # fmt: skip
         _pinrank(args)
         runs = sorted((logs / model / "runs").glob("*/run.json"), key=lambda p: p.stat().st_mtime)
         if not runs:
             raise RuntimeError(f"pinrank train wrote no run under {logs}")
-        return {"run": str(runs[-1].parent)}
+        return {"run": str(runs[-1].parent), "init_from": start}
+
+    def _production_run(self, model: str) -> str | None:
+        """The run of ``model`` in the production package, when a day of this lifecycle made
+        it (its ``pinrank.day`` tag); else ``None`` (a fresh start)."""
+        from pinrank.lifecycle.registry import PRODUCTION
+
+        tags = self.registry().get(PRODUCTION).tags
+        if tags.get("pinrank.lifecycle") != self.config.name or "pinrank.day" not in tags:
+            return None
+        return str(self.state()["days"][tags["pinrank.day"]][model]["run"])
 
     def _data_config(self, day: int) -> Path:
         """``conf/data/day_<d>.yaml`` under the work folder: the day's raw tables as a

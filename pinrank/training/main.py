@@ -12,6 +12,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -68,6 +69,16 @@ def _train(cfg: DictConfig) -> float | None:
         cfg.data.datamodule, data_dir=str(prepared.root), **cfg.model.get("datamodule", {})
     )
     net = instantiate(cfg.model.net)(spec=dm.spec, state=dm.state, dense_dims=dm.dense_dims())
+    started: dict[str, Any] = {}
+    if cfg.get("init_from"):
+        from pinrank.training.warm_start import warm_start
+
+        done = warm_start(net, dm.spec, dm.state, cfg.init_from)
+        started = {"warm_start/run": str(cfg.init_from),
+                   "warm_start/rows_copied": done["rows_copied"],
+                   "warm_start/rows_new": done["rows_new"],
+                   "warm_start/parameters": done["parameters"],
+                   "warm_start/skipped": len(done["skipped"])}  # fmt: skip
     module = instantiate(cfg.model.module)(net=net)
     trainer = instantiate(
         cfg.trainer,
@@ -87,7 +98,7 @@ def _train(cfg: DictConfig) -> float | None:
         extra={"config/seed": cfg.seed, "train/world_size": trainer.world_size,
                "train/sparse_arch": sparse_arch,
                "train/embedding_updates": cfg.get("embedding_updates", "dense"),
-               "train/flush_denormal": bool(cfg.get("flush_denormal", True))},
+               "train/flush_denormal": bool(cfg.get("flush_denormal", True)), **started},
         threads=threads,
     )  # fmt: skip
     if trainer.is_global_zero:

@@ -38,7 +38,7 @@ def _lifecycle(tmp: Path, logs: Path, key_files: dict[str, Path]) -> Path:
                       "model.module.index=exact"],
         "ranking": ["model=wide_deep", "data.datamodule.batch_size=256", "trainer.max_epochs=1",
                     "model.module.logreg_grid=[]"],
-        "compare": {"samples": 100},
+        "compare": {"samples": 100}, "warm_start": True,
         "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
         "signing_key": str(key_files["private"]), "trusted_key": str(key_files["public"]),
     }  # fmt: skip
@@ -94,6 +94,20 @@ def test_a_killed_retrain_resumes_to_the_same_data_and_registry(
     decisions = [json.loads((t / "work" / "days" / "1" / "decision.json").read_text())
                  for t in (whole, killed)]  # fmt: skip
     assert decisions[0]["promoted"] == decisions[1]["promoted"]
+    # day 1 began from production's runs (day 0's: the first production)
+    days = [json.loads((t / "work" / "state.json").read_text())["days"] for t in (whole, killed)]
+    for state in days:
+        assert state["1"]["ranking"]["init_from"] == state["0"]["ranking"]["run"]
+        assert state["0"]["ranking"]["init_from"] is None
+    run = Path(days[0]["1"]["ranking"]["run"])
+    assert (
+        json.loads(
+            (ROOT / run / "metrics.json").read_text()
+            if not run.is_absolute()
+            else (run / "metrics.json").read_text()
+        )["warm_start/rows_copied"]
+        > 0
+    )
     # the hold-out window was never trained on: no day's raw events fall in it
     import pyarrow.parquet as pq
 
