@@ -202,13 +202,18 @@ class Retrain:
 
     def _ensure_prepared(self, day: int) -> Path:
         """The day's prepared data (prepared by the first training run, or here)."""
+        return self._source(day).ensure().root
+
+    def _source(self, day: int) -> Any:
+        """The day's raw tables as a TableSource: what the hold-out prepares and what the day's
+        training data config names (the same fingerprint, so it is prepared once)."""
         from pinrank.data.sources import TableSource
         from pinrank.data.splits import SplitConfig
 
         root = self.day_root(day)
         source = TableSource.of_raw(root / "raw", str(root / "source"), self.config.spec)
         source.split = SplitConfig(cold_user_mod=self.config.cold_user_mod)
-        return source.ensure().root
+        return source
 
     def _train(self, day: int, model: str) -> dict[str, Any]:
         config = self._data_config(day)
@@ -241,11 +246,9 @@ class Retrain:
         import yaml
         from omegaconf import OmegaConf
 
-        from pinrank.data.sources import TableSource
         from pinrank.resources import conf_file
 
-        root = self.day_root(day)
-        source = TableSource.of_raw(root / "raw", str(root / "source"), self.config.spec)
+        source = self._source(day)
         shipped: Any = OmegaConf.to_container(OmegaConf.load(conf_file("data", "synthetic.yaml")))
         datamodule = {**shipped["datamodule"], "num_workers": self.config.num_workers}
         body = {
@@ -253,7 +256,7 @@ class Retrain:
                 "_target_": "pinrank.data.sources.TableSource", "root": source.root,
                 "spec": str(Path(self.config.spec).resolve()), "history_len": 100,
                 "split": {"_target_": "pinrank.data.splits.SplitConfig",
-                          "cold_user_mod": self.config.cold_user_mod},
+                          "cold_user_mod": source.split.cold_user_mod},
                 "tables": source.tables, "label": "engaged",
             },
             "datamodule": datamodule,
