@@ -25,11 +25,9 @@ if [ ! -d "$WORK/pins_tt/runs" ]; then
   "$PINRANK" train task_name=pins_tt "${BASE[@]}" trainer.limit_train_batches=300 \
       model.module.index=exact +data.datamodule.eval_users=0.2
 fi
-# the pin ranker without its wide part: with 20,000 interests its exported ranker_user graph
-# fails in ONNX Runtime ("Shape mismatch attempting to re-use buffer", open in issue 22)
 if [ ! -d "$WORK/pins_wd/runs" ]; then
   "$PINRANK" train task_name=pins_wd model=wide_deep "${BASE[@]}" trainer.limit_train_batches=300 \
-      model.module.logreg_grid=[] model.net.cfg.wide=false
+      model.module.logreg_grid=[]
 fi
 "$PINRANK" export "run_dir=[$(latest pins_tt),$(latest pins_wd),$(latest interests)]" \
     "out=$PKG" overwrite=true signing_key=outputs/keys/signing.key

@@ -86,7 +86,7 @@ def export_graph(
                 torch.onnx.export(graph, inputs, traced, dynamo=False, opset_version=OPSET,
                                   input_names=names, output_names=list(graph.output_names),
                                   dynamic_axes=axes, do_constant_folding=True)  # fmt: skip
-                proto = onnx.load(str(traced))
+                proto = _own_output_dims(onnx.load(str(traced)))
         else:
             symbols: dict[str, torch.export.Dim] = {}
 
@@ -173,6 +173,25 @@ def _rename_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.Mode
         node.input[:], node.output[:] = rename(list(node.input)), rename(list(node.output))
     for vi in [*g.output, *g.value_info]:
         vi.name = mapping.get(vi.name, vi.name)
+    return model
+
+
+def _own_output_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give each output axis the exporter named after an internal value a symbol of its own.
+
+    The TorchScript exporter names an output's dynamic axes after the op that made them
+    (``Whereuser.user_interests.indices_dim_1``) and gives several outputs the same name when
+    their example widths were equal: three list columns of different widths then claimed one
+    shape, and ONNX Runtime, which trusts equal symbols, reused one's buffer for another
+    ("Shape mismatch attempting to re-use buffer"). Symbols of the inputs stay; the others
+    become ``<output>.<axis>``, claiming nothing."""
+    g = model.graph
+    known = {d.dim_param for i in g.input for d in i.type.tensor_type.shape.dim if d.dim_param}
+    for o in g.output:
+        for axis, d in enumerate(o.type.tensor_type.shape.dim):
+            if d.dim_param and d.dim_param not in known:
+                d.dim_param = f"{_symbol(o.name)}_{axis}"
+    del g.value_info[:]  # the exporter's shapes of internal values: ONNX Runtime infers its own
     return model
 
 

@@ -117,3 +117,44 @@ def test_factorised_scores_equal_per_pair_and_training_scores(ranker) -> None:
     without, _ = _parity(ranker, zero_tables=True)
     assert without.diffs["ranker_feed/logit"] > 1.0, without
     assert without.diffs["ranker_pairs/logit"] > 1.0, without
+
+
+def test_untabled_user_lists_of_different_widths_run_in_onnx_runtime(
+    synthetic_prepared: Prepared, tmp_path, monkeypatch
+) -> None:
+    """With no cross tabled (a candidate feature of 20,000 interests), ``ranker_user`` hands its
+    list columns on to the pair graph. The exporter traced them at one width and named the
+    outputs' axes alike; ONNX Runtime then reused one list's buffer for another of a different
+    width ("Shape mismatch attempting to re-use buffer"). Each output's axes are its own."""
+    import onnx
+    import onnxruntime as ort
+
+    from pinrank.export import front
+    from pinrank.export.onnx import export_graph
+
+    monkeypatch.setattr(front, "TABLE_WIDTH", 0)
+    dm = PinrankDataModule(str(synthetic_prepared.root), batch_size=128)
+    dm.setup()
+    torch.manual_seed(0)
+    net = WideDeep.from_spec(dm.spec, dm.state, dm.dense_dims(), CFG).eval()
+    tables = held_out_rows(synthetic_prepared, "test", 200)
+    columns = {side: columns_for(dm.spec, side, t.schema) for side, t in tables.items()}
+    arrays = {k: v for side, t in tables.items() for k, v in pack(t, columns[side]).items()}
+    graphs = graphs_for(net, dm.spec, dm.state, [c for cs in columns.values() for c in cs], CAL)
+    graph = graphs["ranker_user"]
+    assert table_crosses(net, graph.features) == []
+    lists = [i.name for i in graph.inputs if len(i.shape) == 2]
+    assert len({arrays[n].shape[1] for n in lists}) > 1, "the sample's lists share one width"
+    path = export_graph(graph, arrays, tmp_path / "ranker_user.onnx")
+    outputs = onnx.load(str(path), load_external_data=False).graph.output
+    dims = [d.dim_param for o in outputs for d in o.type.tensor_type.shape.dim if d.dim_param]
+    assert not any(d.startswith(("Where", "MatMul", "ReduceSum")) for d in dims), dims
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: arrays[i.name] for i in session.get_inputs()}
+    got = dict(zip([o.name for o in outputs], session.run(None, feed), strict=True))
+    want = run_graph(graph, dm.state, arrays)
+    handed = [k for k in got if k.endswith((".indices", ".kept"))]
+    assert len(handed) >= 4  # the list features the pair graph crosses
+    for name, value in want.items():
+        assert got[name].shape == value.shape, name
+        np.testing.assert_allclose(got[name], value, atol=1e-5, err_msg=name)
