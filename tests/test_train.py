@@ -60,14 +60,18 @@ def test_default_config_composes_and_instantiates(tmp_path: Path) -> None:
     assert set(instantiate(cfg.callbacks)) == {"model_checkpoint", "early_stopping"}
 
 
-@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "torchrec_dmp"])
 def test_trainer_configs_compose(tmp_path: Path, trainer: str) -> None:
     cfg = _compose([*_tiny(tmp_path), f"trainer={trainer}"])
     assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
     if trainer == "gpu":
         assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
-    if trainer == "ddp":
+    if trainer in ("ddp", "torchrec_dmp"):
         assert cfg.trainer.devices == 2 and cfg.trainer.strategy.process_group_backend == "gloo"
+    if trainer == "torchrec_dmp":
+        strategy = instantiate(cfg.trainer.strategy)
+        assert strategy.sharding_types == ("table_wise", "column_wise")
+        assert strategy.fused_optimizer == "torchrec.optim.RowWiseAdagrad"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

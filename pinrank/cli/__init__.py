@@ -88,7 +88,10 @@ def _pass_through(command: str, argv: list[str]) -> int:
         module.main(argv, prog="pinrank serve")
         return 0
     saved = sys.argv
-    sys.argv = [f"pinrank {command}", *argv]
+    # the module's own file: Lightning starts the other processes of a multi-process trainer
+    # (trainer=ddp, trainer=torchrec_dmp) by running sys.argv[0] again
+    script = module.__file__ if command == "train" else f"pinrank {command}"
+    sys.argv = [script, *argv]
     try:
         module.main()
     finally:

@@ -223,7 +223,12 @@ class SparseArch(nn.Module):
             return torch.zeros(features.stride(), 0, device=features.values().device)
         if self.backend == "torch":
             return self.ebc(features)  # type: ignore[no-any-return,unused-ignore]
-        return self.ebc(features).values()  # (B, sum of widths), in table order
+        pooled = self.ebc(features)
+        order = [t.feature for t in self.tables]
+        if pooled.keys() == order:
+            return pooled.values()  # (B, sum of widths), in table order
+        # a sharded collection (trainer=torchrec_dmp) gives its features in the plan's order
+        return torch.cat([pooled[f] for f in order], dim=1)
 
 
 def tie_shared(spec: FeatureSpec, user: SparseArch, item: SparseArch) -> None:

@@ -88,7 +88,12 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The configured optimiser over ``groups`` (``{"params": [...], ...}``), with the tables
     that have sparse gradients moved to a lazy Adam of the same learning rate."""
-    groups = [{**g, "params": list(g["params"])} for g in groups]
+    # tables updated in the backward pass by a fused optimizer (torchrec's sharded training,
+    # pinrank/training/sharded.py) are not this optimiser's
+    groups = [
+        {**g, "params": [p for p in g["params"] if not hasattr(p, "_in_backward_optimizers")]}
+        for g in groups
+    ]
     sparse_params = sparse_tables(net)
     tables = {id(p) for p in sparse_params}
     if not tables:

@@ -120,3 +120,6 @@ def _train(cfg: DictConfig) -> float | None:
 
 
 main = hydra.main(version_base="1.3", config_path=CONF_SEARCH_PATH, config_name="train")(_train)
+
+if __name__ == "__main__":  # the other processes of a multi-process trainer (pinrank.cli)
+    main()

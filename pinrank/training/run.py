@@ -72,6 +72,9 @@ def fit_and_evaluate(
     t0 = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule)
+        unshard = getattr(trainer.strategy, "unshard", None)
+        if unshard is not None:  # sharded tables (trainer=torchrec_dmp): the whole net on 0
+            unshard(module)
     finally:
         torch.set_num_threads(default_threads)
     fit_seconds = time.perf_counter() - t0
