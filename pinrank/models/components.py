@@ -66,6 +66,61 @@ def sparse_backend() -> str:
     return _backend
 
 
+class _PooledBag(torch.autograd.Function):
+    """``F.embedding_bag`` (sum or mean, offsets with the last one) with a dense backward that
+    adds each value's gradient row into the table (``index_add_``) instead of sorting the
+    values as ``aten::_embedding_bag_dense_backward`` does."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        weight: torch.Tensor,
+        values: torch.Tensor,
+        offsets: torch.Tensor,
+        per_sample_weights: torch.Tensor | None,
+        mean: bool,
+    ) -> torch.Tensor:
+        out = torch.nn.functional.embedding_bag(
+            values, weight, offsets, mode="mean" if mean else "sum",
+            per_sample_weights=per_sample_weights, include_last_offset=True,
+        )  # fmt: skip
+        ctx.save_for_backward(weight, values, offsets, per_sample_weights)
+        ctx.mean = mean
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        weight, values, offsets, psw = ctx.saved_tensors
+        lengths = offsets[1:] - offsets[:-1]
+        scale = grad
+        if ctx.mean:
+            scale = grad / lengths.clamp(min=1).to(grad.dtype)[:, None]
+        per_value = scale.repeat_interleave(lengths, dim=0, output_size=values.shape[0])
+        grad_psw = None
+        if psw is not None:
+            if ctx.needs_input_grad[3]:
+                grad_psw = (per_value * weight[values].to(per_value.dtype)).sum(dim=1)
+            per_value = per_value * psw[:, None].to(per_value.dtype)
+        table = grad.new_zeros(weight.shape)
+        table.index_add_(0, values, per_value.to(table.dtype))
+        return table, None, None, grad_psw, None
+
+
+def pooled_bag(
+    weight: torch.Tensor,
+    values: torch.Tensor,
+    offsets: torch.Tensor,
+    per_sample_weights: torch.Tensor | None = None,
+    mean: bool = False,
+) -> torch.Tensor:
+    """[bags, dim]: ``weight``'s rows at ``values`` summed (or averaged, ``mean``) per bag
+    (``offsets`` with the last one), each times its ``per_sample_weights``; the backward adds
+    the rows' gradients without sorting (:class:`_PooledBag`)."""
+    out = _PooledBag.apply(weight, values, offsets, per_sample_weights, mean)
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
 class EmbeddingBags(nn.Module):
     """The ``torch`` backend: one ``nn.EmbeddingBag`` per table under ``embedding_bags``
     (torchrec's ``EmbeddingBagCollection`` layout and parameter names), pooled in table order.
@@ -114,7 +169,11 @@ class EmbeddingBags(nn.Module):
             start, end = bounds[i], bounds[i + 1]
             own = offsets[i * rows : (i + 1) * rows + 1] - start
             w = weights[start:end] if self.weighted and weights is not None else None
-            pooled.append(bag(values[start:end], own, per_sample_weights=w).float())
+            if bag.sparse:
+                pooled.append(bag(values[start:end], own, per_sample_weights=w).float())
+            else:
+                bagged = pooled_bag(bag.weight, values[start:end], own, w, bag.mode == "mean")
+                pooled.append(bagged.float())
         return torch.cat(pooled, dim=1)
 
 

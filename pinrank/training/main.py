@@ -32,13 +32,20 @@ def _quiet_warnings() -> None:
 
 
 def apply_runtime(cfg: DictConfig) -> str:
-    """The process-wide settings of a training config: the sparse arch (returns the one taken),
+    """The process-wide settings of a training config: the sparse arch (returns the one taken;
+    ``auto``: torchrec under ``trainer=torchrec_dmp``, which shards its collections, else the
+    torch backend, whose bags train faster unsharded),
     sparse or dense embedding updates, and denormals flushed to zero."""
     import torch
 
     from pinrank.models.components import set_embedding_updates, set_sparse_backend
 
-    sparse_arch = set_sparse_backend(cfg.get("sparse_arch", "auto"))
+    sparse_arch = cfg.get("sparse_arch", "auto")
+    if sparse_arch == "auto":  # torchrec's collections where they are sharded, else plain bags
+        strategy = OmegaConf.select(cfg, "trainer.strategy._target_", default="") or ""
+        sharded = strategy.endswith("TorchrecShardedStrategy")
+        sparse_arch = "torchrec" if sharded else "torch"
+    sparse_arch = set_sparse_backend(sparse_arch)
     set_embedding_updates(cfg.get("embedding_updates", "dense"))
     torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
     return sparse_arch
