@@ -22,6 +22,7 @@ from pinrank.features.columns import (
     SEEN,
     SEEN_INTERESTS,
 )
+from pinrank.features.ids import IdIndex
 from pinrank.features.transforms import Counts
 
 __all__ = [
@@ -58,18 +59,15 @@ class EntityIndex:
         with contextlib.suppress(pa.ArrowInvalid, pa.ArrowCapacityError):
             table = table.combine_chunks()
         self.table, self.id_column = table, id_column
-        self.order = np.argsort(ids, kind="stable")
-        self.sorted = ids[self.order]
+        self.index = IdIndex(ids)
+        self.sorted = self.index.sorted
         if self.sorted.size > 1 and (np.diff(self.sorted) == 0).any():
             dup = self.sorted[1:][np.diff(self.sorted) == 0][0]
             raise ValueError(f"{id_column} {dup} appears twice in the table")
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id, -1 where the id is not in the table."""
-        if self.sorted.size == 0:
-            return np.full(len(ids), -1)
-        pos = np.minimum(np.searchsorted(self.sorted, ids), self.sorted.size - 1)
-        return np.where(self.sorted[pos] == ids, self.order[pos], -1)
+        return self.index(ids)
 
     def take(self, ids: np.ndarray, counts: Counts | None = None) -> pa.Table:
         """Rows for ``ids`` in order; unknown ids give all-null rows (id kept), counted."""

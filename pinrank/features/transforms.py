@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pinrank.features.ids import IdIndex
 from pinrank.features.spec import HASH_PRIME
 
 REASONS = ("null", "nan", "negative", "out_of_range", "oov", "malformed", "truncated")
@@ -71,9 +72,7 @@ class VocabLookup:
             self.value_set = arr.cast(pa.string())
             self.has_empty = bool(pc.any(pc.equal(self.value_set, "")).as_py())
         else:
-            vals = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
-            self.order = np.argsort(vals, kind="stable")
-            self.sorted = vals[self.order]
+            self.index = IdIndex(np.asarray(arr.to_numpy(zero_copy_only=False), np.int64))
             self.has_empty = False
 
     def __call__(self, arr: pa.Array) -> np.ndarray:
@@ -81,12 +80,8 @@ class VocabLookup:
         if self.is_string:
             idx = pc.index_in(arr.cast(pa.string()), value_set=self.value_set)
             return pc.fill_null(pc.add(idx, 2), OOV).to_numpy().astype(np.int64)
-        x = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
-        if self.sorted.size == 0:
-            return np.full(x.shape, OOV, np.int64)
-        pos = np.minimum(np.searchsorted(self.sorted, x), self.sorted.size - 1)
-        found = self.sorted[pos] == x
-        return np.where(found, self.order[pos] + 2, OOV).astype(np.int64)
+        rank = self.index(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64))
+        return np.where(rank >= 0, rank + 2, OOV)
 
 
 def vocab_array(values: list) -> pa.Array:

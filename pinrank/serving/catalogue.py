@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pinrank.features.columns import INTEREST_COLUMN, ColumnSpec, pack
+from pinrank.features.ids import IdIndex
 from pinrank.serving.package import Package, PackageError
-from pinrank.serving.store import lookup
 
 ITEM_ID, BOARD = "item_id", "board_id"
 _EMPTY = np.empty(0, np.int64)
@@ -33,9 +33,7 @@ class Catalogue:
     def __init__(self, items: pa.Table, popular: pa.Table, columns: list[ColumnSpec]) -> None:
         self.ids = items.column(ITEM_ID).to_numpy().astype(np.int64)  # [M]
         self.arrays = pack(items, columns)
-        self._order = np.argsort(self.ids, kind="stable")
-        self._sorted = self.ids[self._order]
-        self._dense = _dense_rows(self._sorted, self._order)
+        self._index = IdIndex(self.ids)
         self.boards = _ints(items, BOARD)  # [M], -1 where none
         col = items.column(INTEREST_COLUMN) if INTEREST_COLUMN in items.column_names else None
         col = (
@@ -74,11 +72,7 @@ class Catalogue:
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """``[N]`` catalogue row of each id, ``-1`` where the catalogue lacks it."""
-        ids = np.asarray(item_ids, np.int64)
-        if self._dense is None:
-            return lookup(self._sorted, self._order, ids)
-        inside = (ids >= 0) & (ids < len(self._dense))
-        return np.where(inside, self._dense[np.where(inside, ids, 0)], -1)
+        return self._index(np.asarray(item_ids, np.int64))
 
     def interests(self, row: int) -> np.ndarray:
         """The distinct interests of a catalogue row, sorted (a view)."""
@@ -208,18 +202,6 @@ class RowInterests(Sequence[np.ndarray]):
         if isinstance(i, slice):
             return [self.catalogue.interests(int(r)) for r in self.rows[i]]
         return self.catalogue.interests(int(self.rows[i]))
-
-
-def _dense_rows(sorted_ids: np.ndarray, order: np.ndarray) -> np.ndarray | None:
-    """``[max id + 1]`` row of each id (``-1``: none) where the ids are non-negative and at most
-    4x the rows (plus 1,024): a lookup is one gather instead of a binary search over the
-    catalogue, which at 1M pins costs a cache miss per step. ``None`` for other ids (hashed or
-    sparse 64-bit ids keep the binary search)."""
-    if not len(sorted_ids) or sorted_ids[0] < 0 or sorted_ids[-1] >= 4 * len(sorted_ids) + 1024:
-        return None
-    table = np.full(int(sorted_ids[-1]) + 1, -1, np.int64)
-    table[sorted_ids[::-1]] = order[::-1]  # a repeated id keeps its first row, as the search does
-    return table
 
 
 def _parquet(package: Package, relative: str) -> pa.Table:

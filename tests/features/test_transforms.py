@@ -56,6 +56,19 @@ def test_vocab_lookup_index_layout(values: list) -> None:
     assert look(probe).tolist() == [4, 2, OOV]
 
 
+@pytest.mark.parametrize("spread", [1, 50])  # compact ids (a table) and sparse ones (a search)
+def test_vocab_lookup_of_ints_is_the_binary_search(spread: int) -> None:
+    rng = np.random.default_rng(spread)
+    vocab = rng.choice(spread * 3000, 3000, replace=False).astype(np.int64)
+    look = VocabLookup(pa.array(vocab))
+    asked = np.concatenate([vocab, rng.integers(-5, spread * 3600, 5000), [-(2**62), 2**62]])
+    order = np.argsort(vocab, kind="stable")
+    pos = np.minimum(np.searchsorted(vocab[order], asked), len(vocab) - 1)
+    want = np.where(vocab[order][pos] == asked, order[pos] + 2, OOV)
+    assert look(pa.array(asked)).tolist() == want.tolist()
+    assert (look.index.dense is not None) == (spread == 1)
+
+
 def test_jagged_product_matches_python_reference() -> None:
     rng = np.random.default_rng(1)
     rows = 50

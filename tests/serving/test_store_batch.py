@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pinrank.features.columns import INT_NULL, ColumnSpec, pack
+from pinrank.features.ids import IdIndex
 from pinrank.serving.catalogue import Catalogue
 from pinrank.serving.conform import conform, conform_batch
 from pinrank.serving.store import lookup
@@ -123,7 +124,7 @@ def test_catalogue_rows_of_ids_with_and_without_the_dense_table(spread: int) -> 
     items = pa.table({"item_id": ids})
     popular = pa.table({"item_id": ids[:1], "engaged": [1]})
     cat = Catalogue(items, popular, [ColumnSpec("item", "item_id", "int")])
-    assert (cat._dense is not None) == (spread < 5)
+    assert (IdIndex(ids).dense is not None) == (spread < 5)
     asked = np.concatenate([ids, rng.integers(-5, spread * 1200, 3000), [-(2**62), 2**62]])
     expected = lookup(np.sort(ids, kind="stable"), np.argsort(ids, kind="stable"), asked)
     assert cat.rows(asked).tolist() == expected.tolist()
