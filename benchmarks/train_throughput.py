@@ -61,6 +61,7 @@ def one(model: str, data: str, mode: str, batches: int | None, overrides: list[s
     from hydra.utils import instantiate
 
     from pinrank.data.datamodule import EventStream
+    from pinrank.models.components import embedding_updates
     from pinrank.resources import conf_dir, register_resolvers
     from pinrank.training import training_threads
     from pinrank.training.main import _quiet_warnings, apply_runtime
@@ -152,7 +153,7 @@ def one(model: str, data: str, mode: str, batches: int | None, overrides: list[s
         "num_workers": dm.num_workers,
         "threads": torch.get_num_threads(),
         "sparse_arch": sparse_arch,
-        "embedding_updates": cfg.get("embedding_updates", "dense"),
+        "embedding_updates": embedding_updates(),
         "batch_size": dm.batch_size,
         "impressions": phases.rows,
         "seconds": round(total, 3),

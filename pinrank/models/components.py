@@ -47,6 +47,11 @@ def set_embedding_updates(mode: str, min_rows: int = 65_536) -> None:
     _sparse_min_rows = min_rows if mode == "sparse" else None
 
 
+def embedding_updates() -> str:
+    """How the tables built from now on are updated: ``dense`` or ``sparse``."""
+    return "sparse" if _sparse_min_rows is not None else "dense"
+
+
 def set_sparse_backend(name: str) -> str:
     """Which backend the :class:`SparseArch` built from now on use: ``torchrec``, ``torch``, or
     ``auto`` (torchrec where it imports). Returns the backend chosen."""

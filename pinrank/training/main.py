@@ -34,8 +34,8 @@ def _quiet_warnings() -> None:
 def apply_runtime(cfg: DictConfig) -> str:
     """The process-wide settings of a training config: the sparse arch (returns the one taken;
     ``auto``: torchrec under ``trainer=torchrec_dmp``, which shards its collections, else the
-    torch backend, whose bags train faster unsharded),
-    sparse or dense embedding updates, and denormals flushed to zero."""
+    torch backend, whose bags train faster unsharded), sparse or dense embedding updates
+    (``auto``: sparse with the torch backend), and denormals flushed to zero."""
     import torch
 
     from pinrank.models.components import set_embedding_updates, set_sparse_backend
@@ -46,7 +46,10 @@ def apply_runtime(cfg: DictConfig) -> str:
         sharded = strategy.endswith("TorchrecShardedStrategy")
         sparse_arch = "torchrec" if sharded else "torch"
     sparse_arch = set_sparse_backend(sparse_arch)
-    set_embedding_updates(cfg.get("embedding_updates", "dense"))
+    updates = cfg.get("embedding_updates", "auto")
+    if updates == "auto":  # the torch backend's lazy updates; torchrec's fused optimizers
+        updates = "sparse" if sparse_arch == "torch" else "dense"
+    set_embedding_updates(updates)
     torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
     return sparse_arch
 
@@ -58,6 +61,7 @@ def _train(cfg: DictConfig) -> float | None:
     from pytorch_lightning.accelerators import CPUAccelerator
 
     from pinrank.lifecycle.tracking import finish_run
+    from pinrank.models.components import embedding_updates
     from pinrank.training import (
         fit_and_evaluate,
         summary_table,
@@ -104,7 +108,7 @@ def _train(cfg: DictConfig) -> float | None:
         oracle=source.oracle() if cfg.get("eval_oracle", True) else None,
         extra={"config/seed": cfg.seed, "train/world_size": trainer.world_size,
                "train/sparse_arch": sparse_arch,
-               "train/embedding_updates": cfg.get("embedding_updates", "dense"),
+               "train/embedding_updates": embedding_updates(),
                "train/flush_denormal": bool(cfg.get("flush_denormal", True)), **started},
         threads=threads,
     )  # fmt: skip
