@@ -126,8 +126,11 @@ def main() -> None:
     base = _worktree(args.base, work / "base")
     commit = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-    head = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, check=True,
+    head = subprocess.run(["git", "describe", "--always"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "pinrank", "conf"], cwd=ROOT,
+                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    head += "+uncommitted changes" if changed else ""
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for model in args.models:
