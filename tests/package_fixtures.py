@@ -7,7 +7,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,6 +61,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_up(
+    url: str, proc: subprocess.Popen, seconds: float = 120, detail: Callable[[], str] = str
+) -> None:
+    """Return once ``url`` answers 2xx; fail when ``proc`` exits or ``seconds`` pass
+    (``detail()``: what to show then, e.g. the server's log)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:  # refused, or an HTTP error status (503 until ready)
+            assert proc.poll() is None and time.monotonic() < deadline, f"{url}: {detail()}"
+            time.sleep(0.3)
+
+
+def tiny_lifecycle(tmp: Path, logs: Path | str, key_files: dict[str, Path], **extra: Any) -> dict:
+    """A lifecycle config of seconds per day (``pinrank retrain``, scripts/lifecycle_week.py):
+    tiny runs of both models, 100 bootstrap samples, SQLite tracking under ``tmp``; ``extra``
+    adds or replaces keys."""
+    return {
+        "work": str(tmp / "work"), "logs": str(logs),
+        "spec": str(ROOT / "conf" / "features" / "synthetic.yaml"),
+        "retrieval": ["data.datamodule.batch_size=256", "trainer.max_epochs=1",
+                      "model.module.index=exact"],
+        "ranking": ["model=wide_deep", "data.datamodule.batch_size=256", "trainer.max_epochs=1",
+                    "model.module.logreg_grid=[]"],
+        "compare": {"samples": 100},
+        "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+        "signing_key": str(key_files["private"]), "trusted_key": str(key_files["public"]),
+        **extra,
+    }  # fmt: skip
 
 
 def tiny_overrides(tmp: Path, task: str) -> list[str]:

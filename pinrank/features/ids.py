@@ -60,13 +60,15 @@ class IdIndex:
         [1, 0, -1]
     """
 
-    def __init__(self, ids: np.ndarray) -> None:
+    def __init__(self, ids: np.ndarray, dense: bool = True) -> None:
+        """``dense=False``: always the binary search (16 bytes an id, for an index whose
+        memory counts more than its lookups)."""
         ids = np.asarray(ids, np.int64)
         self.order = np.argsort(ids, kind="stable")
         self.sorted = ids[self.order]
         self.dense: np.ndarray | None = None
         n = len(self.sorted)
-        if n and self.sorted[0] >= 0 and self.sorted[-1] < 4 * n + 1024:
+        if dense and n and self.sorted[0] >= 0 and self.sorted[-1] < 4 * n + 1024:
             self.dense = np.full(int(self.sorted[-1]) + 1, -1, np.int64)
             self.dense[self.sorted[::-1]] = self.order[::-1]  # a repeated id: its first
 

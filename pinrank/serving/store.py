@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pinrank.features.ids import IdIndex
+
 ID_COLUMN = "user_id"
 
 
@@ -104,9 +106,9 @@ class TableStore(UserStore):
         self.table = pa.Table.from_arrays(table.columns, schema=nullable)
         self.id_column = id_column
         ids = self.table.column(id_column).to_numpy().astype(np.int64)
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted = ids[self._order]
-        dup = self._sorted[1:][self._sorted[1:] == self._sorted[:-1]]
+        self._index = IdIndex(ids, dense=False)  # 16 bytes a user (from_arrow's promise)
+        known = self._index.sorted
+        dup = known[1:][known[1:] == known[:-1]]
         if dup.size:
             raise ValueError(f"duplicate {id_column} values in the user table: {dup[:5].tolist()}")
         self.source: Path | None = None  # the file it was read from (from_path)
@@ -154,7 +156,7 @@ class TableStore(UserStore):
 
     def rows(self, user_ids: np.ndarray) -> np.ndarray:
         """``[N]`` int64 row of each id in :attr:`table`, ``-1`` where unknown."""
-        return lookup(self._sorted, self._order, as_ids(user_ids))
+        return self._index(as_ids(user_ids))
 
     def get(self, user_ids: np.ndarray) -> pa.Table:
         rows = self.rows(user_ids)
@@ -185,11 +187,3 @@ def as_ids(user_ids: np.ndarray) -> np.ndarray:
     if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
         raise ValueError(f"user_ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
     return ids.astype(np.int64)
-
-
-def lookup(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``[N]`` row of each of ``ids`` given ``sorted_ids = all_ids[order]``; ``-1`` if absent."""
-    if not len(sorted_ids):
-        return np.full(len(ids), -1, np.int64)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return np.where(sorted_ids[pos] == ids, order[pos], -1).astype(np.int64)

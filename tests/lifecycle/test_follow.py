@@ -14,21 +14,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pyarrow as pa
-from package_fixtures import TRUST, free_port
+from package_fixtures import TRUST, free_port, wait_until_up
 
 from pinrank.lifecycle.registry import Registry
-
-
-def _wait(base: str, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
 
 
 def test_a_promotion_reaches_the_running_service_with_no_failed_request(
@@ -52,7 +40,9 @@ def test_a_promotion_reaches_the_running_service_with_no_failed_request(
         stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     try:
-        _wait(base, proc, tmp_path / "server.log")
+        wait_until_up(
+            f"{base}/readyz", proc, 180, lambda: (tmp_path / "server.log").read_text()[-3000:]
+        )
         assert httpx.get(f"{base}/readyz").json()["model_version"] == first.package_version
         ids = [*users.column("user_id").to_numpy()[:50].tolist(), 10**12]
         stop, results, lock = threading.Event(), [], threading.Lock()

@@ -10,12 +10,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from package_fixtures import TRUST, free_port, resign
+from package_fixtures import TRUST, free_port, resign, wait_until_up
 
 from pinrank.lifecycle.registry import CANDIDATE, PRODUCTION, Registry, RegistryError
 from pinrank.serving.package import MANIFEST, PackageError, load_package
@@ -126,14 +124,7 @@ def test_the_same_commands_against_a_real_mlflow_server(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "no mlflow server"
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/health", server, detail=lambda: "no mlflow server")
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
         trust = ["--trusted-key", str(key_files["public"])]
         work = tmp_path / "client"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from package_fixtures import ROOT
+from package_fixtures import ROOT, tiny_lifecycle
 
 from pinrank.data.synthetic import SyntheticConfig, generate
 from pinrank.lifecycle.registry import Registry
@@ -30,18 +30,8 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _lifecycle(tmp: Path, logs: Path, key_files: dict[str, Path]) -> Path:
-    config = {
-        "name": "tiny", "work": str(tmp / "work"), "logs": str(logs),
-        "spec": str(ROOT / "conf" / "features" / "synthetic.yaml"),
-        "base_days": 50, "days": 1, "holdout_days": 5,
-        "retrieval": ["data.datamodule.batch_size=256", "trainer.max_epochs=1",
-                      "model.module.index=exact"],
-        "ranking": ["model=wide_deep", "data.datamodule.batch_size=256", "trainer.max_epochs=1",
-                    "model.module.logreg_grid=[]"],
-        "compare": {"samples": 100}, "warm_start": True,
-        "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
-        "signing_key": str(key_files["private"]), "trusted_key": str(key_files["public"]),
-    }  # fmt: skip
+    config = tiny_lifecycle(tmp, logs, key_files, name="tiny", base_days=50, days=1,
+                            holdout_days=5, warm_start=True)  # fmt: skip
     path = tmp / "lifecycle.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -12,26 +12,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from package_fixtures import ROOT
+from package_fixtures import ROOT, tiny_lifecycle
 
 
 @pytest.mark.slow
 def test_the_week_script_runs_a_tiny_lifecycle(key_files: dict[str, Path], tmp_path: Path) -> None:
-    config = {
-        "name": "tiny_week", "work": str(tmp_path / "work"), "logs": str(tmp_path / "logs"),
-        "generator": {"n_users": 300, "n_items": 200, "n_events": 8000, "n_boards": 60,
-                      "n_creators": 30, "days": 20, "drift_days": 2, "new_pin_share": 0.05,
-                      "rising_interests": 2},
-        "spec": str(ROOT / "conf" / "features" / "synthetic.yaml"),
-        "base_days": 18, "days": 2, "holdout_days": 4,
-        "retrieval": ["data.datamodule.batch_size=256", "trainer.max_epochs=1",
-                      "model.module.index=exact"],
-        "ranking": ["model=wide_deep", "data.datamodule.batch_size=256", "trainer.max_epochs=1",
-                    "model.module.logreg_grid=[]"],
-        "compare": {"samples": 100},
-        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-        "signing_key": str(key_files["private"]), "trusted_key": str(key_files["public"]),
-    }  # fmt: skip
+    generator = {"n_users": 300, "n_items": 200, "n_events": 8000, "n_boards": 60,
+                 "n_creators": 30, "days": 20, "drift_days": 2, "new_pin_share": 0.05,
+                 "rising_interests": 2}  # fmt: skip
+    config = tiny_lifecycle(tmp_path, tmp_path / "logs", key_files, name="tiny_week",
+                            generator=generator, base_days=18, days=2, holdout_days=4)  # fmt: skip
     path = tmp_path / "week.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.run(

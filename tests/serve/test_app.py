@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from package_fixtures import ROOT, TRUST
+from package_fixtures import ROOT, TRUST, wait_until_up
 
 from pinrank.serving.feed import ERROR, PERSONALIZED, PERSONALIZED_DEFAULTS
 from pinrank.serving.package import load_package
@@ -572,14 +572,7 @@ def test_half_sent_headers_and_bodies_are_cut_off_by_the_server(
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-                time.sleep(0.2)
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc, detail=lambda: "no server")
         socks = []
         for _ in range(200):
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
